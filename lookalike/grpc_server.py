@@ -59,16 +59,10 @@ class ServiceHost:
 
     def set_serving(self, serving: bool) -> None:
         """Sets the overall and per-service health status."""
-        status = SERVING if serving and not self._stopped_flag() else NOT_SERVING
+        status = SERVING if serving and not self._stopped.is_set() else NOT_SERVING
         self.health.set("", status)
-        for name in self._service_names_for_health():
+        for name in self._service_names[2:]:  # the registered services, not health/reflection
             self.health.set(name, status)
-
-    def _stopped_flag(self) -> bool:
-        return getattr(self, "_stopped", threading.Event()).is_set()
-
-    def _service_names_for_health(self) -> list[str]:
-        return [n for n in getattr(self, "_service_names", []) if "Health" not in n and "Reflection" not in n]
 
     def stop(self) -> None:
         """Reports NOT_SERVING, drains in-flight calls (up to `grace` s) and stops."""
