@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from lookalike.v1 import types_pb2 as lookalike_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1clookalike/v1/lookalike.proto\x12\x0clookalike.v1\x1a\x18lookalike/v1/types.proto\"Z\n\x14SearchByImageRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\r\n\x05top_k\x18\x02 \x01(\x05\x12$\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x14.lookalike.v1.Filter\"W\n\x15SearchByImageResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.lookalike.v1.SearchResult\x12\x11\n\tcache_hit\x18\x02 \x01(\x08\"_\n\x14SearchSimilarRequest\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\r\n\x05top_k\x18\x02 \x01(\x05\x12$\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x14.lookalike.v1.Filter\"D\n\x15SearchSimilarResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.lookalike.v1.SearchResult\"N\n\x15UpsertProductsRequest\x12&\n\x07product\x18\x01 \x01(\x0b\x32\x15.lookalike.v1.Product\x12\r\n\x05image\x18\x02 \x01(\x0c\"G\n\x16UpsertProductsResponse\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\",\n\x15\x44\x65leteProductsRequest\x12\x13\n\x0bproduct_ids\x18\x01 \x03(\t\")\n\x16\x44\x65leteProductsResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x05\"\'\n\x11GetProductRequest\x12\x12\n\nproduct_id\x18\x01 \x01(\t\"<\n\x12GetProductResponse\x12&\n\x07product\x18\x01 \x01(\x0b\x32\x15.lookalike.v1.Product2\xce\x03\n\tLookalike\x12X\n\rSearchByImage\x12\".lookalike.v1.SearchByImageRequest\x1a#.lookalike.v1.SearchByImageResponse\x12X\n\rSearchSimilar\x12\".lookalike.v1.SearchSimilarRequest\x1a#.lookalike.v1.SearchSimilarResponse\x12_\n\x0eUpsertProducts\x12#.lookalike.v1.UpsertProductsRequest\x1a$.lookalike.v1.UpsertProductsResponse(\x01\x30\x01\x12[\n\x0e\x44\x65leteProducts\x12#.lookalike.v1.DeleteProductsRequest\x1a$.lookalike.v1.DeleteProductsResponse\x12O\n\nGetProduct\x12\x1f.lookalike.v1.GetProductRequest\x1a .lookalike.v1.GetProductResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1clookalike/v1/lookalike.proto\x12\x0clookalike.v1\x1a\x18lookalike/v1/types.proto\"i\n\x14SearchByImageRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x12\n\x05top_k\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12$\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x14.lookalike.v1.FilterB\x08\n\x06_top_k\"W\n\x15SearchByImageResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.lookalike.v1.SearchResult\x12\x11\n\tcache_hit\x18\x02 \x01(\x08\"n\n\x14SearchSimilarRequest\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x12\n\x05top_k\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12$\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x14.lookalike.v1.FilterB\x08\n\x06_top_k\"D\n\x15SearchSimilarResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.lookalike.v1.SearchResult\"N\n\x15UpsertProductsRequest\x12&\n\x07product\x18\x01 \x01(\x0b\x32\x15.lookalike.v1.Product\x12\r\n\x05image\x18\x02 \x01(\x0c\"G\n\x16UpsertProductsResponse\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\",\n\x15\x44\x65leteProductsRequest\x12\x13\n\x0bproduct_ids\x18\x01 \x03(\t\")\n\x16\x44\x65leteProductsResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x05\"\'\n\x11GetProductRequest\x12\x12\n\nproduct_id\x18\x01 \x01(\t\"<\n\x12GetProductResponse\x12&\n\x07product\x18\x01 \x01(\x0b\x32\x15.lookalike.v1.Product2\xce\x03\n\tLookalike\x12X\n\rSearchByImage\x12\".lookalike.v1.SearchByImageRequest\x1a#.lookalike.v1.SearchByImageResponse\x12X\n\rSearchSimilar\x12\".lookalike.v1.SearchSimilarRequest\x1a#.lookalike.v1.SearchSimilarResponse\x12_\n\x0eUpsertProducts\x12#.lookalike.v1.UpsertProductsRequest\x1a$.lookalike.v1.UpsertProductsResponse(\x01\x30\x01\x12[\n\x0e\x44\x65leteProducts\x12#.lookalike.v1.DeleteProductsRequest\x1a$.lookalike.v1.DeleteProductsResponse\x12O\n\nGetProduct\x12\x1f.lookalike.v1.GetProductRequest\x1a .lookalike.v1.GetProductResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,25 +33,25 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lookalike.v1.lookalike_pb2'
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SEARCHBYIMAGEREQUEST']._serialized_start=72
-  _globals['_SEARCHBYIMAGEREQUEST']._serialized_end=162
-  _globals['_SEARCHBYIMAGERESPONSE']._serialized_start=164
-  _globals['_SEARCHBYIMAGERESPONSE']._serialized_end=251
-  _globals['_SEARCHSIMILARREQUEST']._serialized_start=253
-  _globals['_SEARCHSIMILARREQUEST']._serialized_end=348
-  _globals['_SEARCHSIMILARRESPONSE']._serialized_start=350
-  _globals['_SEARCHSIMILARRESPONSE']._serialized_end=418
-  _globals['_UPSERTPRODUCTSREQUEST']._serialized_start=420
-  _globals['_UPSERTPRODUCTSREQUEST']._serialized_end=498
-  _globals['_UPSERTPRODUCTSRESPONSE']._serialized_start=500
-  _globals['_UPSERTPRODUCTSRESPONSE']._serialized_end=571
-  _globals['_DELETEPRODUCTSREQUEST']._serialized_start=573
-  _globals['_DELETEPRODUCTSREQUEST']._serialized_end=617
-  _globals['_DELETEPRODUCTSRESPONSE']._serialized_start=619
-  _globals['_DELETEPRODUCTSRESPONSE']._serialized_end=660
-  _globals['_GETPRODUCTREQUEST']._serialized_start=662
-  _globals['_GETPRODUCTREQUEST']._serialized_end=701
-  _globals['_GETPRODUCTRESPONSE']._serialized_start=703
-  _globals['_GETPRODUCTRESPONSE']._serialized_end=763
-  _globals['_LOOKALIKE']._serialized_start=766
-  _globals['_LOOKALIKE']._serialized_end=1228
+  _globals['_SEARCHBYIMAGEREQUEST']._serialized_end=177
+  _globals['_SEARCHBYIMAGERESPONSE']._serialized_start=179
+  _globals['_SEARCHBYIMAGERESPONSE']._serialized_end=266
+  _globals['_SEARCHSIMILARREQUEST']._serialized_start=268
+  _globals['_SEARCHSIMILARREQUEST']._serialized_end=378
+  _globals['_SEARCHSIMILARRESPONSE']._serialized_start=380
+  _globals['_SEARCHSIMILARRESPONSE']._serialized_end=448
+  _globals['_UPSERTPRODUCTSREQUEST']._serialized_start=450
+  _globals['_UPSERTPRODUCTSREQUEST']._serialized_end=528
+  _globals['_UPSERTPRODUCTSRESPONSE']._serialized_start=530
+  _globals['_UPSERTPRODUCTSRESPONSE']._serialized_end=601
+  _globals['_DELETEPRODUCTSREQUEST']._serialized_start=603
+  _globals['_DELETEPRODUCTSREQUEST']._serialized_end=647
+  _globals['_DELETEPRODUCTSRESPONSE']._serialized_start=649
+  _globals['_DELETEPRODUCTSRESPONSE']._serialized_end=690
+  _globals['_GETPRODUCTREQUEST']._serialized_start=692
+  _globals['_GETPRODUCTREQUEST']._serialized_end=731
+  _globals['_GETPRODUCTRESPONSE']._serialized_start=733
+  _globals['_GETPRODUCTRESPONSE']._serialized_end=793
+  _globals['_LOOKALIKE']._serialized_start=796
+  _globals['_LOOKALIKE']._serialized_end=1258
 # @@protoc_insertion_point(module_scope)

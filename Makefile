@@ -1,0 +1,22 @@
+# Lookalike — the README's two commands are `make run` and `make test`.
+CATALOGUE ?= $(firstword $(wildcard ../shared/datasets/clothing-small/train) var/sample-catalogue)
+PYTEST_ARGS ?=
+
+.PHONY: setup run test bench protos check-protos validate-deploy
+
+setup:
+	@scripts/setup.sh
+
+run: setup
+	@[ -d "$(CATALOGUE)" ] || .venv/bin/python scripts/sample_catalogue.py var/sample-catalogue
+	.venv/bin/lookalike serve --index "$(CATALOGUE)"
+
+test: setup
+	.venv/bin/python scripts/gen_protos.py --check
+	.venv/bin/python -m pytest -ra $(PYTEST_ARGS)
+
+bench: setup
+	.venv/bin/python bench/run.py
+
+protos:
+	.venv/bin/python scripts/gen_protos.py

@@ -1,0 +1,258 @@
+"""Runs the whole chain as local processes: redis-server, TorchServe, search service, gateway.
+
+Used by `lookalike serve` and by the end-to-end tests. Every child runs in its own process group and
+is stopped (SIGTERM, then SIGKILL) when the stack stops.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lookalike.torchserve import TorchServeProcess
+
+log = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    """A TCP port that was free on 127.0.0.1 a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+class ManagedProcess:
+    """A child process with a log file, stopped by SIGTERM to its process group (SIGKILL after `grace`)."""
+
+    def __init__(self, name: str, argv: list[str], log_path: Path, env: dict | None = None, cwd: Path | None = None):
+        self.name = name
+        self.argv = argv
+        self.log_path = log_path
+        self.env = env
+        self.cwd = cwd
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         env=self.env, cwd=self.cwd, start_new_session=True)
+        log.info("started %s (pid %d), log %s", self.name, self.proc.pid, self.log_path)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def check_alive(self) -> None:
+        if not self.alive():
+            code = self.proc.returncode if self.proc else None
+            raise RuntimeError(f"{self.name} exited (code {code}); last log lines:\n{_tail(self.log_path)}")
+
+    def signal(self, signum: int) -> None:
+        if self.alive():
+            try:
+                os.killpg(self.proc.pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def stop(self, grace: float = 15.0) -> None:
+        if not self.alive():
+            return
+        self.signal(signal.SIGTERM)
+        try:
+            self.proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop within %.0fs: killing", self.name, grace)
+            self.signal(signal.SIGKILL)
+            self.proc.wait(5)
+
+    def kill(self) -> None:
+        """SIGKILL, no drain (crash tests)."""
+        self.signal(signal.SIGKILL)
+        if self.proc:
+            self.proc.wait(10)
+
+
+def wait_for_port_file(path: Path, process: ManagedProcess, timeout: float) -> dict[str, int]:
+    """Waits until a service wrote its `key=port` lines (or a bare port) to `path`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        process.check_alive()
+        if path.exists():
+            text = path.read_text().strip()
+            if text:
+                if "=" not in text:
+                    return {"port": int(text)}
+                return {k: int(v) for k, v in (line.split("=", 1) for line in text.splitlines())}
+        time.sleep(0.1)
+    raise TimeoutError(f"{process.name} did not report its port within {timeout:.0f}s; log:\n"
+                       f"{_tail(process.log_path)}")
+
+
+@dataclass
+class StackConfig:
+    """Where the stack keeps its state and which ports the gateway takes (0 = any free port)."""
+    data_dir: Path = Path("var")
+    http_port: int = 8080
+    grpc_port: int = 50051
+    host: str = "127.0.0.1"
+    search_engine: str = "qdrant-local"
+    api_keys: str = ""
+    extra_gateway_env: dict = field(default_factory=dict)
+    extra_search_env: dict = field(default_factory=dict)
+    startup_timeout_s: float = 240.0
+
+
+class Stack:
+    """The whole chain on one machine. `start()` returns once the gateway's /healthz is 200."""
+
+    def __init__(self, config: StackConfig):
+        self.config = config
+        self.data_dir = Path(config.data_dir).resolve()
+        self.logs = self.data_dir / "logs"
+        self.redis: ManagedProcess | None = None
+        self.torchserve: TorchServeProcess | None = None
+        self.search: ManagedProcess | None = None
+        self.gateway: ManagedProcess | None = None
+        self.redis_port = 0
+        self.search_port = 0
+        self.grpc_port = 0
+        self.http_port = 0
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.config.host}:{self.http_port}"
+
+    @property
+    def grpc_address(self) -> str:
+        return f"{self.config.host}:{self.grpc_port}"
+
+    def _python_env(self, extra: dict) -> dict:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LOOKALIKE_")}
+        env.update({k: str(v) for k, v in extra.items()})
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def start_redis(self) -> None:
+        server = shutil.which("redis-server")
+        if not server:
+            raise RuntimeError("redis-server not found: install it (Debian: apt-get install redis-server)")
+        self.redis_port = free_port()
+        redis_dir = self.data_dir / "redis"
+        redis_dir.mkdir(parents=True, exist_ok=True)
+        # A cache: no persistence, bounded memory, LRU eviction, loopback only.
+        self.redis = ManagedProcess("redis-server", [
+            server, "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--maxmemory", "256mb", "--maxmemory-policy", "allkeys-lru", "--dir", str(redis_dir),
+            "--protected-mode", "yes"], self.logs / "redis.log")
+        self.redis.start()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            self.redis.check_alive()
+            try:
+                with socket.create_connection(("127.0.0.1", self.redis_port), timeout=0.5) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.1)
+        raise TimeoutError("redis-server did not answer PING within 20s")
+
+    def start_torchserve(self) -> None:
+        self.torchserve = TorchServeProcess(self.data_dir / "torchserve")
+        self.torchserve.start(timeout=self.config.startup_timeout_s)
+
+    def start_search(self) -> None:
+        port_file = self.data_dir / "search.port"
+        port_file.unlink(missing_ok=True)
+        env = self._python_env({
+            "LOOKALIKE_SEARCH_HOST": "127.0.0.1", "LOOKALIKE_SEARCH_PORT": 0,
+            "LOOKALIKE_SEARCH_PORT_FILE": port_file, "LOOKALIKE_SEARCH_ENGINE": self.config.search_engine,
+            "LOOKALIKE_SEARCH_DATA_DIR": self.data_dir / "search", **self.config.extra_search_env})
+        self.search = ManagedProcess("search service", [sys.executable, "-m", "lookalike_search"],
+                                     self.logs / "search.log", env=env)
+        self.search.start()
+        self.search_port = wait_for_port_file(port_file, self.search, self.config.startup_timeout_s)["port"]
+
+    def gateway_env(self) -> dict:
+        return self._python_env({
+            "LOOKALIKE_GATEWAY_HOST": self.config.host,
+            "LOOKALIKE_GATEWAY_GRPC_PORT": self.config.grpc_port,
+            "LOOKALIKE_GATEWAY_HTTP_PORT": self.config.http_port,
+            "LOOKALIKE_GATEWAY_PORT_FILE": self.data_dir / "gateway.port",
+            "LOOKALIKE_GATEWAY_EMBEDDER_ADDRESS": f"127.0.0.1:{self.torchserve.grpc_inference_port}",
+            "LOOKALIKE_GATEWAY_EMBEDDER_TOKEN_FILE": self.torchserve.key_file,
+            "LOOKALIKE_GATEWAY_SEARCH_ADDRESS": f"127.0.0.1:{self.search_port}",
+            "LOOKALIKE_GATEWAY_REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/0",
+            "LOOKALIKE_GATEWAY_DATA_DIR": self.data_dir / "gateway",
+            "LOOKALIKE_GATEWAY_API_KEYS": self.config.api_keys,
+            **self.config.extra_gateway_env})
+
+    def start_gateway(self) -> None:
+        port_file = self.data_dir / "gateway.port"
+        port_file.unlink(missing_ok=True)
+        self.gateway = ManagedProcess("gateway", [sys.executable, "-m", "lookalike_gateway"],
+                                      self.logs / "gateway.log", env=self.gateway_env())
+        self.gateway.start()
+        ports = wait_for_port_file(port_file, self.gateway, 60)
+        self.grpc_port, self.http_port = ports["grpc"], ports["http"]
+
+    def wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            self.gateway.check_alive()
+            try:
+                with urllib.request.urlopen(f"{self.http_url}/healthz", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except urllib.error.HTTPError as exc:
+                last = exc.read().decode(errors="replace")
+            except OSError as exc:
+                last = str(exc)
+            time.sleep(0.2)
+        raise TimeoutError(f"gateway not healthy within {timeout:.0f}s: {last}")
+
+    def start(self) -> "Stack":
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.start_redis()
+            self.start_search()
+            self.start_torchserve()
+            self.start_gateway()
+            self.wait_healthy(60)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stops the gateway first (drain), then the backends."""
+        for process in (self.gateway, self.search):
+            if process:
+                process.stop()
+        if self.torchserve:
+            self.torchserve.stop()
+        if self.redis:
+            self.redis.stop()
+
+    def __enter__(self) -> "Stack":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

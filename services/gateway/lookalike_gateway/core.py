@@ -1,0 +1,350 @@
+"""The gateway's logic, shared by the gRPC API and the REST proxy.
+
+Every method takes a `Deadline`; each outbound call gets what remains of it. Failures are raised as
+`ApiError(grpc.StatusCode, message)`; the gRPC and REST layers translate them (see lookalike.status).
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from lookalike import images, vectors
+from lookalike.torchserve import EmbedderClient, EmbedderImageError
+from lookalike.v1 import search_pb2, search_pb2_grpc, types_pb2
+
+from . import metrics
+from .cache import EmbeddingCache, image_digest
+from .image_store import ImageStore
+from .settings import GatewaySettings
+
+log = logging.getLogger(__name__)
+
+MAX_TOP_K = 1000
+MAX_ID_LENGTH = 512
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
+
+
+class ApiError(Exception):
+    """A failure to report to the caller with a gRPC status code and a human message."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Deadline:
+    """The time left for one request."""
+
+    def __init__(self, seconds: float):
+        self.expires = time.monotonic() + seconds
+
+    def remaining(self, what: str = "request") -> float:
+        """Seconds left; raises DEADLINE_EXCEEDED when none are."""
+        left = self.expires - time.monotonic()
+        if left <= 0:
+            raise ApiError(grpc.StatusCode.DEADLINE_EXCEEDED, f"deadline exceeded before {what}")
+        return left
+
+
+@dataclass
+class Dependencies:
+    """Readiness of what the gateway needs."""
+    embedder: bool
+    search: bool
+    cache: bool
+
+    @property
+    def ready(self) -> bool:
+        return self.embedder and self.search  # the cache is optional by design
+
+
+def validate_top_k(top_k: int | None, default: int) -> int:
+    """top_k or the default when unset (None); 1..MAX_TOP_K."""
+    if top_k is None:
+        return default
+    if top_k <= 0 or top_k > MAX_TOP_K:
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"top_k must be between 1 and {MAX_TOP_K}, got {top_k}")
+    return top_k
+
+
+def validate_product_id(product_id: str) -> str:
+    if not product_id:
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "product id must not be empty")
+    if len(product_id) > MAX_ID_LENGTH:
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"product id longer than {MAX_ID_LENGTH} characters")
+    if any(ord(c) < 32 or c == "\x7f" for c in product_id):
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "product id contains control characters")
+    return product_id
+
+
+def validate_filter(flt: types_pb2.Filter) -> types_pb2.Filter:
+    if flt.HasField("min_price") and flt.HasField("max_price") and flt.min_price > flt.max_price:
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                       f"min_price {flt.min_price} is greater than max_price {flt.max_price}")
+    for name in ("min_price", "max_price"):
+        if flt.HasField(name) and not np.isfinite(getattr(flt, name)):
+            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"{name} must be a finite number")
+    return flt
+
+
+class Gateway:
+    """Search, similar-by-id, upsert, delete and get over the embedder, the search service and the cache."""
+
+    def __init__(self, settings: GatewaySettings, embedder: EmbedderClient, search_channel: grpc.Channel,
+                 cache: EmbeddingCache, image_store: ImageStore):
+        self.settings = settings
+        self.embedder = embedder
+        self.search = search_pb2_grpc.SearchServiceStub(search_channel)
+        self.search_health = health_pb2_grpc.HealthStub(search_channel)
+        self.cache = cache
+        self.images = image_store
+
+    # -- helpers -------------------------------------------------------------------------------------
+
+    def check_image(self, image: bytes) -> None:
+        """Rejects empty, oversized, undecodable or disallowed images with INVALID_ARGUMENT/RESOURCE_EXHAUSTED."""
+        if not image:
+            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "image is empty")
+        if len(image) > self.settings.max_upload_bytes:
+            raise ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"image is {len(image)} bytes, above the limit of {self.settings.max_upload_bytes}")
+        try:
+            images.decode_image(image, max_pixels=self.settings.max_image_pixels)
+        except images.ImageRejected as exc:
+            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid image: {exc}") from None
+
+    def _call_search(self, method: str, request, deadline: Deadline):
+        """Calls the search service with what remains of the deadline, retrying UNAVAILABLE with backoff."""
+        rpc: Callable = getattr(self.search, method)
+        backoff = 0.05
+        while True:
+            timeout = deadline.remaining(f"calling search service {method}")
+            started = time.perf_counter()
+            try:
+                return rpc(request, timeout=timeout)
+            except grpc.RpcError as exc:
+                code = exc.code()
+                if code in RETRYABLE and deadline.expires - time.monotonic() > backoff:
+                    time.sleep(backoff)
+                    backoff = min(backoff * 2, 1.0)
+                    continue
+                raise self._dependency_error("search service", exc) from None
+            finally:
+                metrics.SEARCH_LATENCY.labels(method=method).observe(time.perf_counter() - started)
+
+    @staticmethod
+    def _dependency_error(name: str, exc: grpc.RpcError) -> ApiError:
+        code = exc.code()
+        details = exc.details() or code.name
+        if code == grpc.StatusCode.UNAVAILABLE:
+            return ApiError(code, f"{name} is unavailable: {details}")
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return ApiError(code, f"{name} did not answer within the deadline")
+        if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
+                    grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.RESOURCE_EXHAUSTED):
+            return ApiError(code, details)
+        return ApiError(grpc.StatusCode.UNAVAILABLE, f"{name} failed: {code.name}: {details}")
+
+    def _embed(self, image: bytes, deadline: Deadline) -> np.ndarray:
+        """Embeds one image via TorchServe, retrying UNAVAILABLE with backoff inside the deadline."""
+        backoff = 0.05
+        while True:
+            timeout = deadline.remaining("calling the embedder")
+            try:
+                vector = self.embedder.embed(image, timeout=timeout)
+                metrics.EMBEDDER_CALLS.labels(outcome="ok").inc()
+                return vector
+            except EmbedderImageError as exc:
+                metrics.EMBEDDER_CALLS.labels(outcome="bad_image").inc()
+                raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid image: {exc}") from None
+            except grpc.RpcError as exc:
+                metrics.EMBEDDER_CALLS.labels(outcome=exc.code().name.lower()).inc()
+                if exc.code() in RETRYABLE and deadline.expires - time.monotonic() > backoff:
+                    time.sleep(backoff)
+                    backoff = min(backoff * 2, 1.0)
+                    continue
+                raise self._dependency_error("embedder (TorchServe)", exc) from None
+
+    def query_embedding(self, image: bytes, deadline: Deadline) -> tuple[np.ndarray, bool]:
+        """The embedding of a query image and whether it came from the cache."""
+        digest = image_digest(image)
+        cached = self.cache.get(digest)
+        if cached is not None:
+            return cached, True
+        self.check_image(image)
+        vector = self._embed(image, deadline)
+        self.cache.put(digest, vector)
+        return vector, False
+
+    # -- API -----------------------------------------------------------------------------------------
+
+    def search_by_image(self, image: bytes, top_k: int | None, flt: types_pb2.Filter,
+                        deadline: Deadline) -> tuple[list[types_pb2.SearchResult], bool]:
+        if len(image) > self.settings.max_upload_bytes:
+            self.check_image(image)  # raises the size error before hashing a huge body
+        top_k = validate_top_k(top_k, self.settings.default_top_k)
+        validate_filter(flt)
+        if not image:
+            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "image is empty")
+        vector, cache_hit = self.query_embedding(image, deadline)
+        response = self._call_search("SearchByVector", search_pb2.SearchByVectorRequest(
+            vector=vectors.pack(vector), top_k=top_k, filter=flt), deadline)
+        return list(response.results), cache_hit
+
+    def search_similar(self, product_id: str, top_k: int | None, flt: types_pb2.Filter,
+                       deadline: Deadline) -> list[types_pb2.SearchResult]:
+        validate_product_id(product_id)
+        top_k = validate_top_k(top_k, self.settings.default_top_k)
+        validate_filter(flt)
+        response = self._call_search("SearchById", search_pb2.SearchByIdRequest(
+            product_id=product_id, top_k=top_k, filter=flt), deadline)
+        return list(response.results)
+
+    def get_product(self, product_id: str, deadline: Deadline) -> types_pb2.Product:
+        validate_product_id(product_id)
+        response = self._call_search("GetPoints", search_pb2.GetPointsRequest(product_ids=[product_id]), deadline)
+        if not response.points:
+            raise ApiError(grpc.StatusCode.NOT_FOUND, f"product {product_id!r} not found")
+        return response.points[0].product
+
+    def delete_products(self, product_ids: list[str], deadline: Deadline) -> int:
+        if not product_ids:
+            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "no product ids given")
+        for product_id in product_ids:
+            validate_product_id(product_id)
+        response = self._call_search("DeletePoints", search_pb2.DeletePointsRequest(product_ids=product_ids),
+                                     deadline)
+        return response.deleted
+
+    def image_of(self, product_id: str, deadline: Deadline) -> bytes:
+        """The stored original image of a product (NOT_FOUND when either is missing)."""
+        product = self.get_product(product_id, deadline)
+        data = self.images.get(product.image_sha256) if product.image_sha256 else None
+        if data is None:
+            raise ApiError(grpc.StatusCode.NOT_FOUND, f"no stored image for product {product_id!r}")
+        return data
+
+    def upsert_products(self, items: Iterable[tuple[types_pb2.Product, bytes]],
+                        deadline_for_batch: Callable[[], Deadline]) -> Iterator[tuple[str, ApiError | None]]:
+        """Indexes products in micro-batches; yields (product_id, ApiError or None) per item, in order.
+
+        An item is acknowledged only after the search service stored it durably. A bad item fails alone.
+        """
+        batch_size = self.settings.upsert_batch_size
+        for batch in _micro_batches(items, batch_size, max_wait_s=0.02):
+            yield from self._upsert_batch(batch, deadline_for_batch())
+
+    def _upsert_batch(self, batch: list[tuple[types_pb2.Product, bytes]],
+                      deadline: Deadline) -> Iterator[tuple[str, ApiError | None]]:
+        errors: dict[int, ApiError] = {}
+        digests: dict[int, str] = {}
+        for i, (product, image) in enumerate(batch):
+            try:
+                validate_product_id(product.id)
+                if product.HasField("price") and not np.isfinite(product.price):
+                    raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "price must be a finite number")
+                self.check_image(image)
+                digests[i] = image_digest(image)
+            except ApiError as exc:
+                errors[i] = exc
+        pending = [i for i in range(len(batch)) if i not in errors]
+        vectors_by_item: dict[int, np.ndarray] = {}
+        try:
+            if pending:
+                # Reuse stored vectors of products whose image did not change (metadata-only updates).
+                existing = self._call_search("GetPoints", search_pb2.GetPointsRequest(
+                    product_ids=[batch[i][0].id for i in pending], with_vectors=True), deadline)
+                stored = {p.product.id: p for p in existing.points}
+                to_embed = []
+                for i in pending:
+                    point = stored.get(batch[i][0].id)
+                    if point is not None and point.product.image_sha256 == digests[i] and point.vector:
+                        vectors_by_item[i] = vectors.unpack(point.vector)
+                    else:
+                        to_embed.append(i)
+                if to_embed:
+                    results = self.embedder.embed_many([batch[i][1] for i in to_embed],
+                                                       timeout=deadline.remaining("calling the embedder"))
+                    for i, result in zip(to_embed, results):
+                        if isinstance(result, EmbedderImageError):
+                            metrics.EMBEDDER_CALLS.labels(outcome="bad_image").inc()
+                            errors[i] = ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid image: {result}")
+                        elif isinstance(result, Exception):
+                            code = result.code().name.lower() if isinstance(result, grpc.RpcError) else "error"
+                            metrics.EMBEDDER_CALLS.labels(outcome=code).inc()
+                            errors[i] = ApiError(grpc.StatusCode.UNAVAILABLE, f"embedder failed: {result}")
+                        else:
+                            metrics.EMBEDDER_CALLS.labels(outcome="ok").inc()
+                            vectors_by_item[i] = result
+                points = []
+                for i in sorted(vectors_by_item):
+                    product, image = batch[i]
+                    self.images.put(digests[i], image)
+                    stored_product = types_pb2.Product()
+                    stored_product.CopyFrom(product)
+                    stored_product.image_sha256 = digests[i]
+                    points.append(search_pb2.Point(product=stored_product, vector=vectors.pack(vectors_by_item[i])))
+                    self.cache.put(digests[i], vectors_by_item[i])
+                if points:
+                    self._call_search("UpsertPoints", search_pb2.UpsertPointsRequest(points=points), deadline)
+                    metrics.UPSERTED.inc(len(points))
+        except ApiError as exc:
+            for i in range(len(batch)):
+                errors.setdefault(i, exc)
+        for i, (product, _image) in enumerate(batch):
+            yield product.id, errors.get(i)
+
+    def dependencies(self, timeout: float = 1.0) -> Dependencies:
+        """Probes the embedder, the search service and Redis."""
+        embedder_ok = self.embedder.model_ready(timeout=timeout)
+        try:
+            response = self.search_health.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+            search_ok = response.status == health_pb2.HealthCheckResponse.SERVING
+        except grpc.RpcError:
+            search_ok = False
+        return Dependencies(embedder=embedder_ok, search=search_ok, cache=self.cache.ping())
+
+
+def _micro_batches(items: Iterable, size: int, max_wait_s: float) -> Iterator[list]:
+    """Groups a (possibly slow, blocking) stream into batches of at most `size`, without holding an item
+    longer than `max_wait_s` once the stream pauses."""
+    q: queue.Queue = queue.Queue(maxsize=size * 2)
+    done = object()
+    failure: list[BaseException] = []
+
+    def read():
+        try:
+            for item in items:
+                q.put(item)
+        except BaseException as exc:  # the client went away: end the stream, report after the items read
+            failure.append(exc)
+        finally:
+            q.put(done)
+
+    threading.Thread(target=read, daemon=True, name="upsert-reader").start()
+    finished = False
+    while not finished:
+        batch = [q.get()]
+        if batch[0] is done:
+            break
+        while len(batch) < size:
+            try:
+                item = q.get(timeout=max_wait_s)
+            except queue.Empty:
+                break
+            if item is done:
+                finished = True
+                break
+            batch.append(item)
+        yield batch
+    if failure and not isinstance(failure[0], grpc.RpcError):
+        raise failure[0]

@@ -1,0 +1,91 @@
+"""The public gRPC API (lookalike.v1.Lookalike) over the Gateway."""
+from __future__ import annotations
+
+import functools
+import logging
+import time
+
+import grpc
+
+from lookalike.v1 import lookalike_pb2, lookalike_pb2_grpc
+
+from . import metrics
+from .auth import ApiKeyCheck
+from .core import ApiError, Deadline, Gateway
+
+log = logging.getLogger(__name__)
+
+
+def _unary(method):
+    """Runs an RPC with a deadline, API-key check, metrics and ApiError -> status translation."""
+    name = method.__name__
+
+    @functools.wraps(method)
+    def wrapper(self: "LookalikeServicer", request, context: grpc.ServicerContext):
+        started = time.perf_counter()
+        status = grpc.StatusCode.OK
+        try:
+            self.auth.check_grpc(context)
+            return method(self, request, context, self.deadline(context))
+        except ApiError as exc:
+            status = exc.code
+            context.abort(exc.code, exc.message)
+        finally:
+            metrics.REQUESTS.labels(api="grpc", method=name, status=status.name).inc()
+            metrics.LATENCY.labels(api="grpc", method=name).observe(time.perf_counter() - started)
+    return wrapper
+
+
+def _top_k(request) -> int | None:
+    return request.top_k if request.HasField("top_k") else None
+
+
+class LookalikeServicer(lookalike_pb2_grpc.LookalikeServicer):
+    """Implements lookalike.v1.Lookalike."""
+
+    def __init__(self, gateway: Gateway, auth: ApiKeyCheck):
+        self.gateway = gateway
+        self.auth = auth
+
+    def deadline(self, context: grpc.ServicerContext) -> Deadline:
+        """The caller's deadline (capped at the configured default), or the default when none was set."""
+        default = self.gateway.settings.request_timeout_s
+        remaining = context.time_remaining()
+        return Deadline(default if remaining is None else min(remaining, default))
+
+    @_unary
+    def SearchByImage(self, request, context, deadline):
+        results, cache_hit = self.gateway.search_by_image(request.image, _top_k(request), request.filter, deadline)
+        return lookalike_pb2.SearchByImageResponse(results=results, cache_hit=cache_hit)
+
+    @_unary
+    def SearchSimilar(self, request, context, deadline):
+        results = self.gateway.search_similar(request.product_id, _top_k(request), request.filter, deadline)
+        return lookalike_pb2.SearchSimilarResponse(results=results)
+
+    @_unary
+    def GetProduct(self, request, context, deadline):
+        return lookalike_pb2.GetProductResponse(product=self.gateway.get_product(request.product_id, deadline))
+
+    @_unary
+    def DeleteProducts(self, request, context, deadline):
+        deleted = self.gateway.delete_products(list(request.product_ids), deadline)
+        return lookalike_pb2.DeleteProductsResponse(deleted=deleted)
+
+    def UpsertProducts(self, request_iterator, context):
+        started = time.perf_counter()
+        status = grpc.StatusCode.OK
+        try:
+            self.auth.check_grpc(context)
+        except ApiError as exc:
+            metrics.REQUESTS.labels(api="grpc", method="UpsertProducts", status=exc.code.name).inc()
+            context.abort(exc.code, exc.message)
+        batch_timeout = self.gateway.settings.request_timeout_s
+        items = ((request.product, request.image) for request in request_iterator)
+        try:
+            for product_id, error in self.gateway.upsert_products(items, lambda: Deadline(batch_timeout)):
+                yield lookalike_pb2.UpsertProductsResponse(product_id=product_id, ok=error is None,
+                                                           error=error.message if error else "")
+        finally:
+            metrics.REQUESTS.labels(api="grpc", method="UpsertProducts", status=status.name).inc()
+            metrics.LATENCY.labels(api="grpc", method="UpsertProducts").observe(time.perf_counter() - started)

@@ -1,0 +1,13 @@
+"""Prometheus metrics of the gateway."""
+from prometheus_client import Counter, Histogram
+
+REQUESTS = Counter("lookalike_gateway_requests_total", "Requests by API, method and status",
+                   ["api", "method", "status"])
+LATENCY = Histogram("lookalike_gateway_request_seconds", "Request latency by API and method", ["api", "method"],
+                    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+CACHE_EVENTS = Counter("lookalike_gateway_cache_events_total",
+                       "Query-embedding cache events (hit, miss, error, skipped, corrupt)", ["event"])
+EMBEDDER_CALLS = Counter("lookalike_gateway_embedder_calls_total", "Images sent to the embedder", ["outcome"])
+SEARCH_LATENCY = Histogram("lookalike_gateway_search_seconds", "Latency of calls to the search service", ["method"],
+                           buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1))
+UPSERTED = Counter("lookalike_gateway_products_upserted_total", "Products acknowledged by the search service")

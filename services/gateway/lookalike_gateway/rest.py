@@ -1,0 +1,201 @@
+"""The REST proxy (FastAPI): the same semantics as the gRPC API, plus /healthz, /metrics and the web UI."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import grpc
+from fastapi import FastAPI, File, Form, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
+
+from lookalike import images
+from lookalike.status import http_status
+from lookalike.v1 import types_pb2
+
+from . import metrics
+from .auth import HTTP_HEADER, ApiKeyCheck
+from .core import ApiError, Deadline, Gateway
+
+log = logging.getLogger(__name__)
+STATIC_DIR = Path(__file__).parent / "static"
+PUBLIC_PATHS = ("/healthz", "/metrics", "/openapi.json", "/docs", "/static", "/favicon.ico")
+
+
+def product_json(product: types_pb2.Product) -> dict:
+    return {
+        "id": product.id,
+        "title": product.title,
+        "category": product.category,
+        "price": product.price if product.HasField("price") else None,
+        "attributes": dict(product.attributes),
+        "image_url": f"/v1/products/{quote(product.id, safe='')}/image" if product.image_sha256 else None,
+    }
+
+
+def result_json(result: types_pb2.SearchResult) -> dict:
+    return {**product_json(result.product), "score": round(float(result.score), 6)}
+
+
+def error_response(code: grpc.StatusCode, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code.name, "message": message}}, status_code=http_status(code),
+                        headers=headers)
+
+
+def make_filter(category: str | None, min_price: float | None, max_price: float | None) -> types_pb2.Filter:
+    flt = types_pb2.Filter(category=category or "")
+    if min_price is not None:
+        flt.min_price = min_price
+    if max_price is not None:
+        flt.max_price = max_price
+    return flt
+
+
+def create_app(gateway: Gateway, auth: ApiKeyCheck, readiness) -> FastAPI:
+    """The REST app. `readiness()` returns the latest Dependencies snapshot (for /healthz)."""
+    settings = gateway.settings
+    app = FastAPI(title="Lookalike", version="1", description="Visual product search: find products that look alike.")
+    if settings.cors_origin_list:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list, allow_methods=["*"],
+                           allow_headers=["*"])
+
+    def deadline() -> Deadline:
+        return Deadline(settings.request_timeout_s)
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        started = time.perf_counter()
+        route = request.url.path
+        try:
+            length = int(request.headers.get("content-length") or 0)
+        except ValueError:
+            length = 0
+        # Multipart framing adds a little; anything far above the image limit is refused unread.
+        if length > settings.max_upload_bytes + 64 * 1024:
+            response = error_response(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                      f"request body of {length} bytes is above the limit of "
+                                      f"{settings.max_upload_bytes} bytes")
+            response.status_code = 413
+        elif auth.enabled and request.url.path.startswith("/v1/"):
+            try:
+                auth.check(request.headers.get(HTTP_HEADER) or request.query_params.get("api_key"))
+                response = await call_next(request)
+            except ApiError as exc:
+                response = error_response(exc.code, exc.message)
+        else:
+            response = await call_next(request)
+        route_obj = request.scope.get("route")
+        label = getattr(route_obj, "path", None) or ("static" if route.startswith("/static") else "other")
+        metrics.REQUESTS.labels(api="rest", method=f"{request.method} {label}", status=str(response.status_code)).inc()
+        metrics.LATENCY.labels(api="rest", method=f"{request.method} {label}").observe(time.perf_counter() - started)
+        return response
+
+    @app.exception_handler(ApiError)
+    async def api_error(_request: Request, exc: ApiError):
+        return error_response(exc.code, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(_request: Request, exc: RequestValidationError):
+        parts = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path"))
+            parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
+        return error_response(grpc.StatusCode.INVALID_ARGUMENT, "; ".join(parts) or "invalid request")
+
+    async def read_image(upload: UploadFile | None) -> bytes:
+        if upload is None:
+            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "multipart field 'image' is required")
+        data = await upload.read(settings.max_upload_bytes + 1)
+        if len(data) > settings.max_upload_bytes:
+            raise ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"image is above the limit of {settings.max_upload_bytes} bytes")
+        return data
+
+    @app.get("/healthz", tags=["ops"])
+    def healthz():
+        deps = readiness()
+        body = {"status": "ok" if deps.ready else "unavailable",
+                "embedder": deps.embedder, "search": deps.search, "cache": deps.cache}
+        return JSONResponse(body, status_code=200 if deps.ready else 503)
+
+    @app.get("/metrics", tags=["ops"])
+    def prometheus_metrics():
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/v1/search", tags=["search"])
+    async def search(image: UploadFile | None = File(None), top_k: int | None = Form(None), category: str | None = Form(None),
+                     min_price: float | None = Form(None), max_price: float | None = Form(None)):
+        """Products that look like the uploaded photo (multipart field `image`)."""
+        data = await read_image(image)
+        started = time.perf_counter()
+        results, cache_hit = await run_in_threadpool(
+            gateway.search_by_image, data, top_k, make_filter(category, min_price, max_price), deadline())
+        return {"results": [result_json(r) for r in results], "cache_hit": cache_hit,
+                "took_ms": round((time.perf_counter() - started) * 1000, 2)}
+
+    @app.get("/v1/products/{product_id:path}/similar", tags=["search"])
+    def similar(product_id: str, top_k: int | None = Query(None), category: str | None = None,
+                min_price: float | None = None, max_price: float | None = None):
+        """"More like this": products that look like an indexed product."""
+        results = gateway.search_similar(product_id, top_k, make_filter(category, min_price, max_price), deadline())
+        return {"results": [result_json(r) for r in results]}
+
+    @app.get("/v1/products/{product_id:path}/image", tags=["products"])
+    def product_image(product_id: str):
+        """The product's stored original image."""
+        data = gateway.image_of(product_id, deadline())
+        fmt = images.sniff_format(data) or "octet-stream"
+        media = "application/octet-stream" if fmt == "octet-stream" else f"image/{fmt.lower()}"
+        return Response(data, media_type=media, headers={"Cache-Control": "public, max-age=86400",
+                                                         "X-Content-Type-Options": "nosniff"})
+
+    @app.put("/v1/products/{product_id:path}", tags=["products"])
+    async def put_product(product_id: str, image: UploadFile | None = File(None), title: str = Form(""),
+                          category: str = Form(""), price: float | None = Form(None),
+                          attributes: str = Form("{}")):
+        """Indexes (or updates) one product: multipart `image` plus metadata fields."""
+        try:
+            attrs = json.loads(attributes or "{}")
+            if not isinstance(attrs, dict):
+                raise ValueError
+        except ValueError:
+            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "attributes must be a JSON object of strings") from None
+        product = types_pb2.Product(id=product_id, title=title, category=category,
+                                    attributes={str(k): str(v) for k, v in attrs.items()})
+        if price is not None:
+            product.price = price
+        data = await read_image(image)
+        outcome = await run_in_threadpool(
+            lambda: list(gateway.upsert_products([(product, data)], deadline)))
+        _, error = outcome[0]
+        if error is not None:
+            raise error
+        return {"id": product_id, "ok": True}
+
+    @app.get("/v1/products/{product_id:path}", tags=["products"])
+    def get_product(product_id: str):
+        return product_json(gateway.get_product(product_id, deadline()))
+
+    @app.delete("/v1/products/{product_id:path}", tags=["products"])
+    def delete_product(product_id: str):
+        if gateway.delete_products([product_id], deadline()) == 0:
+            raise ApiError(grpc.StatusCode.NOT_FOUND, f"product {product_id!r} not found")
+        return {"id": product_id, "deleted": True}
+
+    @app.get("/", include_in_schema=False)
+    def index():
+        page = STATIC_DIR / "index.html"
+        if not page.exists():
+            return JSONResponse({"service": "lookalike", "docs": "/docs", "openapi": "/openapi.json"})
+        return FileResponse(page)
+
+    if STATIC_DIR.exists():
+        from fastapi.staticfiles import StaticFiles
+        app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app

@@ -1,0 +1,132 @@
+"""Runs the gateway: gRPC API and REST proxy in one process, health tracking the whole chain."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import threading
+from pathlib import Path
+
+import grpc
+import uvicorn
+
+from lookalike.grpc_server import ServiceHost, configure_logging
+from lookalike.settings import load_settings
+from lookalike.torchserve import EmbedderClient
+from lookalike.v1 import lookalike_pb2, lookalike_pb2_grpc
+
+from .auth import ApiKeyCheck
+from .cache import EmbeddingCache
+from .core import Dependencies, Gateway
+from .grpc_api import LookalikeServicer
+from .image_store import ImageStore
+from .rest import create_app
+from .settings import GatewaySettings
+
+log = logging.getLogger("lookalike.gateway")
+
+
+class ReadinessMonitor(threading.Thread):
+    """Probes the dependencies every `interval` seconds and mirrors the result into gRPC health."""
+
+    def __init__(self, gateway: Gateway, host: ServiceHost, interval: float = 1.0):
+        super().__init__(daemon=True, name="readiness")
+        self.gateway = gateway
+        self.host = host
+        self.interval = interval
+        self.latest = Dependencies(embedder=False, search=False, cache=False)
+        self.stopping = threading.Event()
+        self._changed = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            self.refresh()
+            self.stopping.wait(self.interval)
+
+    def refresh(self) -> Dependencies:
+        deps = self.gateway.dependencies(timeout=min(self.interval, 1.0))
+        if deps != self.latest:
+            log.info("dependencies: embedder=%s search=%s cache=%s", deps.embedder, deps.search, deps.cache)
+        self.latest = deps
+        self.host.set_serving(deps.ready and not self.stopping.is_set())
+        return deps
+
+    def snapshot(self) -> Dependencies:
+        if self.stopping.is_set():
+            return Dependencies(embedder=False, search=False, cache=False)
+        return self.latest
+
+
+def build_gateway(settings: GatewaySettings) -> Gateway:
+    """Wires the embedder client, the search channel, the cache and the image store."""
+    embedder = EmbedderClient(settings.embedder_address, model_name=settings.embedder_model,
+                              model_version=settings.embedder_model_version,
+                              token=settings.embedder_token.get_secret_value() if settings.embedder_token else None,
+                              token_file=settings.embedder_token_file)
+    search_channel = grpc.insecure_channel(settings.search_address, options=[
+        ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+        ("grpc.max_send_message_length", 64 * 1024 * 1024)])
+    model_id = settings.embedder_model + (f"-{settings.embedder_model_version}" if settings.embedder_model_version
+                                          else "")
+    cache = EmbeddingCache(settings.redis_url, model_id=model_id, ttl_s=settings.cache_ttl_s,
+                           timeout_s=settings.redis_timeout_s, retry_after_s=settings.redis_retry_after_s)
+    return Gateway(settings, embedder, search_channel, cache, ImageStore(settings.data_dir / "images"))
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(512)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _write_port_file(path: Path, grpc_port: int, http_port: int) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(f"grpc={grpc_port}\nhttp={http_port}\n")
+    os.replace(tmp, path)
+
+
+def main() -> None:
+    settings = load_settings(GatewaySettings)
+    configure_logging(settings.log_level)
+    gateway = build_gateway(settings)
+    auth = ApiKeyCheck(settings.api_key_set)
+
+    host = ServiceHost(f"{settings.host}:{settings.grpc_port}", max_message_bytes=settings.max_upload_bytes + 65536)
+    host.add(lookalike_pb2_grpc.add_LookalikeServicer_to_server, LookalikeServicer(gateway, auth),
+             lookalike_pb2.DESCRIPTOR.services_by_name["Lookalike"].full_name)
+    grpc_port = host.start()
+    monitor = ReadinessMonitor(gateway, host)
+    monitor.start()
+
+    http_socket = _bind(settings.host, settings.http_port)
+    http_port = http_socket.getsockname()[1]
+    app = create_app(gateway, auth, monitor.snapshot)
+    server = uvicorn.Server(uvicorn.Config(app, log_level=settings.log_level.lower(), access_log=False,
+                                           timeout_graceful_shutdown=10, limit_concurrency=1024))
+    server.install_signal_handlers = lambda: None  # we own SIGTERM/SIGINT
+
+    def shutdown(signum, _frame):
+        log.info("signal %d: draining", signum)
+        monitor.stopping.set()
+        host.set_serving(False)
+
+        def drain():
+            host.stop()
+            server.should_exit = True
+        threading.Thread(target=drain, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, shutdown)
+    signal.signal(signal.SIGINT, shutdown)
+    if settings.port_file:
+        _write_port_file(settings.port_file, grpc_port, http_port)
+    log.info("gateway listening: grpc %s:%d, http http://%s:%d", settings.host, grpc_port, settings.host, http_port)
+    asyncio.run(server.serve(sockets=[http_socket]))
+    monitor.stopping.set()
+    host.stop()
+    log.info("gateway stopped")

@@ -1,0 +1,64 @@
+"""Gateway configuration (env prefix LOOKALIKE_GATEWAY_)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class GatewaySettings(BaseSettings):
+    """Every gateway setting; each can be set as LOOKALIKE_GATEWAY_<NAME>."""
+
+    model_config = SettingsConfigDict(env_prefix="LOOKALIKE_GATEWAY_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    grpc_port: int = Field(50051, ge=0, le=65535)
+    http_port: int = Field(8080, ge=0, le=65535)
+    port_file: Path | None = None  # when set, "grpc=<port>\nhttp=<port>" is written there once ready
+
+    embedder_address: str = "127.0.0.1:7070"
+    embedder_model: str = "lookalike-lite0"
+    embedder_model_version: str = ""  # part of the cache key; empty = the model's default version
+    embedder_token: SecretStr | None = None
+    embedder_token_file: Path | None = None  # TorchServe's key_file.json
+    search_address: str = "127.0.0.1:50052"
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    cache_ttl_s: int = Field(7 * 24 * 3600, ge=1)
+    redis_timeout_s: float = Field(0.05, gt=0, le=5)  # a slow Redis is skipped, not waited for
+    redis_retry_after_s: float = Field(2.0, ge=0)  # after a Redis failure, skip it this long
+
+    data_dir: Path = Path("var/gateway")
+    request_timeout_s: float = Field(10.0, gt=0, le=600)  # default deadline when the caller sets none
+    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(40_000_000, ge=1)
+    default_top_k: int = Field(10, ge=1, le=1000)
+    upsert_batch_size: int = Field(32, ge=1, le=1024)
+
+    api_keys: str = ""  # comma-separated; empty = no authentication (local single-user run)
+    cors_origins: str = ""  # comma-separated allowed origins; empty = none
+    log_level: str = "INFO"
+
+    @field_validator("embedder_address", "search_address")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError("must be HOST:PORT")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix:// (or be empty to disable the cache)")
+        return value
+
+    @property
+    def api_key_set(self) -> frozenset[str]:
+        return frozenset(k.strip() for k in self.api_keys.split(",") if k.strip())
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
