@@ -1,0 +1,101 @@
+"""Search service configuration (env prefix LOOKALIKE_SEARCH_)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Engine = Literal["qdrant-local", "qdrant-edge", "qdrant-server"]
+Quantization = Literal["none", "int8", "binary"]
+ENGINES: tuple[str, ...] = ("qdrant-local", "qdrant-edge", "qdrant-server")
+
+
+class SearchSettings(BaseSettings):
+    """Every search-service setting; each can be set as LOOKALIKE_SEARCH_<NAME>."""
+
+    model_config = SettingsConfigDict(env_prefix="LOOKALIKE_SEARCH_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(50052, ge=0, le=65535)  # 0 = pick a free port (logged, and written to port_file)
+    port_file: Path | None = None  # when set, the bound port is written there (atomically) once ready
+
+    # Declared before `engine`: the engine validator reads it.
+    qdrant_url: str | None = None  # e.g. http://qdrant:6333; setting it makes qdrant-server the default engine
+    qdrant_api_key: SecretStr | None = None
+    qdrant_prefer_grpc: bool = False  # server engine: talk gRPC (port 6334) instead of REST
+    # qdrant-local: qdrant-client's embedded mode (exact, pure Python; fine up to ~20k points);
+    # qdrant-edge: Qdrant's Rust engine in-process (HNSW); qdrant-server: a Qdrant server at qdrant_url.
+    engine: Engine | None = Field(None, validate_default=True)
+
+    data_dir: Path = Path("var/search")
+    collection: str = Field("products", min_length=1, max_length=255, pattern=r"^[A-Za-z0-9_.-]+$")
+    vector_size: int = Field(1280, ge=1, le=65536)
+
+    hnsw_m: int = Field(16, ge=0, le=512)  # 0 disables the graph (server: exact search only)
+    hnsw_ef_construct: int = Field(100, ge=4, le=4096)
+    search_ef: int = Field(128, ge=1, le=4096)  # hnsw_ef at query time (raised to top_k when smaller)
+    full_scan_threshold_kb: int = Field(10000, ge=1)  # segments smaller than this are searched exactly
+    indexing_threshold_kb: int | None = Field(None, ge=0)  # server/edge: segment size that gets an HNSW index
+
+    # Server engine only (distributed Qdrant); ignored by the embedded engines.
+    shard_number: int = Field(1, ge=1, le=1024)
+    replication_factor: int = Field(1, ge=1, le=64)
+    write_consistency_factor: int = Field(1, ge=1, le=64)
+
+    quantization: Quantization = "none"  # collection option; local mode accepts but does not use it
+    quantization_rescore: bool = True  # re-rank quantized candidates with the original vectors
+    quantization_oversampling: float = Field(2.0, ge=1.0, le=16.0)
+
+    # Edge engine: HNSW segments are built by an explicit, blocking optimize(); it runs at start and
+    # after writes have been quiet this long (0 = only at start).
+    edge_optimize_idle_s: float = Field(5.0, ge=0)
+    edge_flush_each_write: bool = True  # flush segments after every write (the WAL alone survives kill -9)
+
+    request_timeout_s: float = Field(10.0, gt=0, le=600)  # Qdrant client timeout (server engine)
+    max_workers: int = Field(8, ge=1, le=256)
+    shutdown_grace_s: float = Field(10.0, ge=0, le=600)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value):
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("qdrant_url", mode="before")
+    @classmethod
+    def _url(cls, value):
+        if isinstance(value, str):
+            value = value.strip() or None
+        if value is not None and not str(value).startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https:// (e.g. http://127.0.0.1:6333)")
+        return value
+
+    @field_validator("engine", mode="after")
+    @classmethod
+    def _engine(cls, value: str | None, info: ValidationInfo) -> str:
+        url = info.data.get("qdrant_url")
+        if value is None:
+            return "qdrant-server" if url else "qdrant-local"
+        if value == "qdrant-server" and not url:
+            raise ValueError("engine qdrant-server needs LOOKALIKE_SEARCH_QDRANT_URL")
+        if value != "qdrant-server" and url:
+            raise ValueError(f"engine {value} is embedded but LOOKALIKE_SEARCH_QDRANT_URL is set; "
+                             "unset one of them")
+        return value
+
+    @field_validator("write_consistency_factor", mode="after")
+    @classmethod
+    def _wcf(cls, value: int, info: ValidationInfo) -> int:
+        rf = info.data.get("replication_factor")
+        if rf is not None and value > rf:
+            raise ValueError(f"must not exceed LOOKALIKE_SEARCH_REPLICATION_FACTOR ({rf})")
+        return value
+
+    @property
+    def bind_address(self) -> str:
+        host = self.host
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"  # IPv6 literal
+        return f"{host}:{self.port}"

@@ -1,0 +1,267 @@
+"""VectorStore over qdrant-client: a Qdrant server by URL, or the client's embedded local mode on a path.
+
+Local mode is qdrant-client's pure-Python engine: every search is an exact numpy scan plus per-point
+Python filter evaluation, HNSW/quantization/payload-index settings are accepted but unused, and each
+point is its own SQLite commit. It is right for development and small catalogues (up to ~20k points);
+use qdrant-edge or a server beyond that.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import threading
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .store import (PAYLOAD_INDEXES, CollectionMismatch, Hit, NotFound, PointIn, Record, SearchFilter,
+                    StoreError, check_vector, clamp_score, dedupe_points, ef_for, payload_product_id,
+                    point_uuid, unique)
+
+log = logging.getLogger(__name__)
+
+
+class QdrantClientStore:
+    """A collection reached through qdrant-client (`url` for a server, `path` for local mode)."""
+
+    def __init__(self, collection: str, vector_size: int, *, url: str | None = None, path: str | Path | None = None,
+                 api_key: str | None = None, prefer_grpc: bool = False, timeout_s: float = 10.0,
+                 hnsw_m: int = 16, hnsw_ef_construct: int = 100, search_ef: int = 128,
+                 full_scan_threshold_kb: int = 10000, indexing_threshold_kb: int | None = None,
+                 shard_number: int = 1, replication_factor: int = 1, write_consistency_factor: int = 1,
+                 quantization: str = "none", quantization_rescore: bool = True,
+                 quantization_oversampling: float = 2.0):
+        from qdrant_client import QdrantClient
+
+        if (url is None) == (path is None):
+            raise ValueError("give exactly one of url (server) or path (local mode)")
+        self.collection = collection
+        self.vector_size = vector_size
+        self.local = path is not None
+        self.search_ef = search_ef
+        self._hnsw = (hnsw_m, hnsw_ef_construct, full_scan_threshold_kb)
+        self._indexing_threshold_kb = indexing_threshold_kb
+        self._cluster = (shard_number, replication_factor, write_consistency_factor)
+        self._quantization = quantization
+        self._rescore = quantization_rescore
+        self._oversampling = quantization_oversampling
+        # Local mode is not thread-safe; the server client is, but a lock keeps delete's count exact
+        # against concurrent deletes of the same ids within this process.
+        self._lock = threading.RLock()
+        self._closed = False
+        self._ready = False
+        try:
+            if self.local:
+                Path(path).mkdir(parents=True, exist_ok=True)
+                self.client = QdrantClient(path=str(path), force_disable_check_same_thread=True)
+            else:
+                self.client = QdrantClient(url=url, api_key=api_key, prefer_grpc=prefer_grpc,
+                                           timeout=max(1, math.ceil(timeout_s)))
+        except RuntimeError as exc:  # local mode: "Storage folder ... is already accessed by another instance"
+            raise StoreError(f"cannot open qdrant local storage at {path}: {exc}") from exc
+        self.where = f"qdrant local storage {path}" if self.local else f"qdrant server {url}"
+
+    @classmethod
+    def from_settings(cls, s) -> QdrantClientStore:
+        common = dict(hnsw_m=s.hnsw_m, hnsw_ef_construct=s.hnsw_ef_construct, search_ef=s.search_ef,
+                      full_scan_threshold_kb=s.full_scan_threshold_kb, indexing_threshold_kb=s.indexing_threshold_kb,
+                      quantization=s.quantization, quantization_rescore=s.quantization_rescore,
+                      quantization_oversampling=s.quantization_oversampling)
+        if s.engine == "qdrant-server":
+            return cls(s.collection, s.vector_size, url=s.qdrant_url,
+                       api_key=s.qdrant_api_key.get_secret_value() if s.qdrant_api_key else None,
+                       prefer_grpc=s.qdrant_prefer_grpc, timeout_s=s.request_timeout_s,
+                       shard_number=s.shard_number, replication_factor=s.replication_factor,
+                       write_consistency_factor=s.write_consistency_factor, **common)
+        return cls(s.collection, s.vector_size, path=Path(s.data_dir) / "qdrant-local", **common)
+
+    # ---- errors ----------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _errors(self, what: str):
+        from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+        if self._closed:
+            raise StoreError("store is closed", unavailable=True)
+        try:
+            yield
+        except (NotFound, StoreError):
+            raise
+        except UnexpectedResponse as exc:
+            transient = exc.status_code is not None and (exc.status_code >= 500 or exc.status_code == 429)
+            raise StoreError(f"{what} failed on {self.where}: HTTP {exc.status_code} {exc.content!r:.300}",
+                             unavailable=transient) from exc
+        except (ResponseHandlingException, ConnectionError, TimeoutError) as exc:
+            raise StoreError(f"{what} failed: {self.where} unreachable: {exc}", unavailable=True) from exc
+        except Exception as exc:  # grpc.RpcError (prefer_grpc), httpx errors, local-mode errors
+            name = type(exc).__name__
+            transient = any(t in name for t in ("Connect", "Timeout", "RpcError", "Network", "Transport"))
+            raise StoreError(f"{what} failed on {self.where}: {name}: {exc}", unavailable=transient) from exc
+
+    # ---- collection ------------------------------------------------------------------------------
+
+    def _quantization_config(self):
+        from qdrant_client import models
+
+        if self._quantization == "int8":
+            return models.ScalarQuantization(scalar=models.ScalarQuantizationConfig(
+                type=models.ScalarType.INT8, quantile=0.99, always_ram=True))
+        if self._quantization == "binary":
+            return models.BinaryQuantization(binary=models.BinaryQuantizationConfig(always_ram=True))
+        return None
+
+    def ensure_collection(self) -> None:
+        from qdrant_client import models
+
+        with self._lock, self._errors("ensure_collection"):
+            if self.client.collection_exists(self.collection):
+                info = self.client.get_collection(self.collection)
+                vectors = info.config.params.vectors
+                if not isinstance(vectors, models.VectorParams):
+                    raise CollectionMismatch(f"collection {self.collection!r} on {self.where} uses named vectors "
+                                             f"({sorted(vectors or {})}); expected one unnamed vector")
+                if vectors.size != self.vector_size:
+                    raise CollectionMismatch(
+                        f"collection {self.collection!r} on {self.where} has vector size {vectors.size}, but "
+                        f"LOOKALIKE_SEARCH_VECTOR_SIZE is {self.vector_size}; use another collection name or "
+                        "data dir, or delete the collection")
+                if vectors.distance != models.Distance.COSINE:
+                    raise CollectionMismatch(f"collection {self.collection!r} on {self.where} uses "
+                                             f"{vectors.distance} distance; expected Cosine")
+            else:
+                m, ef_construct, full_scan = self._hnsw
+                kwargs = {}
+                if not self.local:
+                    shards, replicas, wcf = self._cluster
+                    kwargs = dict(shard_number=shards, replication_factor=replicas, write_consistency_factor=wcf)
+                    if self._indexing_threshold_kb is not None:
+                        kwargs["optimizers_config"] = models.OptimizersConfigDiff(
+                            indexing_threshold=self._indexing_threshold_kb)
+                self.client.create_collection(
+                    self.collection,
+                    vectors_config=models.VectorParams(size=self.vector_size, distance=models.Distance.COSINE),
+                    hnsw_config=models.HnswConfigDiff(m=m, ef_construct=ef_construct, full_scan_threshold=full_scan),
+                    quantization_config=self._quantization_config(), **kwargs)
+                log.info("created collection %r (size %d, cosine, quantization %s) on %s",
+                         self.collection, self.vector_size, self._quantization, self.where)
+            if not self.local:  # local mode ignores payload indexes (and warns about them)
+                schema = {"keyword": models.PayloadSchemaType.KEYWORD, "float": models.PayloadSchemaType.FLOAT}
+                existing = self.client.get_collection(self.collection).payload_schema or {}
+                for field, kind in PAYLOAD_INDEXES.items():
+                    if field not in existing:
+                        self.client.create_payload_index(self.collection, field, field_schema=schema[kind], wait=True)
+            self._ready = True
+
+    # ---- translation -----------------------------------------------------------------------------
+
+    def _filter(self, flt: SearchFilter | None, exclude: str | None = None):
+        from qdrant_client import models
+
+        must, must_not = [], []
+        if flt is not None:
+            if flt.category:
+                must.append(models.FieldCondition(key="category", match=models.MatchValue(value=flt.category)))
+            if flt.min_price is not None or flt.max_price is not None:
+                must.append(models.FieldCondition(key="price", range=models.Range(gte=flt.min_price,
+                                                                                 lte=flt.max_price)))
+        if exclude is not None:
+            must_not.append(models.HasIdCondition(has_id=[str(point_uuid(exclude))]))
+        if not must and not must_not:
+            return None
+        return models.Filter(must=must or None, must_not=must_not or None)
+
+    def _params(self, top_k: int):
+        from qdrant_client import models
+
+        quant = None
+        if self._quantization != "none":
+            quant = models.QuantizationSearchParams(rescore=self._rescore, oversampling=self._oversampling)
+        return models.SearchParams(hnsw_ef=ef_for(top_k, self.search_ef), quantization=quant)
+
+    @staticmethod
+    def _vector(raw) -> np.ndarray | None:
+        if raw is None:
+            return None
+        if isinstance(raw, dict):  # named-vector form
+            raw = raw.get("", next(iter(raw.values()), None))
+        return None if raw is None else np.asarray(raw, dtype=np.float32)
+
+    # ---- operations ------------------------------------------------------------------------------
+
+    def upsert(self, points: Sequence[PointIn]) -> int:
+        from qdrant_client import models
+
+        clean = dedupe_points(points, self.vector_size)
+        if not clean:
+            return 0
+        structs = [models.PointStruct(id=str(point_uuid(pid)), vector=vec.tolist(), payload=payload)
+                   for pid, vec, payload in clean]
+        with self._lock, self._errors("upsert"):
+            self.client.upsert(self.collection, points=structs, wait=True)
+        return len(clean)
+
+    def _query(self, vector: np.ndarray, top_k: int, flt, what: str) -> list[Hit]:
+        with self._lock, self._errors(what):
+            response = self.client.query_points(self.collection, query=vector.tolist(), query_filter=flt,
+                                                search_params=None if self.local else self._params(top_k),
+                                                limit=top_k,
+                                                with_payload=True, with_vectors=False)
+        return [Hit(payload_product_id(p.payload), clamp_score(p.score), dict(p.payload or {})) for p in response.points]
+
+    def search(self, vector, top_k: int, filter: SearchFilter | None = None) -> list[Hit]:
+        vec = check_vector(vector, self.vector_size)
+        return self._query(vec, top_k, self._filter(filter), "search")
+
+    def search_by_id(self, product_id: str, top_k: int, filter: SearchFilter | None = None) -> list[Hit]:
+        with self._lock:
+            records = self.get([product_id], with_vectors=True)
+            if not records:
+                raise NotFound(product_id)
+            return self._query(records[0].vector, top_k, self._filter(filter, exclude=product_id), "search_by_id")
+
+    def get(self, product_ids: Sequence[str], with_vectors: bool = False) -> list[Record]:
+        ids = unique(product_ids)
+        if not ids:
+            return []
+        with self._lock, self._errors("get"):
+            found = self.client.retrieve(self.collection, ids=[str(point_uuid(i)) for i in ids],
+                                         with_payload=True, with_vectors=with_vectors)
+        by_pid = {}
+        for rec in found:
+            payload = dict(rec.payload or {})
+            by_pid[payload_product_id(payload)] = Record(payload_product_id(payload), payload,
+                                                         self._vector(rec.vector) if with_vectors else None)
+        return [by_pid[i] for i in ids if i in by_pid]
+
+    def delete(self, product_ids: Sequence[str]) -> int:
+        from qdrant_client import models
+
+        ids = unique(product_ids)
+        if not ids:
+            return 0
+        with self._lock:
+            existing = self.get(ids)
+            if existing:
+                with self._errors("delete"):
+                    self.client.delete(self.collection, points_selector=models.PointIdsList(
+                        points=[str(point_uuid(r.product_id)) for r in existing]), wait=True)
+        return len(existing)
+
+    def count(self, filter: SearchFilter | None = None) -> int:
+        with self._lock, self._errors("count"):
+            return int(self.client.count(self.collection, count_filter=self._filter(filter), exact=True).count)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:
+                    self.client.close()
+                except Exception:  # closing must not raise during shutdown
+                    log.exception("closing %s", self.where)
