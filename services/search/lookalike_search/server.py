@@ -1,0 +1,279 @@
+"""gRPC lookalike.v1.SearchService over a VectorStore, hosted by lookalike.grpc_server.ServiceHost."""
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import math
+import os
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import grpc
+
+from lookalike.grpc_server import ServiceHost, configure_logging
+from lookalike.settings import ConfigError, load_settings
+from lookalike.v1 import search_pb2, search_pb2_grpc, types_pb2
+from lookalike.vectors import pack, unpack
+
+from .settings import SearchSettings
+from .store import CollectionMismatch, Hit, NotFound, SearchFilter, StoreError, VectorStore, make_store
+
+log = logging.getLogger("lookalike_search")
+
+SERVICE_NAME = search_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name  # lookalike.v1.SearchService
+MAX_TOP_K = 1000
+MAX_POINTS_PER_UPSERT = 10_000
+MAX_IDS_PER_REQUEST = 10_000
+MAX_ID_LENGTH = 1024
+
+
+class InvalidArgument(ValueError):
+    """A request the service refuses (INVALID_ARGUMENT)."""
+
+
+# ---- proto <-> payload ----------------------------------------------------------------------------
+
+def product_payload(product: types_pb2.Product) -> dict:
+    payload = {"title": product.title, "category": product.category, "attributes": dict(product.attributes),
+               "image_sha256": product.image_sha256}
+    if product.HasField("price"):
+        payload["price"] = product.price
+    return payload
+
+
+def payload_product(product_id: str, payload: dict) -> types_pb2.Product:
+    product = types_pb2.Product(id=product_id, title=str(payload.get("title") or ""),
+                                category=str(payload.get("category") or ""),
+                                image_sha256=str(payload.get("image_sha256") or ""))
+    price = payload.get("price")
+    if price is not None:
+        product.price = float(price)
+    for key, value in (payload.get("attributes") or {}).items():
+        product.attributes[str(key)] = str(value)
+    return product
+
+
+def to_filter(message: types_pb2.Filter | None) -> SearchFilter | None:
+    if message is None:
+        return None
+    min_price = message.min_price if message.HasField("min_price") else None
+    max_price = message.max_price if message.HasField("max_price") else None
+    for name, value in (("filter.min_price", min_price), ("filter.max_price", max_price)):
+        if value is not None and not math.isfinite(value):
+            raise InvalidArgument(f"{name} must be a finite number, got {value}")
+    if min_price is not None and max_price is not None and min_price > max_price:
+        raise InvalidArgument(f"filter.min_price ({min_price}) is greater than filter.max_price ({max_price})")
+    flt = SearchFilter(category=message.category or None, min_price=min_price, max_price=max_price)
+    return None if flt.empty else flt
+
+
+def check_top_k(top_k: int) -> int:
+    if top_k <= 0 or top_k > MAX_TOP_K:
+        raise InvalidArgument(f"top_k must be between 1 and {MAX_TOP_K}, got {top_k}")
+    return top_k
+
+
+def check_id(product_id: str, what: str = "product_id") -> str:
+    if not product_id:
+        raise InvalidArgument(f"{what} is empty")
+    if len(product_id) > MAX_ID_LENGTH:
+        raise InvalidArgument(f"{what} is longer than {MAX_ID_LENGTH} characters")
+    return product_id
+
+
+def check_ids(ids, what: str = "product_ids") -> list[str]:
+    ids = list(ids)
+    if not ids:
+        raise InvalidArgument(f"{what} is empty")
+    if len(ids) > MAX_IDS_PER_REQUEST:
+        raise InvalidArgument(f"{what} has {len(ids)} ids; at most {MAX_IDS_PER_REQUEST} per request")
+    for i, pid in enumerate(ids):
+        check_id(pid, f"{what}[{i}]")
+    return ids
+
+
+def check_vector(data: bytes, dim: int, what: str = "vector"):
+    if not data:
+        raise InvalidArgument(f"{what} is empty; expected {dim} packed float32 values ({dim * 4} bytes)")
+    try:
+        vector = unpack(data, dim)
+    except ValueError as exc:
+        raise InvalidArgument(f"{what}: {exc}") from None
+    if not vector.any():
+        raise InvalidArgument(f"{what} is all zeros (cosine similarity is undefined)")
+    return vector
+
+
+# ---- servicer -------------------------------------------------------------------------------------
+
+def rpc(method):
+    """Maps exceptions to status codes: bad input -> INVALID_ARGUMENT, NotFound -> NOT_FOUND, transient
+    store failures -> UNAVAILABLE, the rest -> INTERNAL; the message says what went wrong."""
+
+    @functools.wraps(method)
+    def wrapper(self, request, context: grpc.ServicerContext):
+        try:
+            return method(self, request, context)
+        except NotFound as exc:
+            code, message = grpc.StatusCode.NOT_FOUND, str(exc)
+        except ValueError as exc:  # InvalidArgument and the store's own validation
+            code, message = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+        except StoreError as exc:
+            code = grpc.StatusCode.UNAVAILABLE if exc.unavailable else grpc.StatusCode.INTERNAL
+            message = str(exc)
+            log.error("%s: %s", method.__name__, message)
+        except Exception as exc:  # a bug: say so, log the traceback
+            log.exception("%s failed", method.__name__)
+            code, message = grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}: {type(exc).__name__}: {exc}"
+        context.abort(code, message)
+
+    return wrapper
+
+
+class SearchServicer(search_pb2_grpc.SearchServiceServicer):
+    def __init__(self, store: VectorStore, vector_size: int):
+        self.store = store
+        self.dim = vector_size
+
+    @staticmethod
+    def _results(hits: list[Hit]) -> list[types_pb2.SearchResult]:
+        return [types_pb2.SearchResult(product=payload_product(h.product_id, h.payload), score=h.score)
+                for h in hits]
+
+    @rpc
+    def UpsertPoints(self, request, context):
+        if not request.points:
+            raise InvalidArgument("points is empty")
+        if len(request.points) > MAX_POINTS_PER_UPSERT:
+            raise InvalidArgument(f"{len(request.points)} points; at most {MAX_POINTS_PER_UPSERT} per request")
+        points = []
+        for i, point in enumerate(request.points):
+            pid = check_id(point.product.id, f"points[{i}].product.id")
+            vector = check_vector(point.vector, self.dim, f"points[{i}].vector")
+            if point.product.HasField("price") and not math.isfinite(point.product.price):
+                raise InvalidArgument(f"points[{i}].product.price must be a finite number")
+            points.append((pid, vector, product_payload(point.product)))
+        return search_pb2.UpsertPointsResponse(upserted=self.store.upsert(points))
+
+    @rpc
+    def SearchByVector(self, request, context):
+        vector = check_vector(request.vector, self.dim)
+        top_k = check_top_k(request.top_k)
+        flt = to_filter(request.filter) if request.HasField("filter") else None
+        return search_pb2.SearchByVectorResponse(results=self._results(self.store.search(vector, top_k, flt)))
+
+    @rpc
+    def SearchById(self, request, context):
+        pid = check_id(request.product_id)
+        top_k = check_top_k(request.top_k)
+        flt = to_filter(request.filter) if request.HasField("filter") else None
+        return search_pb2.SearchByIdResponse(results=self._results(self.store.search_by_id(pid, top_k, flt)))
+
+    @rpc
+    def GetPoints(self, request, context):
+        ids = check_ids(request.product_ids)
+        records = self.store.get(ids, with_vectors=request.with_vectors)
+        return search_pb2.GetPointsResponse(points=[
+            search_pb2.Point(product=payload_product(r.product_id, r.payload),
+                             vector=pack(r.vector) if request.with_vectors and r.vector is not None else b"")
+            for r in records])
+
+    @rpc
+    def DeletePoints(self, request, context):
+        ids = check_ids(request.product_ids)
+        return search_pb2.DeletePointsResponse(deleted=self.store.delete(ids))
+
+    @rpc
+    def CountPoints(self, request, context):
+        flt = to_filter(request.filter) if request.HasField("filter") else None
+        return search_pb2.CountPointsResponse(count=self.store.count(flt))
+
+
+# ---- process --------------------------------------------------------------------------------------
+
+def write_port_file(path: Path, port: int) -> None:
+    """Writes "<port>\\n" atomically (temp file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(f"{port}\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def open_store_until_ready(store: VectorStore, stopping: threading.Event) -> bool:
+    """ensure_collection, retrying transient failures (a Qdrant server still starting) until stopped.
+
+    Returns False when stopped first; raises for permanent failures (e.g. a vector-size mismatch)."""
+    delay = 0.5
+    while not stopping.is_set():
+        try:
+            store.ensure_collection()
+            return True
+        except CollectionMismatch:
+            raise
+        except StoreError as exc:
+            if not exc.unavailable:
+                raise
+            log.warning("vector store not ready (%s); retrying in %.1fs", exc, delay)
+            stopping.wait(delay)
+            delay = min(delay * 2, 10.0)
+    return False
+
+
+def serve(settings: SearchSettings) -> int:
+    """Runs the service until SIGTERM/SIGINT; returns the exit status."""
+    store = make_store(settings)
+    host = ServiceHost(settings.bind_address, max_workers=settings.max_workers, grace=settings.shutdown_grace_s)
+    host.add(search_pb2_grpc.add_SearchServiceServicer_to_server, SearchServicer(store, settings.vector_size),
+             SERVICE_NAME)
+    stopping = threading.Event()
+    host.install_signal_handlers(on_stop=stopping.set)
+    try:
+        port = host.start()
+    except (OSError, RuntimeError) as exc:
+        print(f"search service cannot listen on {settings.bind_address}: {exc}", file=sys.stderr)
+        store.close()
+        return 1
+    log.info("search service starting on %s:%d (engine %s, collection %r, vector size %d)",
+             settings.host, port, settings.engine, settings.collection, settings.vector_size)
+    try:
+        ready = open_store_until_ready(store, stopping)
+    except StoreError as exc:
+        log.error("vector store failed to start: %s", exc)
+        print(f"search service: vector store failed to start: {exc}", file=sys.stderr)
+        host.stop()
+        store.close()
+        return 1
+    if ready and not stopping.is_set():
+        host.set_serving(True)
+        if settings.port_file:
+            write_port_file(settings.port_file, port)
+        log.info("search service ready on %s:%d", settings.host, port)
+    host.wait()
+    store.close()
+    log.info("search service stopped")
+    return 0
+
+
+def main() -> int:
+    try:
+        settings = load_settings(SearchSettings)
+    except ConfigError:
+        return 2  # load_settings printed the message naming the setting
+    configure_logging(settings.log_level)
+    try:
+        return serve(settings)
+    except StoreError as exc:
+        print(f"search service: {exc}", file=sys.stderr)
+        return 1
