@@ -1,0 +1,227 @@
+"""TorchServe handler for the Lookalike embedder (model name "lookalike-lite0").
+
+WIRE CONTRACT (what a client sees)
+==================================
+
+Request: one image per request. gRPC ``Predictions(PredictionsRequest{model_name="lookalike-lite0",
+input={"data": <image bytes>}})``; over HTTP ``POST /predictions/lookalike-lite0`` with the raw image
+as body. Accepted images: see `lookalike.images.decode_image` (JPEG/PNG/WEBP/GIF/BMP, <= 40 MP by
+default). An optional input ``"request_id"`` (utf-8 bytes) is echoed in the worker log lines for
+that item (TorchServe does not pass gRPC metadata to handlers).
+
+TorchServe batches concurrent requests (batchSize / maxBatchDelay in model-config.yaml) into one
+call of `handle`; every item gets its own answer, and a bad image never fails the other items.
+
+Success: ``prediction`` = the embedding as raw little-endian float32 bytes (`lookalike.vectors.pack`),
+``4 * dim`` bytes (5120 for the default cut "final"), L2 norm 1. HTTP: 200,
+``Content-Type: application/octet-stream``.
+
+Bad image: TorchServe 0.12 cannot fail one item of a batch over gRPC (a per-item status code is
+dropped by its gRPC frontend; a handler exception fails the whole batch). So the item's
+``prediction`` is a JSON document, gRPC status OK::
+
+    {"error": {"code": "INVALID_ARGUMENT", "reason": "not_an_image", "message": "..."}}
+
+``reason`` is one of `lookalike.images.REASONS` (plus "missing_input"). It can never be mistaken for
+a vector: it starts with ``{"error"`` (ERROR_PREFIX), whose first 4 bytes read as a float32 of
+about 1e31, impossible in a unit vector, and clients also check the length. Over HTTP the same
+body comes with status 400 and ``Content-Type: application/json``.
+`lookalike.torchserve.EmbedderClient` turns it into `EmbedderImageError` (a ValueError).
+
+Whole-batch failures (model crash, out of memory) are TorchServe errors: gRPC INTERNAL /
+UNAVAILABLE etc. -- transport-level, not the image's fault.
+
+CONFIGURATION (first found wins)
+================================
+cut:        $LOOKALIKE_EMBEDDER_CUT, then ``handler.cut`` in model-config.yaml, then "final".
+max_pixels: $LOOKALIKE_EMBEDDER_MAX_PIXELS, then ``handler.max_pixels``, then 40_000_000.
+threads:    $LOOKALIKE_EMBEDDER_THREADS, then ``handler.threads``, then the CPUs this process may
+            use (CPU only).
+device:     cuda:<gpu_id> when TorchServe assigned a GPU and CUDA is available, else CPU.
+
+This module must define exactly one class: TorchServe instantiates the only class of the handler
+module.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import numpy as np
+import torch
+
+from lookalike.images import DEFAULT_MAX_PIXELS, ImageRejected, decode_image
+from lookalike.vectors import pack
+from lookalike_embedder import model as lk_model
+
+try:  # TorchServe present (inside the server): inherit its handler base for the standard shape.
+    from ts.torch_handler.base_handler import BaseHandler
+except ImportError:  # unit tests / tools without TorchServe
+    BaseHandler = object
+
+logger = logging.getLogger(__name__)
+
+#: Every error payload starts with these bytes.
+ERROR_PREFIX = b'{"error"'
+ERROR_CONTENT_TYPE = "application/json"
+VECTOR_CONTENT_TYPE = "application/octet-stream"
+#: Tag of the per-batch log line ("lookalike-embedded-batch n_ok=3 n_rejected=1 ms=250.0").
+BATCH_LOG_TAG = "lookalike-embedded-batch"
+#: Input keys looked up, in order, for the image bytes of one request.
+INPUT_KEYS = ("data", "body", "image", "file")
+
+
+def error_payload(reason: str, message: str, code: str = "INVALID_ARGUMENT") -> bytes:
+    """The per-item error document (see the module docstring)."""
+    return json.dumps({"error": {"code": code, "reason": reason, "message": message}},
+                      separators=(",", ":")).encode("utf-8")
+
+
+def _setting(env: str, config: dict, key: str, default):
+    value = os.environ.get(env)
+    if value not in (None, ""):
+        return value
+    value = config.get(key)
+    return default if value in (None, "") else value
+
+
+def _cpu_count() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class EmbedderHandler(BaseHandler):
+    """initialize / preprocess / inference / postprocess, plus `handle` (TorchServe's entry point)."""
+
+    def __init__(self):
+        if BaseHandler is not object:
+            super().__init__()
+        self.initialized = False
+        self.context = None
+        self.extractor = None
+        self.device = torch.device("cpu")
+        self.max_pixels = DEFAULT_MAX_PIXELS
+        self.cut = lk_model.DEFAULT_CUT
+        self.dim = lk_model.FINAL_DIM
+        self.model_version = lk_model.MODEL_VERSION
+
+    # ------------------------------------------------------------------ lifecycle
+    def initialize(self, context):
+        started = time.perf_counter()
+        self.context = context
+        props = getattr(context, "system_properties", None) or {}
+        config = (getattr(context, "model_yaml_config", None) or {}).get("handler") or {}
+
+        gpu_id = props.get("gpu_id")
+        if torch.cuda.is_available() and gpu_id is not None and str(gpu_id) != "-1":
+            self.device = torch.device(f"cuda:{int(gpu_id)}")
+        else:
+            self.device = torch.device("cpu")
+            threads = int(_setting("LOOKALIKE_EMBEDDER_THREADS", config, "threads", 0) or 0) or _cpu_count()
+            torch.set_num_threads(threads)
+
+        self.cut = lk_model.normalize_cut(_setting(lk_model.CUT_ENV, config, "cut", lk_model.DEFAULT_CUT))
+        self.max_pixels = int(_setting("LOOKALIKE_EMBEDDER_MAX_PIXELS", config, "max_pixels", DEFAULT_MAX_PIXELS))
+        weights = _setting("LOOKALIKE_EMBEDDER_WEIGHTS", config, "weights", None)
+        if weights is None:
+            # an optional --serialized-file in the archive
+            model_dir = props.get("model_dir")
+            serialized = ((getattr(context, "manifest", None) or {}).get("model") or {}).get("serializedFile")
+            if model_dir and serialized and os.path.isfile(os.path.join(model_dir, serialized)):
+                weights = os.path.join(model_dir, serialized)
+        self.extractor = lk_model.FeatureExtractor(self.device, self.cut, weights=weights)
+        self.model = self.extractor.model
+        self.dim = self.extractor.dim
+        self.model_version = self.extractor.model_version
+        # Warm-up: the first forward pass is several times slower than the next ones.
+        self.extractor.embed_batch(torch.zeros((1, 3, lk_model.IMAGE_SIZE, lk_model.IMAGE_SIZE)))
+        self.initialized = True
+        logger.info("lookalike embedder ready: %s dim=%d device=%s threads=%d max_pixels=%d (%.1fs)",
+                    self.model_version, self.dim, self.device, torch.get_num_threads(), self.max_pixels,
+                    time.perf_counter() - started)
+
+    # ------------------------------------------------------------------ steps
+    def preprocess(self, data):
+        """TorchServe batch (list of dicts) -> {"batch": tensor [k,3,224,224] | None,
+        "index": positions of the k good items, "errors": per item None or error bytes, "n": len}."""
+        tensors, index, errors, request_ids = [], [], [], []
+        for i, row in enumerate(data or []):
+            row = row if isinstance(row, dict) else {"data": row}
+            request_id = row.get("request_id")
+            if isinstance(request_id, (bytes, bytearray)):
+                request_id = bytes(request_id).decode("utf-8", "replace")
+            request_ids.append(request_id)
+            payload = next((row[k] for k in INPUT_KEYS if row.get(k) is not None), None)
+            if payload is None:
+                errors.append(error_payload("missing_input", "the request has no image: send it as input "
+                                            "'data' (gRPC) or as the request body (HTTP)"))
+                continue
+            if isinstance(payload, str):
+                payload = payload.encode("latin-1", "replace")
+            elif not isinstance(payload, (bytes, bytearray, memoryview)):
+                errors.append(error_payload("not_an_image", "the request input is not binary image data"))
+                continue
+            try:
+                img = decode_image(payload, self.max_pixels)
+                tensors.append(lk_model.preprocess(img))
+            except ImageRejected as exc:
+                logger.info("rejected image (request_id=%s): %s: %s", request_id, exc.reason, exc.message)
+                errors.append(error_payload(exc.reason, exc.message))
+                continue
+            index.append(i)
+            errors.append(None)
+        batch = torch.stack(tensors) if tensors else None
+        return {"batch": batch, "index": index, "errors": errors, "n": len(errors), "request_ids": request_ids}
+
+    def inference(self, data, *args, **kwargs):
+        """Runs the model on the good items only; adds "vectors" (float32 [k, dim])."""
+        batch = data["batch"]
+        if batch is None:
+            data["vectors"] = np.zeros((0, self.dim), dtype=np.float32)
+        else:
+            data["vectors"] = self.extractor.embed_batch(batch)
+        return data
+
+    def postprocess(self, data):
+        """One entry per request: packed vector bytes, or the error document."""
+        out = list(data["errors"])
+        for row, i in enumerate(data["index"]):
+            out[i] = pack(data["vectors"][row])
+        context = self.context
+        if context is not None and hasattr(context, "set_response_status"):
+            for i, item in enumerate(out):
+                try:
+                    if data["errors"][i] is not None:
+                        reason = json.loads(item)["error"]["reason"]
+                        context.set_response_status(400, reason, i)
+                        context.set_response_content_type(i, ERROR_CONTENT_TYPE)
+                    else:
+                        context.set_response_content_type(i, VECTOR_CONTENT_TYPE)
+                except Exception:  # only cosmetics for the HTTP frontend; never fail the batch here
+                    logger.debug("could not set response metadata for item %d", i, exc_info=True)
+        return out
+
+    def handle(self, data, context):
+        """TorchServe entry point: one call per batch; returns one bytes object per request."""
+        started = time.perf_counter()
+        self.context = context
+        if not self.initialized:
+            self.initialize(context)
+        prepared = self.inference(self.preprocess(data))
+        output = self.postprocess(prepared)
+        n_ok = len(prepared["index"])
+        if n_ok:
+            # One line per batch; lookalike.torchserve.TorchServeProcess.inference_count() sums n_ok.
+            logger.info("%s n_ok=%d n_rejected=%d ms=%.1f", BATCH_LOG_TAG, n_ok, prepared["n"] - n_ok,
+                        (time.perf_counter() - started) * 1000)
+        metrics = getattr(context, "metrics", None)
+        if metrics is not None:
+            try:
+                metrics.add_time("HandlerTime", round((time.perf_counter() - started) * 1000, 2), None, "ms")
+            except Exception:
+                pass
+        return output

@@ -1,0 +1,165 @@
+"""The TorchServe handler without a server: fake context, real model, real and synthetic images."""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lookalike.vectors import unpack
+from lookalike_embedder import handler as handler_module
+from lookalike_embedder import model as lk
+from lookalike_embedder.handler import ERROR_PREFIX, EmbedderHandler
+
+CLOTHING_TEST = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "clothing-small" / "test"
+
+
+class FakeContext:
+    """What the handler uses of ts.context.Context."""
+
+    def __init__(self, gpu_id=None, model_yaml_config=None):
+        self.system_properties = {"model_dir": "/nonexistent", "gpu_id": gpu_id, "batch_size": 16}
+        self.model_yaml_config = model_yaml_config or {}
+        self.manifest = {"model": {"modelName": lk.MODEL_NAME, "handler": "handler.py"}}
+        self.metrics = None
+        self.status: dict[int, tuple[int, str]] = {}
+        self.content_types: dict[int, str] = {}
+
+    def set_response_status(self, code=200, phrase="", idx=0):
+        self.status[idx] = (code, phrase)
+
+    def set_response_content_type(self, idx, value):
+        self.content_types[idx] = value
+
+
+def encode(img: Image.Image, fmt: str = "JPEG") -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt)
+    return buf.getvalue()
+
+
+def synthetic_jpeg(seed: int, size=(320, 240)) -> bytes:
+    rng = np.random.default_rng(seed)
+    img = Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8), "RGB").resize(size, Image.BICUBIC)
+    return encode(img)
+
+
+@pytest.fixture(scope="module")
+def handler():
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LOOKALIKE_EMBEDDER_THREADS", "1")
+    mp.delenv(lk.CUT_ENV, raising=False)
+    h = EmbedderHandler()
+    h.initialize(FakeContext(gpu_id=None))
+    yield h
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def images() -> list[bytes]:
+    """Two real photos when the dataset is present, plus synthetic ones (always)."""
+    real = []
+    if CLOTHING_TEST.is_dir():
+        real = [p.read_bytes() for p in sorted(CLOTHING_TEST.glob("*/*.jpg"))[:2]]
+    return real + [synthetic_jpeg(1), synthetic_jpeg(2, (200, 300)), encode(Image.new("L", (64, 64), 90), "PNG")]
+
+
+def vectors(outputs) -> np.ndarray:
+    return np.stack([unpack(o) for o in outputs])
+
+
+def test_initialize(handler):
+    assert handler.initialized
+    assert handler.device == torch.device("cpu")
+    assert handler.cut == "final" and handler.dim == 1280
+    assert handler.model_version == lk.MODEL_VERSION
+
+
+def test_batch_shape_norm_and_equality_with_feature_extractor(handler, images):
+    out = handler.handle([{"data": data} for data in images], FakeContext())
+    assert len(out) == len(images)
+    assert all(isinstance(o, bytes) and len(o) == 4 * 1280 for o in out)
+    got = vectors(out)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    # the offline path: same decoder, same model
+    from lookalike.images import decode_image
+    expected = handler.extractor.embed_images([decode_image(d) for d in images])
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    fresh = lk.FeatureExtractor("cpu")
+    np.testing.assert_allclose(fresh.embed_images([decode_image(d) for d in images]), got, atol=1e-5)
+
+
+def test_deterministic_and_batch_independent(handler, images):
+    batch = vectors(handler.handle([{"data": d} for d in images], FakeContext()))
+    again = vectors(handler.handle([{"data": d} for d in images], FakeContext()))
+    np.testing.assert_array_equal(batch, again)
+    alone = vectors(handler.handle([{"data": images[-2]}], FakeContext()))
+    np.testing.assert_allclose(alone[0], batch[-2], atol=1e-5)
+
+
+def test_input_shapes(handler, images):
+    """gRPC gives bytes under the input name; HTTP gives bytearray under 'body'."""
+    out = handler.handle([{"data": images[0]}, {"body": bytearray(images[0])}], FakeContext())
+    np.testing.assert_array_equal(unpack(out[0]), unpack(out[1]))
+
+
+def test_bad_items_do_not_fail_the_batch(handler, images):
+    good = images[0]
+    truncated = good[: len(good) // 2]
+    batch = [{"data": b"not an image"}, {"data": good}, {"data": truncated}, {"data": b""}, {"other": b"x"},
+             {"data": encode(Image.new("RGB", (8000, 6000)), "PNG")}, {"data": good}]
+    context = FakeContext()
+    out = handler.handle(batch, context)
+    assert len(out) == len(batch)
+    reasons = {}
+    for i, item in enumerate(out):
+        if item.startswith(ERROR_PREFIX):
+            error = json.loads(item)["error"]
+            assert error["code"] == "INVALID_ARGUMENT" and error["message"]
+            reasons[i] = error["reason"]
+            assert context.status[i][0] == 400
+            assert context.content_types[i] == "application/json"
+    assert reasons == {0: "not_an_image", 2: "truncated", 3: "empty", 4: "missing_input", 5: "too_many_pixels"}
+    np.testing.assert_array_equal(unpack(out[1]), unpack(out[6]))
+    assert context.content_types[1] == "application/octet-stream" and 1 not in context.status
+    expected = vectors(handler.handle([{"data": good}], FakeContext()))[0]
+    np.testing.assert_allclose(unpack(out[1]), expected, atol=1e-5)
+
+
+def test_all_bad_batch(handler):
+    out = handler.handle([{"data": b"x"}, {"data": b"y"}], FakeContext())
+    assert all(o.startswith(ERROR_PREFIX) for o in out)
+
+
+def test_error_prefix_cannot_be_a_unit_vector():
+    # the first float32 of an error payload is huge: never a component of an L2-normalised vector
+    first = np.frombuffer(ERROR_PREFIX[:4], dtype="<f4")[0]
+    assert abs(first) > 1e6
+
+
+def test_cut_from_env_and_yaml(monkeypatch):
+    monkeypatch.setenv("LOOKALIKE_EMBEDDER_THREADS", "1")
+    monkeypatch.setenv(lk.CUT_ENV, "block10")
+    h = EmbedderHandler()
+    h.initialize(FakeContext(model_yaml_config={"handler": {"cut": "block14"}}))
+    assert h.cut == "block10" and h.dim == 112  # env wins
+    out = h.handle([{"data": synthetic_jpeg(3)}], FakeContext())
+    assert len(out[0]) == 4 * 112
+    monkeypatch.delenv(lk.CUT_ENV)
+    h = EmbedderHandler()
+    h.initialize(FakeContext(model_yaml_config={"handler": {"cut": "block14", "max_pixels": 1000}}))
+    assert h.cut == "block14" and h.dim == 192 and h.max_pixels == 1000
+    out = h.handle([{"data": synthetic_jpeg(3)}], FakeContext())  # 320x240 > 1000 pixels
+    assert json.loads(out[0])["error"]["reason"] == "too_many_pixels"
+
+
+def test_module_defines_exactly_one_class():
+    """TorchServe instantiates the only class defined in the handler module."""
+    import inspect
+    classes = [c for _, c in inspect.getmembers(handler_module, inspect.isclass)
+               if c.__module__ == handler_module.__name__]
+    assert classes == [EmbedderHandler]
