@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import sys
-import traceback
 
 
 def check(packages: list[str]) -> list[str]:
@@ -20,16 +19,16 @@ def check(packages: list[str]) -> list[str]:
     for name in packages:
         try:
             package = importlib.import_module(name)
-        except Exception:  # noqa: BLE001 - report every failure, not just the first
-            failures.append(f"{name}: {traceback.format_exc(limit=2)}")
+        except Exception as exc:  # noqa: BLE001 - report every failure, not just the first
+            failures.append(f"{name}: {type(exc).__name__}: {exc}")
             continue
         for module in pkgutil.walk_packages(getattr(package, "__path__", []), prefix=f"{name}."):
             if module.name.rsplit(".", 1)[-1] == "__main__":
                 continue
             try:
                 importlib.import_module(module.name)
-            except Exception:  # noqa: BLE001
-                failures.append(f"{module.name}: {traceback.format_exc(limit=2)}")
+            except Exception as exc:  # noqa: BLE001
+                failures.append(f"{module.name}: {type(exc).__name__}: {exc}")
     return failures
 
 
