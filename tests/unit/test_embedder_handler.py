@@ -102,15 +102,17 @@ def test_deterministic_and_batch_independent(handler, images):
 
 
 def test_input_shapes(handler, images):
-    """gRPC gives bytes under the input name; HTTP gives bytearray under 'body'."""
-    out = handler.handle([{"data": images[0]}, {"body": bytearray(images[0])}], FakeContext())
+    """gRPC gives bytes under the input name; HTTP gives bytearray under 'body' (or a form field name)."""
+    out = handler.handle([{"data": images[0]}, {"body": bytearray(images[0])},
+                          {"upload": images[0], "request_id": b"r-1"}], FakeContext())
     np.testing.assert_array_equal(unpack(out[0]), unpack(out[1]))
+    np.testing.assert_array_equal(unpack(out[0]), unpack(out[2]))
 
 
 def test_bad_items_do_not_fail_the_batch(handler, images):
     good = images[0]
     truncated = good[: len(good) // 2]
-    batch = [{"data": b"not an image"}, {"data": good}, {"data": truncated}, {"data": b""}, {"other": b"x"},
+    batch = [{"data": b"not an image"}, {"data": good}, {"data": truncated}, {"data": b""}, {"a": b"x", "b": b"y"},
              {"data": encode(Image.new("RGB", (8000, 6000)), "PNG")}, {"data": good}]
     context = FakeContext()
     out = handler.handle(batch, context)

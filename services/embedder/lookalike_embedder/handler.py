@@ -5,7 +5,9 @@ WIRE CONTRACT (what a client sees)
 
 Request: one image per request. gRPC ``Predictions(PredictionsRequest{model_name="lookalike-lite0",
 input={"data": <image bytes>}})``; over HTTP ``POST /predictions/lookalike-lite0`` with the raw image
-as body. Accepted images: see `lookalike.images.decode_image` (JPEG/PNG/WEBP/GIF/BMP, <= 40 MP by
+as body and ``Content-Type: application/octet-stream`` (or image/*; TorchServe tries to parse a body
+sent as application/x-www-form-urlencoded -- curl's and urllib's default for POST data -- as a form
+and fails with 500 "Bad string"), or as the single field of a multipart form. Accepted images: see `lookalike.images.decode_image` (JPEG/PNG/WEBP/GIF/BMP, <= 40 MP by
 default). An optional input ``"request_id"`` (utf-8 bytes) is echoed in the worker log lines for
 that item (TorchServe does not pass gRPC metadata to handlers).
 
@@ -156,6 +158,10 @@ class EmbedderHandler(BaseHandler):
                 request_id = bytes(request_id).decode("utf-8", "replace")
             request_ids.append(request_id)
             payload = next((row[k] for k in INPUT_KEYS if row.get(k) is not None), None)
+            if payload is None:
+                # e.g. a multipart form field with another name: accept a single unambiguous value
+                others = [v for k, v in row.items() if k != "request_id" and v is not None]
+                payload = others[0] if len(others) == 1 else None
             if payload is None:
                 errors.append(error_payload("missing_input", "the request has no image: send it as input "
                                             "'data' (gRPC) or as the request body (HTTP)"))
