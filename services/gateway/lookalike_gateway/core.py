@@ -305,7 +305,7 @@ class Gateway:
 
     def dependencies(self, timeout: float = 1.0) -> Dependencies:
         """Probes the embedder, the search service and Redis."""
-        embedder_ok = self.embedder.model_ready(timeout=timeout)
+        embedder_ok = self.embedder.ping(timeout=timeout)  # Healthy = the model's workers are up
         try:
             response = self.search_health.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
             search_ok = response.status == health_pb2.HealthCheckResponse.SERVING

@@ -38,7 +38,7 @@ class ReadinessMonitor(threading.Thread):
         self.interval = interval
         self.latest = Dependencies(embedder=False, search=False, cache=False)
         self.stopping = threading.Event()
-        self._changed = threading.Event()
+        self._failures = 0
 
     def run(self) -> None:
         while not self.stopping.is_set():
@@ -47,6 +47,11 @@ class ReadinessMonitor(threading.Thread):
 
     def refresh(self) -> Dependencies:
         deps = self.gateway.dependencies(timeout=min(self.interval, 1.0))
+        if self.latest.ready and not deps.ready and self._failures == 0:
+            # One slow probe under load is not an outage: report it after the second in a row.
+            self._failures = 1
+            return self.latest
+        self._failures = 0
         if deps != self.latest:
             log.info("dependencies: embedder=%s search=%s cache=%s", deps.embedder, deps.search, deps.cache)
         self.latest = deps
