@@ -319,7 +319,28 @@ class TorchServeProcess:
         if len(str(sock_probe)) > 100:
             raise TorchServeError(f"data_dir path too long for unix sockets ({len(str(sock_probe))} > 100 chars): "
                                   f"{self.data_dir}")
+        requested = dict(self.ports)
+        for attempt in (1, 2):
+            self._launch()
+            if not wait:
+                return self
+            try:
+                self.wait_ready(timeout)
+                return self
+            except BaseException as exc:
+                self.stop()
+                self.proc = None
+                clash = isinstance(exc, TorchServeError) and "Address already in use" in str(exc)
+                if attempt == 1 and clash and 0 in requested.values():
+                    # a port picked free was taken by someone else before java bound it: re-pick
+                    self.ports = dict(requested)
+                    continue
+                raise
+        return self
+
+    def _launch(self) -> None:
         self.key_file.unlink(missing_ok=True)
+        self.keys = {}
         (self.tmp_dir / ".model_server.pid").unlink(missing_ok=True)
         self._pick_ports()
         self.write_config()
@@ -329,13 +350,6 @@ class TorchServeProcess:
         self.started_at = time.monotonic()
         self.proc = subprocess.Popen(cmd, cwd=self.data_dir, env=self._environment(), stdin=subprocess.DEVNULL,
                                      stdout=self._out, stderr=subprocess.STDOUT, start_new_session=True)
-        if wait:
-            try:
-                self.wait_ready(timeout)
-            except BaseException:
-                self.stop()
-                raise
-        return self
 
     def _management_get(self, path: str, timeout: float = 5.0):
         request = urllib.request.Request(self.management_url + path,
@@ -523,6 +537,21 @@ class EmbedderProtocolError(RuntimeError):
     (wrong dimension, garbage): a deployment bug, map to INTERNAL."""
 
 
+class EmbedderDeadlineExceeded(grpc.RpcError):
+    """An item of `embed_many` that was never sent because the call's deadline had passed.
+    Looks like the grpc.RpcError of an expired call: code() is DEADLINE_EXCEEDED."""
+
+    def __init__(self, details: str):
+        super().__init__(details)
+        self._details = details
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+
+    def details(self) -> str:
+        return self._details
+
+
 def parse_prediction(data: bytes, dim: int | None = None, request_id: str | None = None) -> np.ndarray:
     """Decodes one `prediction` from the embedder: a float32 vector, or raises EmbedderImageError."""
     if data.startswith(ERROR_PREFIX):
@@ -618,22 +647,42 @@ class EmbedderClient:
         return parse_prediction(response.prediction, self.dim, request_id)
 
     def embed_many(self, images: Sequence[bytes], timeout: float = 30.0,
-                   request_ids: Sequence[str | None] | None = None) -> list[np.ndarray | Exception]:
+                   request_ids: Sequence[str | None] | None = None,
+                   max_in_flight: int = 64) -> list[np.ndarray | Exception]:
         """Embeds many images with concurrent RPCs (so TorchServe batches them).
 
         Returns, in order, a float32 vector or the exception for that item (EmbedderImageError,
         grpc.RpcError, EmbedderProtocolError); never raises for a single item's failure.
-        `timeout` is the deadline of each RPC (all are in flight at once).
+        `timeout` bounds the whole call: every RPC gets what is left of it. At most `max_in_flight`
+        RPCs are outstanding at once (TorchServe's job queue is bounded: job_queue_size).
         """
         ids = list(request_ids) if request_ids is not None else [None] * len(images)
         if len(ids) != len(images):
             raise ValueError("request_ids must have one entry per image")
-        futures = [self.stub.Predictions.future(self._request(img, rid), timeout=timeout,
-                                                metadata=self._metadata(rid))
-                   for img, rid in zip(images, ids)]
+        deadline = time.monotonic() + timeout
+        window = threading.BoundedSemaphore(max(1, int(max_in_flight)))
+        futures: list = []
+        for img, rid in zip(images, ids):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not window.acquire(timeout=remaining):
+                futures.append(None)
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                window.release()
+                futures.append(None)
+                continue
+            future = self.stub.Predictions.future(self._request(img, rid), timeout=remaining,
+                                                  metadata=self._metadata(rid))
+            future.add_done_callback(lambda _f: window.release())
+            futures.append(future)
         results: list[np.ndarray | Exception] = []
         retry = []
         for i, (future, rid) in enumerate(zip(futures, ids)):
+            if future is None:
+                results.append(EmbedderDeadlineExceeded(
+                    f"deadline of {timeout:.3g}s passed before the request was sent"))
+                continue
             try:
                 results.append(parse_prediction(future.result().prediction, self.dim, rid))
             except grpc.RpcError as exc:
@@ -641,8 +690,9 @@ class EmbedderClient:
                 retry.append(i)
             except (EmbedderImageError, EmbedderProtocolError) as exc:
                 results.append(exc)
-        if retry and self._refresh_token(results[retry[0]]):
-            again = self.embed_many([images[i] for i in retry], timeout, [ids[i] for i in retry])
+        remaining = deadline - time.monotonic()
+        if retry and remaining > 0 and self._refresh_token(results[retry[0]]):
+            again = self.embed_many([images[i] for i in retry], remaining, [ids[i] for i in retry], max_in_flight)
             for i, result in zip(retry, again):
                 results[i] = result
         return results
@@ -689,5 +739,6 @@ __all__ = [
     "MODEL_NAME", "ERROR_PREFIX", "DEFAULT_PORTS", "embedder_dir", "default_config_template",
     "build_embedder_mar", "free_port", "read_properties", "render_properties", "read_key_file",
     "TorchServeError", "TorchServeProcess", "EmbedderImageError", "EmbedderProtocolError",
+    "EmbedderDeadlineExceeded",
     "parse_prediction", "EmbedderClient",
 ]

@@ -181,3 +181,18 @@ def test_read_key_file(tmp_path):
     path.write_text(json.dumps({"management": {"key": "m", "expiration time": "2030"},
                                 "inference": {"key": "i", "expiration time": "2030"}, "API": {"key": "a"}}))
     assert read_key_file(path) == {"management": "m", "inference": "i", "API": "a"}
+
+
+def test_embed_many_window_and_overall_deadline(fake):
+    servicer, target = fake
+    client = EmbedderClient(target, token="s3cret")
+    results = client.embed_many([b"x" * n for n in range(1, 9)], timeout=10, max_in_flight=2)
+    assert all(isinstance(r, np.ndarray) for r in results)
+    assert servicer.max_concurrent <= 2
+    # 12 sequential requests of 50 ms cannot fit in 0.2 s: the late ones fail as DEADLINE_EXCEEDED
+    started = time.monotonic()
+    results = client.embed_many([b"y" * n for n in range(1, 13)], timeout=0.2, max_in_flight=1)
+    assert time.monotonic() - started < 1.0
+    failed = [r for r in results if isinstance(r, Exception)]
+    assert isinstance(results[0], np.ndarray) and failed
+    assert all(isinstance(r, grpc.RpcError) and r.code() == grpc.StatusCode.DEADLINE_EXCEEDED for r in failed)
