@@ -148,9 +148,12 @@ class TorchServeProcess:
 
     `model_store`: a directory holding <model_name>.mar; when None, the embedder archive is built
     (or reused if up to date) in <data_dir>/model-store with build_mar.py and `mar_options`
-    (cut, batch_size, max_batch_delay, workers). Ports given as 0 are picked free. Inference endpoints (gRPC, REST) bind `inference_host`
-    (127.0.0.1 by default; "0.0.0.0" to publish); management, gRPC management and metrics always
-    bind 127.0.0.1. Everything the run writes is under `data_dir`: config.properties, key_file.json,
+    (cut, batch_size, max_batch_delay, workers). Ports given as 0 are picked free. The inference
+    endpoints (gRPC, REST) bind `inference_host` (127.0.0.1 by default; "0.0.0.0" to publish);
+    management, gRPC management and metrics always bind 127.0.0.1. `properties` are extra
+    config.properties entries (None removes one); `env` extra environment for java and the worker
+    (e.g. LOOKALIKE_EMBEDDER_CUT, LOOKALIKE_EMBEDDER_THREADS).
+    Everything the run writes is under `data_dir`: config.properties, key_file.json,
     logs/ (ts_log.log, model_log.log, access_log.log, torchserve.out), tmp/ (sockets, unpacked mar).
     """
 
@@ -175,7 +178,7 @@ class TorchServeProcess:
         startup_timeout: float = 180.0,
     ):
         self.data_dir = Path(data_dir).resolve()
-        self.build_mar = model_store is None
+        self._build_mar = model_store is None
         self.model_store = Path(model_store).resolve() if model_store is not None else self.data_dir / "model-store"
         self.mar_options = dict(mar_options or {})
         self.model_name = model_name
@@ -308,7 +311,7 @@ class TorchServeProcess:
         (within `timeout` seconds, default startup_timeout); on failure everything is stopped."""
         if self.proc is not None:
             raise TorchServeError("already started")
-        if self.build_mar:
+        if self._build_mar:
             build_embedder_mar(self.model_store, **self.mar_options)
         if not (self.model_store / f"{self.model_name}.mar").exists():
             raise TorchServeError(f"{self.model_store / (self.model_name + '.mar')} not found; "

@@ -7,7 +7,8 @@ Request: one image per request. gRPC ``Predictions(PredictionsRequest{model_name
 input={"data": <image bytes>}})``; over HTTP ``POST /predictions/lookalike-lite0`` with the raw image
 as body and ``Content-Type: application/octet-stream`` (or image/*; TorchServe tries to parse a body
 sent as application/x-www-form-urlencoded -- curl's and urllib's default for POST data -- as a form
-and fails with 500 "Bad string"), or as the single field of a multipart form. Accepted images: see `lookalike.images.decode_image` (JPEG/PNG/WEBP/GIF/BMP, <= 40 MP by
+and fails with 500 "Bad string"), or as the single field of a multipart form.
+Accepted images: see `lookalike.images.decode_image` (JPEG/PNG/WEBP/GIF/BMP, <= 40 MP by
 default). An optional input ``"request_id"`` (utf-8 bytes) is echoed in the worker log lines for
 that item (TorchServe does not pass gRPC metadata to handlers).
 
@@ -26,7 +27,7 @@ dropped by its gRPC frontend; a handler exception fails the whole batch). So the
 
 ``reason`` is one of `lookalike.images.REASONS` (plus "missing_input"). It can never be mistaken for
 a vector: it starts with ``{"error"`` (ERROR_PREFIX), whose first 4 bytes read as a float32 of
-about 1e31, impossible in a unit vector, and clients also check the length. Over HTTP the same
+about 4.5e30, impossible in a unit vector, and clients also check the length. Over HTTP the same
 body comes with status 400 and ``Content-Type: application/json``.
 `lookalike.torchserve.EmbedderClient` turns it into `EmbedderImageError` (a ValueError).
 
