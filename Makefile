@@ -18,5 +18,8 @@ test: setup
 bench: setup
 	.venv/bin/python bench/run.py
 
+validate-deploy: setup
+	scripts/validate_deploy.sh
+
 protos:
 	.venv/bin/python scripts/gen_protos.py

@@ -5,6 +5,7 @@ is stopped (SIGTERM, then SIGKILL) when the stack stops.
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import shutil
@@ -30,6 +31,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM when the parent dies, so a killed supervisor leaves no orphans."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 def _tail(path: Path, lines: int = 30) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -52,7 +61,8 @@ class ManagedProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env=self.env, cwd=self.cwd, start_new_session=True)
+                                         env=self.env, cwd=self.cwd, start_new_session=True,
+                                         preexec_fn=_die_with_parent)
         log.info("started %s (pid %d), log %s", self.name, self.proc.pid, self.log_path)
 
     def alive(self) -> bool:

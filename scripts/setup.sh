@@ -31,6 +31,7 @@ if [ ! -f "$stamp" ]; then
   rm -f .venv/.lookalike-installed-*
   touch "$stamp"
 fi
+PYTHON=.venv/bin/python scripts/install_deploy_tools.sh
 echo "setup: building the TorchServe model archive"
 .venv/bin/python services/embedder/build_mar.py --model-store var/model-store
 echo "setup: done"

@@ -9,7 +9,9 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import grpc
@@ -30,6 +32,7 @@ log = logging.getLogger(__name__)
 MAX_TOP_K = 1000
 MAX_ID_LENGTH = 512
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
+UPSERT_BATCHES_IN_FLIGHT = 2
 
 
 class ApiError(Exception):
@@ -240,8 +243,16 @@ class Gateway:
         An item is acknowledged only after the search service stored it durably. A bad item fails alone.
         """
         batch_size = self.settings.upsert_batch_size
-        for batch in _micro_batches(items, batch_size, max_wait_s=0.02):
-            yield from self._upsert_batch(batch, deadline_for_batch())
+        # Two batches in flight: one validating/storing while the other is on the embedder, so
+        # TorchServe stays busy. Acknowledgements still come out in request order.
+        with ThreadPoolExecutor(UPSERT_BATCHES_IN_FLIGHT, thread_name_prefix="upsert") as pool:
+            in_flight: deque = deque()
+            for batch in _micro_batches(items, batch_size, max_wait_s=0.02):
+                in_flight.append(pool.submit(lambda b=batch: list(self._upsert_batch(b, deadline_for_batch()))))
+                while len(in_flight) >= UPSERT_BATCHES_IN_FLIGHT or (in_flight and in_flight[0].done()):
+                    yield from in_flight.popleft().result()
+            while in_flight:
+                yield from in_flight.popleft().result()
 
     def _upsert_batch(self, batch: list[tuple[types_pb2.Product, bytes]],
                       deadline: Deadline) -> Iterator[tuple[str, ApiError | None]]:
