@@ -5,6 +5,7 @@ LOOKALIKE_TEST_QDRANT_URL points at a Qdrant server (each test uses its own coll
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -273,10 +274,10 @@ def test_wrong_vector_size_is_refused(engine, where):
 # ---- kill -9 durability -------------------------------------------------------------------------------
 
 CHILD = textwrap.dedent("""
-    import sys, numpy as np
+    import json, sys
     sys.path.insert(0, sys.argv[3])
     from test_search_store import open_store, child_point
-    store = open_store(sys.argv[1], sys.argv[2])
+    store = open_store(sys.argv[1], sys.argv[2], **json.loads(sys.argv[4]))
     batch = 0
     while True:
         points = [child_point(batch, j) for j in range(25)]
@@ -294,7 +295,17 @@ def child_point(batch: int, j: int):
 
 
 def test_kill9_keeps_every_acknowledged_write(engine, where):
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, engine, str(where), str(Path(__file__).parent)],
+    kill9_writer_then_check(engine, where, {})
+
+
+def test_kill9_edge_wal_alone_is_enough(tmp_path):
+    """Without the per-write flush, the edge WAL still carries every acknowledged write across kill -9."""
+    kill9_writer_then_check("qdrant-edge", tmp_path, {"flush_each_write": False})
+
+
+def kill9_writer_then_check(engine, where, store_kwargs: dict):
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, engine, str(where), str(Path(__file__).parent),
+                             json.dumps(store_kwargs)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     acked: list[str] = []
     try:

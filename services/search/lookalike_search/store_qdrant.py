@@ -48,9 +48,9 @@ class QdrantClientStore:
         self._quantization = quantization
         self._rescore = quantization_rescore
         self._oversampling = quantization_oversampling
-        # Local mode is not thread-safe; the server client is, but a lock keeps delete's count exact
-        # against concurrent deletes of the same ids within this process.
-        self._lock = threading.RLock()
+        # Local mode is not thread-safe: one call at a time. The server client is; calls run concurrently
+        # (delete's count is then exact unless two callers delete the same ids at the same moment).
+        self._lock = threading.RLock() if self.local else contextlib.nullcontext()
         self._closed = False
         self._ready = False
         try:
@@ -258,7 +258,7 @@ class QdrantClientStore:
         with self._lock:
             if self._closed:
                 return
-            self._closed = True
+            self._closed = True  # later calls fail with StoreError("store is closed")
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 try:

@@ -1,0 +1,96 @@
+"""SearchServicer status mapping, with a fake store and a fake context (no sockets)."""
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+
+from lookalike.v1 import search_pb2, types_pb2
+from lookalike.vectors import pack
+from lookalike_search.server import SearchServicer
+from lookalike_search.store import Hit, NotFound, StoreError
+
+
+class Aborted(Exception):
+    pass
+
+
+class FakeContext:
+    def abort(self, code, details):
+        self.code, self.details = code, details
+        raise Aborted()
+
+
+class FakeStore:
+    vector_size = 4
+
+    def __init__(self, error: Exception | None = None):
+        self.error = error
+        self.calls = []
+
+    def _maybe_fail(self, name, *args):
+        self.calls.append((name, args))
+        if self.error:
+            raise self.error
+
+    def search(self, vector, top_k, flt=None):
+        self._maybe_fail("search", vector, top_k, flt)
+        return [Hit("a", 0.5, {"product_id": "a", "title": "A", "price": 2.0})]
+
+    def search_by_id(self, pid, top_k, flt=None):
+        self._maybe_fail("search_by_id", pid, top_k, flt)
+        raise NotFound(pid)
+
+    def count(self, flt=None):
+        self._maybe_fail("count", flt)
+        return 3
+
+
+def call(servicer, method, request):
+    ctx = FakeContext()
+    try:
+        return getattr(servicer, method)(request, ctx), None
+    except Aborted:
+        return None, (ctx.code, ctx.details)
+
+
+VEC = pack(np.ones(4))
+
+
+def test_search_ok_and_filter_passed():
+    store = FakeStore()
+    response, err = call(SearchServicer(store, 4), "SearchByVector", search_pb2.SearchByVectorRequest(
+        vector=VEC, top_k=3, filter=types_pb2.Filter(category="c", max_price=9)))
+    assert err is None
+    assert response.results[0].product.id == "a" and response.results[0].product.price == 2.0
+    assert response.results[0].score == pytest.approx(0.5)
+    _, args = store.calls[0]
+    assert args[1] == 3 and (args[2].category, args[2].min_price, args[2].max_price) == ("c", None, 9.0)
+
+
+def test_empty_filter_message_means_no_filter():
+    store = FakeStore()
+    call(SearchServicer(store, 4), "CountPoints", search_pb2.CountPointsRequest(filter=types_pb2.Filter()))
+    assert store.calls == [("count", (None,))]
+
+
+@pytest.mark.parametrize("error, code", [
+    (StoreError("qdrant server http://q:6333 unreachable", unavailable=True), grpc.StatusCode.UNAVAILABLE),
+    (StoreError("segment corrupted"), grpc.StatusCode.INTERNAL),
+    (RuntimeError("boom"), grpc.StatusCode.INTERNAL),
+])
+def test_store_errors(error, code):
+    _, err = call(SearchServicer(FakeStore(error), 4), "SearchByVector",
+                  search_pb2.SearchByVectorRequest(vector=VEC, top_k=3))
+    assert err[0] == code and str(error) in err[1]
+
+
+def test_not_found():
+    _, err = call(SearchServicer(FakeStore(), 4), "SearchById", search_pb2.SearchByIdRequest(product_id="zz", top_k=2))
+    assert err == (grpc.StatusCode.NOT_FOUND, "product 'zz' not found")
+
+
+def test_validation_happens_before_the_store():
+    store = FakeStore()
+    _, err = call(SearchServicer(store, 4), "SearchByVector", search_pb2.SearchByVectorRequest(vector=VEC, top_k=0))
+    assert err[0] == grpc.StatusCode.INVALID_ARGUMENT and not store.calls
