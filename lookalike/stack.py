@@ -156,6 +156,8 @@ class Stack:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LOOKALIKE_")}
         env.update({k: str(v) for k, v in extra.items()})
         env["PYTHONUNBUFFERED"] = "1"
+        # Busy-waiting OpenMP threads slow everything ~10x when the cores are shared by several services.
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         return env
 
     def start_redis(self) -> None:
