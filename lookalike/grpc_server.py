@@ -1,6 +1,7 @@
 """Common gRPC server plumbing: health service, reflection, graceful drain on SIGTERM."""
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
@@ -10,6 +11,8 @@ from concurrent import futures
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
+from lookalike.request_id import RequestIdFilter
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +94,19 @@ class ServiceHost:
 
 
 def configure_logging(level: str = "INFO") -> None:
-    """JSON-ish one-line logs on stderr."""
-    logging.basicConfig(level=level.upper(),
-                        format='{"ts":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}')
+    """One JSON object per line on stderr, with the current request id."""
+    handler = logging.StreamHandler()
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(JsonFormatter())
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+
+
+class JsonFormatter(logging.Formatter):
+    """Formats a record as one JSON line: ts, level, logger, request_id, msg (+ exc)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"ts": self.formatTime(record), "level": record.levelname, "logger": record.name,
+                 "request_id": getattr(record, "request_id", "-"), "msg": record.getMessage()}
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry)

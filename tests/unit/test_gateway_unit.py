@@ -121,3 +121,23 @@ def test_micro_batches_flush_when_the_stream_pauses():
     batches = list(_micro_batches(slow_stream(), size=4, max_wait_s=0.02))
     assert [x for b in batches for x in b] == list(range(7))
     assert batches[0] == [0, 1, 2, 3] and [4] in batches and batches[-1] == [5, 6]
+
+
+def test_api_keys_and_rate_limit():
+    from lookalike_gateway.auth import ApiKeyCheck, RateLimiter
+
+    check = ApiKeyCheck(frozenset({"k1", "k2"}), RateLimiter(rate_per_s=1.0, burst=2))
+    with pytest.raises(ApiError) as err:
+        check.check(None)
+    assert err.value.code == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(ApiError):
+        check.check("wrong")
+    assert check.check("k1") == "k1"
+    assert check.check("k1") == "k1"
+    with pytest.raises(ApiError) as err:
+        check.check("k1")
+    assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED and err.value.http_status == 429
+    assert 0 < err.value.retry_after_s <= 1.0
+    assert check.check("k2") == "k2"  # limits are per key
+    open_check = ApiKeyCheck(frozenset())
+    assert open_check.check(None, caller="1.2.3.4") is None

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import hmac
+import threading
+import time
 
 import grpc
 
@@ -12,17 +14,26 @@ HTTP_HEADER = "X-API-Key"
 
 
 class ApiKeyCheck:
-    """Accepts a request when keys are off, or when it carries one of the configured keys."""
+    """Accepts a request when keys are off, or when it carries one of the configured keys; then applies
+    the caller's rate limit."""
 
-    def __init__(self, keys: frozenset[str]):
+    def __init__(self, keys: frozenset[str], limiter: "RateLimiter | None" = None):
         self.keys = keys
+        self.limiter = limiter
 
     @property
     def enabled(self) -> bool:
         return bool(self.keys)
 
-    def check(self, presented: str | None) -> str | None:
-        """Returns the matching key (None when keys are off); raises UNAUTHENTICATED otherwise."""
+    def check(self, presented: str | None, caller: str = "") -> str | None:
+        """Returns the matching key (None when keys are off); raises UNAUTHENTICATED for a missing or
+        wrong key and RESOURCE_EXHAUSTED when the caller is over its rate limit."""
+        key = self._match(presented)
+        if self.limiter:
+            self.limiter.take(key or caller)
+        return key
+
+    def _match(self, presented: str | None) -> str | None:
         if not self.keys:
             return None
         if presented:
@@ -32,9 +43,37 @@ class ApiKeyCheck:
         raise ApiError(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid API key")
 
     def check_grpc(self, context: grpc.ServicerContext) -> str | None:
+        """Checks the key in metadata `x-api-key` (or `authorization: Bearer ...`)."""
         metadata = dict(context.invocation_metadata() or ())
         presented = metadata.get(GRPC_METADATA_KEY)
         bearer = metadata.get("authorization", "")
         if not presented and bearer.lower().startswith("bearer "):
             presented = bearer[7:]
-        return self.check(presented)
+        peer = context.peer() or ""
+        return self.check(presented, caller=peer.rsplit(":", 1)[0])
+
+
+class RateLimiter:
+    """Token bucket per caller (API key, or client address when keys are off); `rate_per_s` 0 disables it."""
+
+    def __init__(self, rate_per_s: float, burst: int):
+        self.rate = rate_per_s
+        self.burst = max(1, burst)
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, caller: str) -> None:
+        """Spends one token of `caller`; raises RESOURCE_EXHAUSTED (HTTP 429, with Retry-After) when none is left."""
+        if self.rate <= 0:
+            return
+        now = time.monotonic()
+        with self._lock:
+            tokens, last = self._buckets.get(caller, (float(self.burst), now))
+            tokens = min(self.burst, tokens + (now - last) * self.rate)
+            if tokens < 1:
+                self._buckets[caller] = (tokens, now)
+                raise ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED, "rate limit exceeded, retry later",
+                               http_status=429, retry_after_s=(1 - tokens) / self.rate)
+            self._buckets[caller] = (tokens - 1, now)
+            if len(self._buckets) > 100_000:  # forget idle callers rather than grow without bound
+                self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < 60}

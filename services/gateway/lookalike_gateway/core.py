@@ -18,7 +18,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from lookalike import images, vectors
+from lookalike import images, request_id, vectors
 from lookalike.torchserve import EmbedderClient, EmbedderImageError
 from lookalike.v1 import search_pb2, search_pb2_grpc, types_pb2
 
@@ -38,10 +38,13 @@ UPSERT_BATCHES_IN_FLIGHT = 2
 class ApiError(Exception):
     """A failure to report to the caller with a gRPC status code and a human message."""
 
-    def __init__(self, code: grpc.StatusCode, message: str):
+    def __init__(self, code: grpc.StatusCode, message: str, http_status: int | None = None,
+                 retry_after_s: float | None = None):
         super().__init__(message)
         self.code = code
         self.message = message
+        self.http_status = http_status  # where REST is more precise than the table (413, 415)
+        self.retry_after_s = retry_after_s
 
 
 class Deadline:
@@ -119,11 +122,13 @@ class Gateway:
             raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "image is empty")
         if len(image) > self.settings.max_upload_bytes:
             raise ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                           f"image is {len(image)} bytes, above the limit of {self.settings.max_upload_bytes}")
+                           f"image is {len(image)} bytes, above the limit of {self.settings.max_upload_bytes}",
+                           http_status=413)
         try:
             images.decode_image(image, max_pixels=self.settings.max_image_pixels)
         except images.ImageRejected as exc:
-            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid image: {exc}") from None
+            http = 415 if exc.reason == "unsupported_format" else None
+            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid image: {exc}", http_status=http) from None
 
     def _call_search(self, method: str, request, deadline: Deadline):
         """Calls the search service with what remains of the deadline, retrying UNAVAILABLE with backoff."""
@@ -133,7 +138,7 @@ class Gateway:
             timeout = deadline.remaining(f"calling search service {method}")
             started = time.perf_counter()
             try:
-                return rpc(request, timeout=timeout)
+                return rpc(request, timeout=timeout, metadata=request_id.metadata())
             except grpc.RpcError as exc:
                 code = exc.code()
                 if code in RETRYABLE and deadline.expires - time.monotonic() > backoff:
@@ -163,7 +168,7 @@ class Gateway:
         while True:
             timeout = deadline.remaining("calling the embedder")
             try:
-                vector = self.embedder.embed(image, timeout=timeout)
+                vector = self.embedder.embed(image, timeout=timeout, request_id=request_id.current.get())
                 metrics.EMBEDDER_CALLS.labels(outcome="ok").inc()
                 return vector
             except EmbedderImageError as exc:

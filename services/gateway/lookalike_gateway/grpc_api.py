@@ -7,6 +7,7 @@ import time
 
 import grpc
 
+from lookalike import request_id
 from lookalike.v1 import lookalike_pb2, lookalike_pb2_grpc
 
 from . import metrics
@@ -24,11 +25,17 @@ def _unary(method):
     def wrapper(self: "LookalikeServicer", request, context: grpc.ServicerContext):
         started = time.perf_counter()
         status = grpc.StatusCode.OK
+        rid = request_id.from_grpc(context)
+        context.set_trailing_metadata(((request_id.METADATA_KEY, rid),))
         try:
             self.auth.check_grpc(context)
             return method(self, request, context, self.deadline(context))
         except ApiError as exc:
             status = exc.code
+            if exc.retry_after_s:
+                context.set_trailing_metadata(((request_id.METADATA_KEY, rid),
+                                               ("retry-after", str(max(1, round(exc.retry_after_s))))))
+            log.info("%s failed: %s %s", name, exc.code.name, exc.message)
             context.abort(exc.code, exc.message)
         finally:
             metrics.REQUESTS.labels(api="grpc", method=name, status=status.name).inc()
@@ -75,6 +82,7 @@ class LookalikeServicer(lookalike_pb2_grpc.LookalikeServicer):
     def UpsertProducts(self, request_iterator, context):
         started = time.perf_counter()
         status = grpc.StatusCode.OK
+        request_id.from_grpc(context)
         try:
             self.auth.check_grpc(context)
         except ApiError as exc:

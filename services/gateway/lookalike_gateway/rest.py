@@ -15,7 +15,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
-from lookalike import images
+from lookalike import images, request_id
 from lookalike.status import http_status
 from lookalike.v1 import types_pb2
 
@@ -43,9 +43,15 @@ def result_json(result: types_pb2.SearchResult) -> dict:
     return {**product_json(result.product), "score": round(float(result.score), 6)}
 
 
-def error_response(code: grpc.StatusCode, message: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code.name, "message": message}}, status_code=http_status(code),
-                        headers=headers)
+def error_response(code: grpc.StatusCode, message: str, status: int | None = None,
+                   headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code.name, "message": message}},
+                        status_code=status or http_status(code), headers=headers)
+
+
+def api_error_response(exc: ApiError) -> JSONResponse:
+    headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))} if exc.retry_after_s else None
+    return error_response(exc.code, exc.message, exc.http_status, headers)
 
 
 def make_filter(category: str | None, min_price: float | None, max_price: float | None) -> types_pb2.Filter:
@@ -71,6 +77,7 @@ def create_app(gateway: Gateway, auth: ApiKeyCheck, readiness) -> FastAPI:
     @app.middleware("http")
     async def guard(request: Request, call_next):
         started = time.perf_counter()
+        rid = request_id.accept(request.headers.get(request_id.HTTP_HEADER))
         route = request.url.path
         try:
             length = int(request.headers.get("content-length") or 0)
@@ -80,16 +87,17 @@ def create_app(gateway: Gateway, auth: ApiKeyCheck, readiness) -> FastAPI:
         if length > settings.max_upload_bytes + 64 * 1024:
             response = error_response(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                       f"request body of {length} bytes is above the limit of "
-                                      f"{settings.max_upload_bytes} bytes")
-            response.status_code = 413
-        elif auth.enabled and request.url.path.startswith("/v1/"):
+                                      f"{settings.max_upload_bytes} bytes", status=413)
+        elif request.url.path.startswith("/v1/"):
             try:
-                auth.check(request.headers.get(HTTP_HEADER) or request.query_params.get("api_key"))
+                auth.check(request.headers.get(HTTP_HEADER) or request.query_params.get("api_key"),
+                           caller=request.client.host if request.client else "")
                 response = await call_next(request)
             except ApiError as exc:
-                response = error_response(exc.code, exc.message)
+                response = api_error_response(exc)
         else:
             response = await call_next(request)
+        response.headers[request_id.HTTP_HEADER] = rid
         route_obj = request.scope.get("route")
         label = getattr(route_obj, "path", None) or ("static" if route.startswith("/static") else "other")
         metrics.REQUESTS.labels(api="rest", method=f"{request.method} {label}", status=str(response.status_code)).inc()
@@ -98,7 +106,7 @@ def create_app(gateway: Gateway, auth: ApiKeyCheck, readiness) -> FastAPI:
 
     @app.exception_handler(ApiError)
     async def api_error(_request: Request, exc: ApiError):
-        return error_response(exc.code, exc.message)
+        return api_error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(_request: Request, exc: RequestValidationError):
@@ -111,10 +119,14 @@ def create_app(gateway: Gateway, auth: ApiKeyCheck, readiness) -> FastAPI:
     async def read_image(upload: UploadFile | None) -> bytes:
         if upload is None:
             raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "multipart field 'image' is required")
+        declared = (upload.content_type or "").split(";")[0].strip().lower()
+        if declared and not declared.startswith("image/") and declared != "application/octet-stream":
+            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"content type {declared!r} is not an image type", http_status=415)
         data = await upload.read(settings.max_upload_bytes + 1)
         if len(data) > settings.max_upload_bytes:
             raise ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                           f"image is above the limit of {settings.max_upload_bytes} bytes")
+                           f"image is above the limit of {settings.max_upload_bytes} bytes", http_status=413)
         return data
 
     @app.get("/healthz", tags=["ops"])

@@ -17,7 +17,7 @@ from lookalike.settings import load_settings
 from lookalike.torchserve import EmbedderClient
 from lookalike.v1 import lookalike_pb2, lookalike_pb2_grpc
 
-from .auth import ApiKeyCheck
+from .auth import ApiKeyCheck, RateLimiter
 from .cache import EmbeddingCache
 from .core import Dependencies, Gateway
 from .grpc_api import LookalikeServicer
@@ -100,7 +100,7 @@ def main() -> None:
     settings = load_settings(GatewaySettings)
     configure_logging(settings.log_level)
     gateway = build_gateway(settings)
-    auth = ApiKeyCheck(settings.api_key_set)
+    auth = ApiKeyCheck(settings.api_key_set, RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst))
 
     host = ServiceHost(f"{settings.host}:{settings.grpc_port}", max_message_bytes=settings.max_upload_bytes + 65536)
     host.add(lookalike_pb2_grpc.add_LookalikeServicer_to_server, LookalikeServicer(gateway, auth),

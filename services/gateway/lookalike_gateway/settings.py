@@ -37,6 +37,8 @@ class GatewaySettings(BaseSettings):
     upsert_batch_size: int = Field(32, ge=1, le=1024)
 
     api_keys: str = ""  # comma-separated; empty = no authentication (local single-user run)
+    rate_limit_per_s: float = Field(0.0, ge=0)  # per API key (or client address); 0 = no limit
+    rate_limit_burst: int = Field(50, ge=1)
     cors_origins: str = ""  # comma-separated allowed origins; empty = none
     log_level: str = "INFO"
 
