@@ -96,3 +96,23 @@ class CountPointsResponse(_message.Message):
     COUNT_FIELD_NUMBER: _ClassVar[int]
     count: int
     def __init__(self, count: _Optional[int] = ...) -> None: ...
+
+class ScrollPointsRequest(_message.Message):
+    __slots__ = ("limit", "offset", "filter", "with_vectors")
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    WITH_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    offset: str
+    filter: _types_pb2.Filter
+    with_vectors: bool
+    def __init__(self, limit: _Optional[int] = ..., offset: _Optional[str] = ..., filter: _Optional[_Union[_types_pb2.Filter, _Mapping]] = ..., with_vectors: _Optional[bool] = ...) -> None: ...
+
+class ScrollPointsResponse(_message.Message):
+    __slots__ = ("points", "next_offset")
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    points: _containers.RepeatedCompositeFieldContainer[Point]
+    next_offset: str
+    def __init__(self, points: _Optional[_Iterable[_Union[Point, _Mapping]]] = ..., next_offset: _Optional[str] = ...) -> None: ...

@@ -65,6 +65,11 @@ class SearchServiceStub:
                 request_serializer=lookalike_dot_v1_dot_search__pb2.CountPointsRequest.SerializeToString,
                 response_deserializer=lookalike_dot_v1_dot_search__pb2.CountPointsResponse.FromString,
                 _registered_method=True)
+        self.ScrollPoints = channel.unary_unary(
+                '/lookalike.v1.SearchService/ScrollPoints',
+                request_serializer=lookalike_dot_v1_dot_search__pb2.ScrollPointsRequest.SerializeToString,
+                response_deserializer=lookalike_dot_v1_dot_search__pb2.ScrollPointsResponse.FromString,
+                _registered_method=True)
 
 
 class SearchServiceServicer:
@@ -109,6 +114,14 @@ class SearchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ScrollPoints(self, request, context):
+        """Reads stored points page by page, in a stable order (point id). Pass the previous page's
+        next_offset to continue; an empty next_offset means there is nothing more.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SearchServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -141,6 +154,11 @@ def add_SearchServiceServicer_to_server(servicer, server):
                     servicer.CountPoints,
                     request_deserializer=lookalike_dot_v1_dot_search__pb2.CountPointsRequest.FromString,
                     response_serializer=lookalike_dot_v1_dot_search__pb2.CountPointsResponse.SerializeToString,
+            ),
+            'ScrollPoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.ScrollPoints,
+                    request_deserializer=lookalike_dot_v1_dot_search__pb2.ScrollPointsRequest.FromString,
+                    response_serializer=lookalike_dot_v1_dot_search__pb2.ScrollPointsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -306,6 +324,33 @@ class SearchService:
             '/lookalike.v1.SearchService/CountPoints',
             lookalike_dot_v1_dot_search__pb2.CountPointsRequest.SerializeToString,
             lookalike_dot_v1_dot_search__pb2.CountPointsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ScrollPoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lookalike.v1.SearchService/ScrollPoints',
+            lookalike_dot_v1_dot_search__pb2.ScrollPointsRequest.SerializeToString,
+            lookalike_dot_v1_dot_search__pb2.ScrollPointsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -8,7 +8,7 @@ import pytest
 from lookalike.v1 import search_pb2, types_pb2
 from lookalike.vectors import pack
 from lookalike_search.server import SearchServicer
-from lookalike_search.store import Hit, NotFound, StoreError
+from lookalike_search.store import Hit, NotFound, Record, StoreError
 
 
 class Aborted(Exception):
@@ -44,6 +44,13 @@ class FakeStore:
     def count(self, flt=None):
         self._maybe_fail("count", flt)
         return 3
+
+    def scroll(self, limit, offset=None, flt=None, with_vectors=False):
+        self._maybe_fail("scroll", limit, offset, flt, with_vectors)
+        if offset == "bad":
+            raise ValueError("scroll offset 'bad' is not one this service returned")
+        vector = np.ones(4, dtype=np.float32) / 2 if with_vectors else None
+        return [Record("a", {"product_id": "a", "category": "c"}, vector)], (None if offset else "next")
 
 
 def call(servicer, method, request):
@@ -94,3 +101,22 @@ def test_validation_happens_before_the_store():
     store = FakeStore()
     _, err = call(SearchServicer(store, 4), "SearchByVector", search_pb2.SearchByVectorRequest(vector=VEC, top_k=0))
     assert err[0] == grpc.StatusCode.INVALID_ARGUMENT and not store.calls
+
+
+def test_scroll_pages_limits_and_offsets():
+    store = FakeStore()
+    servicer = SearchServicer(store, 4)
+    first, err = call(servicer, "ScrollPoints", search_pb2.ScrollPointsRequest(with_vectors=True))
+    assert err is None and first.next_offset == "next"
+    assert first.points[0].product.id == "a" and first.points[0].product.category == "c"
+    assert len(first.points[0].vector) == 16
+    assert store.calls[-1] == ("scroll", (256, None, None, True))  # limit 0 = the default
+    last, _ = call(servicer, "ScrollPoints", search_pb2.ScrollPointsRequest(
+        limit=10, offset="next", filter=types_pb2.Filter(category="c")))
+    assert last.next_offset == "" and last.points[0].vector == b""
+    assert store.calls[-1][1][:2] == (10, "next") and store.calls[-1][1][2].category == "c"
+    for limit in (-1, 1001):
+        _, err = call(servicer, "ScrollPoints", search_pb2.ScrollPointsRequest(limit=limit))
+        assert err[0] == grpc.StatusCode.INVALID_ARGUMENT and "limit" in err[1]
+    _, err = call(servicer, "ScrollPoints", search_pb2.ScrollPointsRequest(offset="bad"))
+    assert err[0] == grpc.StatusCode.INVALID_ARGUMENT and "offset" in err[1]

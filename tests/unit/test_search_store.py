@@ -231,6 +231,59 @@ def test_reupsert_updates_in_place(store, data):
     assert store.count() == len(ids)
 
 
+def scroll_all(store, limit, flt=None, with_vectors=False):
+    """Every page of a scroll; asserts the page sizes."""
+    pages, offset = [], None
+    while True:
+        records, offset = store.scroll(limit, offset, flt, with_vectors)
+        assert len(records) <= limit
+        pages.append(records)
+        if offset is None:
+            return pages
+        assert isinstance(offset, str) and offset
+        assert len(pages) < 100, "scroll does not end"
+
+
+@pytest.mark.parametrize("flt", [None, SearchFilter(category="shoes"), SearchFilter(min_price=20, max_price=60)],
+                         ids=["all", "category", "price"])
+def test_scroll_pages_through_every_point_once(store, data, flt):
+    assert store.scroll(5) == ([], None)  # empty collection
+    load(store, data)
+    ids, vectors, payloads = data
+    pages = scroll_all(store, 7, flt, with_vectors=True)
+    records = [r for page in pages for r in page]
+    expected = [pid for pid, p in zip(ids, payloads) if flt is None or flt.matches(p)]
+    assert sorted(r.product_id for r in records) == sorted(expected)  # each once
+    assert all(len(page) == 7 for page in pages[:-1])
+    # stable order: by point id, the same on every engine
+    assert [r.product_id for r in records] == sorted(expected, key=lambda pid: str(point_uuid(pid)))
+    for r in records:
+        i = ids.index(r.product_id)
+        assert r.payload["title"] == payloads[i]["title"] and r.payload["category"] == payloads[i]["category"]
+        assert r.payload["attributes"] == payloads[i]["attributes"]
+        assert r.payload.get("price") == payloads[i].get("price")
+        assert r.vector.dtype == np.float32 and r.vector.shape == (DIM,)
+        np.testing.assert_allclose(r.vector, unit(vectors[i]), atol=1e-5)
+    without = [r for page in scroll_all(store, 100, flt) for r in page]
+    assert [r.product_id for r in without] == [r.product_id for r in records]
+    assert all(r.vector is None for r in without)
+
+
+def test_scroll_after_delete_and_bad_arguments(store, data):
+    load(store, data)
+    ids, _, _ = data
+    first, offset = store.scroll(10)
+    store.delete([r.product_id for r in first[:3]])
+    rest = [r.product_id for page in scroll_all(store, 25) for r in page]
+    assert len(rest) == len(ids) - 3 and not set(rest) & {r.product_id for r in first[:3]}
+    second, _ = store.scroll(10, offset)  # an offset stays valid across writes
+    assert second and second[0].product_id not in {r.product_id for r in first}
+    with pytest.raises(ValueError, match="offset"):
+        store.scroll(5, "not-an-offset")
+    with pytest.raises(ValueError, match="limit"):
+        store.scroll(0)
+
+
 def test_validation(store):
     with pytest.raises(ValueError, match="dimensions"):
         store.upsert([("a", np.ones(DIM + 1), {})])

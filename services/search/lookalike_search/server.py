@@ -28,6 +28,8 @@ MAX_TOP_K = 1000
 MAX_POINTS_PER_UPSERT = 10_000
 MAX_IDS_PER_REQUEST = 10_000
 MAX_ID_LENGTH = 1024
+DEFAULT_SCROLL_LIMIT = 256
+MAX_SCROLL_LIMIT = 1000  # 1000 x 1280-d float32 = 5 MB per page
 
 
 class InvalidArgument(ValueError):
@@ -190,6 +192,19 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     def CountPoints(self, request, context):
         flt = to_filter(request.filter) if request.HasField("filter") else None
         return search_pb2.CountPointsResponse(count=self.store.count(flt))
+
+    @rpc
+    def ScrollPoints(self, request, context):
+        limit = request.limit or DEFAULT_SCROLL_LIMIT
+        if limit < 0 or limit > MAX_SCROLL_LIMIT:
+            raise InvalidArgument(f"limit must be between 1 and {MAX_SCROLL_LIMIT} (0 = {DEFAULT_SCROLL_LIMIT}), "
+                                  f"got {request.limit}")
+        flt = to_filter(request.filter) if request.HasField("filter") else None
+        records, next_offset = self.store.scroll(limit, request.offset or None, flt, request.with_vectors)
+        return search_pb2.ScrollPointsResponse(points=[
+            search_pb2.Point(product=payload_product(r.product_id, r.payload),
+                             vector=pack(r.vector) if request.with_vectors and r.vector is not None else b"")
+            for r in records], next_offset=next_offset or "")
 
 
 # ---- process --------------------------------------------------------------------------------------

@@ -133,6 +133,12 @@ class VectorStore(Protocol):
     def count(self, filter: SearchFilter | None = None) -> int:
         """Exact number of points (matching the filter)."""
 
+    def scroll(self, limit: int, offset: str | None = None, filter: SearchFilter | None = None,
+               with_vectors: bool = False) -> tuple[list[Record], str | None]:
+        """One page of at most `limit` stored points (matching the filter), ordered by point id, and the
+        opaque offset of the next page (None after the last). `offset` is None for the first page or a
+        previous next offset; a malformed one raises ValueError."""
+
     def close(self) -> None:
         """Flushes and releases the store. Idempotent."""
 
@@ -180,6 +186,22 @@ def dedupe_points(points: Iterable[PointIn], dim: int) -> list[tuple[str, np.nda
         by_id.pop(product_id, None)
         by_id[product_id] = (product_id, vec, clean_payload(product_id, payload))
     return list(by_id.values())
+
+
+def scroll_offset(offset: str | None) -> uuid.UUID | None:
+    """The point id a scroll offset names (None: from the start); ValueError when malformed."""
+    if not offset:
+        return None
+    try:
+        return uuid.UUID(offset)
+    except (ValueError, TypeError, AttributeError):
+        raise ValueError(f"scroll offset {offset!r} is not one this service returned") from None
+
+
+def check_scroll_limit(limit: int) -> int:
+    if not isinstance(limit, int) or limit <= 0:
+        raise ValueError(f"scroll limit must be a positive integer, got {limit!r}")
+    return limit
 
 
 def clamp_score(score: float) -> float:

@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from .store import (PAYLOAD_INDEXES, CollectionMismatch, Hit, NotFound, PointIn, Record, SearchFilter,
-                    StoreError, check_vector, clamp_score, dedupe_points, ef_for, payload_product_id,
-                    point_uuid, unique)
+                    StoreError, check_scroll_limit, check_vector, clamp_score, dedupe_points, ef_for,
+                    payload_product_id, point_uuid, scroll_offset, unique)
 
 log = logging.getLogger(__name__)
 
@@ -314,6 +314,23 @@ class QdrantEdgeStore:
 
         with self._errors("count") as shard:
             return int(shard.count(qe.CountRequest(exact=True, filter=self._filter(filter))))
+
+    def scroll(self, limit: int, offset: str | None = None, filter: SearchFilter | None = None,
+               with_vectors: bool = False) -> tuple[list[Record], str | None]:
+        import qdrant_edge as qe
+
+        limit = check_scroll_limit(limit)
+        start = scroll_offset(offset)
+        request = qe.ScrollRequest(offset=start, limit=limit, filter=self._filter(filter), with_payload=True,
+                                   with_vector=bool(with_vectors))
+        with self._errors("scroll") as shard:
+            found, next_id = shard.scroll(request)
+        records = []
+        for rec in found:
+            payload = dict(rec.payload or {})
+            records.append(Record(payload_product_id(payload), payload,
+                                  self._vector(rec.vector) if with_vectors else None))
+        return records, None if next_id is None else str(next_id)
 
     def info(self) -> dict:
         with self._errors("info") as shard:

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from .store import (PAYLOAD_INDEXES, CollectionMismatch, Hit, NotFound, PointIn, Record, SearchFilter,
-                    StoreError, check_vector, clamp_score, dedupe_points, ef_for, payload_product_id,
-                    point_uuid, unique)
+                    StoreError, check_scroll_limit, check_vector, clamp_score, dedupe_points, ef_for,
+                    payload_product_id, point_uuid, scroll_offset, unique)
 
 log = logging.getLogger(__name__)
 
@@ -253,6 +253,21 @@ class QdrantClientStore:
     def count(self, filter: SearchFilter | None = None) -> int:
         with self._lock, self._errors("count"):
             return int(self.client.count(self.collection, count_filter=self._filter(filter), exact=True).count)
+
+    def scroll(self, limit: int, offset: str | None = None, filter: SearchFilter | None = None,
+               with_vectors: bool = False) -> tuple[list[Record], str | None]:
+        limit = check_scroll_limit(limit)
+        start = scroll_offset(offset)
+        with self._lock, self._errors("scroll"):
+            found, next_id = self.client.scroll(self.collection, scroll_filter=self._filter(filter), limit=limit,
+                                                offset=None if start is None else str(start),
+                                                with_payload=True, with_vectors=with_vectors)
+        records = []
+        for rec in found:
+            payload = dict(rec.payload or {})
+            records.append(Record(payload_product_id(payload), payload,
+                                  self._vector(rec.vector) if with_vectors else None))
+        return records, None if next_id is None else str(next_id)
 
     def close(self) -> None:
         with self._lock:
