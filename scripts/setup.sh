@@ -26,8 +26,9 @@ fi
 stamp=".venv/.lookalike-installed-$(cat pyproject.toml | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   echo "setup: installing Python packages (first run takes a few minutes)"
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[serve,dev]'
+  # (this machine's pip config names local indexes that may be absent: hide those warnings only)
+  .venv/bin/python -m pip install -q --upgrade pip 2> >(grep -v "is ignored: it is neither" >&2)
+  .venv/bin/python -m pip install -q -e '.[serve,dev]' 2> >(grep -v "is ignored: it is neither" >&2)
   rm -f .venv/.lookalike-installed-*
   touch "$stamp"
 fi
