@@ -70,7 +70,7 @@ def sniff_format(data: bytes) -> str | None:
     """PIL-style format name guessed from the first bytes, or None when unrecognised.
 
     Recognises the allowed formats plus a few common ones that are rejected as
-    `unsupported_format` (TIFF, ICO, HEIC/HEIF, AVIF, JPEG 2000, PSD, PDF, SVG).
+    `unsupported_format` (TIFF, ICO, HEIC/HEIF, AVIF, JPEG 2000, PSD, PDF, EPS, FITS, SVG).
     """
     head = bytes(data[:64])
     if head.startswith(b"\xff\xd8\xff"):
@@ -101,6 +101,10 @@ def sniff_format(data: bytes) -> str | None:
         return "PSD"
     if head[:5] == b"%PDF-":
         return "PDF"
+    if head[:4] == b"%!PS" or head[:4] == b"\xc5\xd0\xd3\xc6":  # PostScript / EPS (plain or DOS binary)
+        return "EPS"
+    if head[:9] == b"SIMPLE  =":  # FITS primary header card
+        return "FITS"
     stripped = head.lstrip()
     if stripped.startswith(b"<svg") or (stripped.startswith(b"<?xml") and b"<svg" in bytes(data[:1024])):
         return "SVG"

@@ -49,6 +49,9 @@ def test_bytearray_and_memoryview_accepted(photo):
     (b"hello, this is not an image at all", "not_an_image"),
     (b"\xff\xd8\xff\xe0\x00\x10JFIF", "not_an_image"),  # a JPEG header and nothing else
     (b"%PDF-1.7\n...", "unsupported_format"),
+    (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n", "unsupported_format"),
+    (b"\xc5\xd0\xd3\xc6" + bytes(28), "unsupported_format"),
+    (b"SIMPLE  =                    T".ljust(2880), "unsupported_format"),
 ])
 def test_rejections(data, reason):
     with pytest.raises(ImageRejected) as info:
