@@ -1,5 +1,6 @@
 from lookalike.v1 import types_pb2 as _types_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -42,22 +43,46 @@ class SearchSimilarResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[_types_pb2.SearchResult, _Mapping]]] = ...) -> None: ...
 
 class UpsertProductsRequest(_message.Message):
-    __slots__ = ("product", "image")
+    __slots__ = ("product", "image", "skip_duplicates")
     PRODUCT_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
+    SKIP_DUPLICATES_FIELD_NUMBER: _ClassVar[int]
     product: _types_pb2.Product
     image: bytes
-    def __init__(self, product: _Optional[_Union[_types_pb2.Product, _Mapping]] = ..., image: _Optional[bytes] = ...) -> None: ...
+    skip_duplicates: bool
+    def __init__(self, product: _Optional[_Union[_types_pb2.Product, _Mapping]] = ..., image: _Optional[bytes] = ..., skip_duplicates: _Optional[bool] = ...) -> None: ...
 
 class UpsertProductsResponse(_message.Message):
-    __slots__ = ("product_id", "ok", "error")
+    __slots__ = ("product_id", "ok", "error", "outcome", "duplicate_of", "exact_duplicate", "duplicate_similarity")
+    class Outcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        OUTCOME_UNSPECIFIED: _ClassVar[UpsertProductsResponse.Outcome]
+        CREATED: _ClassVar[UpsertProductsResponse.Outcome]
+        UPDATED: _ClassVar[UpsertProductsResponse.Outcome]
+        UNCHANGED: _ClassVar[UpsertProductsResponse.Outcome]
+        FAILED: _ClassVar[UpsertProductsResponse.Outcome]
+        SKIPPED_DUPLICATE: _ClassVar[UpsertProductsResponse.Outcome]
+    OUTCOME_UNSPECIFIED: UpsertProductsResponse.Outcome
+    CREATED: UpsertProductsResponse.Outcome
+    UPDATED: UpsertProductsResponse.Outcome
+    UNCHANGED: UpsertProductsResponse.Outcome
+    FAILED: UpsertProductsResponse.Outcome
+    SKIPPED_DUPLICATE: UpsertProductsResponse.Outcome
     PRODUCT_ID_FIELD_NUMBER: _ClassVar[int]
     OK_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_OF_FIELD_NUMBER: _ClassVar[int]
+    EXACT_DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
     product_id: str
     ok: bool
     error: str
-    def __init__(self, product_id: _Optional[str] = ..., ok: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
+    outcome: UpsertProductsResponse.Outcome
+    duplicate_of: str
+    exact_duplicate: bool
+    duplicate_similarity: float
+    def __init__(self, product_id: _Optional[str] = ..., ok: _Optional[bool] = ..., error: _Optional[str] = ..., outcome: _Optional[_Union[UpsertProductsResponse.Outcome, str]] = ..., duplicate_of: _Optional[str] = ..., exact_duplicate: _Optional[bool] = ..., duplicate_similarity: _Optional[float] = ...) -> None: ...
 
 class DeleteProductsRequest(_message.Message):
     __slots__ = ("product_ids",)
@@ -82,3 +107,92 @@ class GetProductResponse(_message.Message):
     PRODUCT_FIELD_NUMBER: _ClassVar[int]
     product: _types_pb2.Product
     def __init__(self, product: _Optional[_Union[_types_pb2.Product, _Mapping]] = ...) -> None: ...
+
+class ReindexRequest(_message.Message):
+    __slots__ = ("model_version", "collection", "activate", "force")
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    ACTIVATE_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    model_version: str
+    collection: str
+    activate: bool
+    force: bool
+    def __init__(self, model_version: _Optional[str] = ..., collection: _Optional[str] = ..., activate: _Optional[bool] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class ReindexProgress(_message.Message):
+    __slots__ = ("collection", "source", "model_id", "total", "done", "embedded", "unchanged", "failed", "removed", "finished", "activated", "previous", "failures")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDED_FIELD_NUMBER: _ClassVar[int]
+    UNCHANGED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    PASS_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_FIELD_NUMBER: _ClassVar[int]
+    ACTIVATED_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_FIELD_NUMBER: _ClassVar[int]
+    FAILURES_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    source: str
+    model_id: str
+    total: int
+    done: int
+    embedded: int
+    unchanged: int
+    failed: int
+    removed: int
+    finished: bool
+    activated: bool
+    previous: str
+    failures: _containers.RepeatedCompositeFieldContainer[UpsertProductsResponse]
+    def __init__(self, collection: _Optional[str] = ..., source: _Optional[str] = ..., model_id: _Optional[str] = ..., total: _Optional[int] = ..., done: _Optional[int] = ..., embedded: _Optional[int] = ..., unchanged: _Optional[int] = ..., failed: _Optional[int] = ..., removed: _Optional[int] = ..., finished: _Optional[bool] = ..., activated: _Optional[bool] = ..., previous: _Optional[str] = ..., failures: _Optional[_Iterable[_Union[UpsertProductsResponse, _Mapping]]] = ..., **kwargs) -> None: ...
+
+class ListCollectionsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class CollectionInfo(_message.Message):
+    __slots__ = ("name", "model_id", "vector_size", "points", "active")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_SIZE_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    model_id: str
+    vector_size: int
+    points: int
+    active: bool
+    def __init__(self, name: _Optional[str] = ..., model_id: _Optional[str] = ..., vector_size: _Optional[int] = ..., points: _Optional[int] = ..., active: _Optional[bool] = ...) -> None: ...
+
+class ListCollectionsResponse(_message.Message):
+    __slots__ = ("alias", "active", "previous", "collections")
+    ALIAS_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_FIELD_NUMBER: _ClassVar[int]
+    COLLECTIONS_FIELD_NUMBER: _ClassVar[int]
+    alias: str
+    active: str
+    previous: str
+    collections: _containers.RepeatedCompositeFieldContainer[CollectionInfo]
+    def __init__(self, alias: _Optional[str] = ..., active: _Optional[str] = ..., previous: _Optional[str] = ..., collections: _Optional[_Iterable[_Union[CollectionInfo, _Mapping]]] = ...) -> None: ...
+
+class ActivateCollectionRequest(_message.Message):
+    __slots__ = ("collection", "rollback")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    ROLLBACK_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    rollback: bool
+    def __init__(self, collection: _Optional[str] = ..., rollback: _Optional[bool] = ...) -> None: ...
+
+class ActivateCollectionResponse(_message.Message):
+    __slots__ = ("active", "previous")
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_FIELD_NUMBER: _ClassVar[int]
+    active: str
+    previous: str
+    def __init__(self, active: _Optional[str] = ..., previous: _Optional[str] = ...) -> None: ...

@@ -60,6 +60,21 @@ class LookalikeStub:
                 request_serializer=lookalike_dot_v1_dot_lookalike__pb2.GetProductRequest.SerializeToString,
                 response_deserializer=lookalike_dot_v1_dot_lookalike__pb2.GetProductResponse.FromString,
                 _registered_method=True)
+        self.Reindex = channel.unary_stream(
+                '/lookalike.v1.Lookalike/Reindex',
+                request_serializer=lookalike_dot_v1_dot_lookalike__pb2.ReindexRequest.SerializeToString,
+                response_deserializer=lookalike_dot_v1_dot_lookalike__pb2.ReindexProgress.FromString,
+                _registered_method=True)
+        self.ListCollections = channel.unary_unary(
+                '/lookalike.v1.Lookalike/ListCollections',
+                request_serializer=lookalike_dot_v1_dot_lookalike__pb2.ListCollectionsRequest.SerializeToString,
+                response_deserializer=lookalike_dot_v1_dot_lookalike__pb2.ListCollectionsResponse.FromString,
+                _registered_method=True)
+        self.ActivateCollection = channel.unary_unary(
+                '/lookalike.v1.Lookalike/ActivateCollection',
+                request_serializer=lookalike_dot_v1_dot_lookalike__pb2.ActivateCollectionRequest.SerializeToString,
+                response_deserializer=lookalike_dot_v1_dot_lookalike__pb2.ActivateCollectionResponse.FromString,
+                _registered_method=True)
 
 
 class LookalikeServicer:
@@ -100,6 +115,30 @@ class LookalikeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Reindex(self, request, context):
+        """Re-embeds the whole catalogue into another collection (another model version, or a fresh copy)
+        from the stored original images, while searches keep using the active collection; streams
+        progress. With `activate`, points the alias at the new collection once every product is in it.
+        Interrupted, it resumes when called again (products already in the target are skipped).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCollections(self, request, context):
+        """The collections of the catalogue and which one the alias (the one searches use) points at.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ActivateCollection(self, request, context):
+        """Points the alias at a collection, atomically: activation after a reindex, or rollback.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LookalikeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -127,6 +166,21 @@ def add_LookalikeServicer_to_server(servicer, server):
                     servicer.GetProduct,
                     request_deserializer=lookalike_dot_v1_dot_lookalike__pb2.GetProductRequest.FromString,
                     response_serializer=lookalike_dot_v1_dot_lookalike__pb2.GetProductResponse.SerializeToString,
+            ),
+            'Reindex': grpc.unary_stream_rpc_method_handler(
+                    servicer.Reindex,
+                    request_deserializer=lookalike_dot_v1_dot_lookalike__pb2.ReindexRequest.FromString,
+                    response_serializer=lookalike_dot_v1_dot_lookalike__pb2.ReindexProgress.SerializeToString,
+            ),
+            'ListCollections': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCollections,
+                    request_deserializer=lookalike_dot_v1_dot_lookalike__pb2.ListCollectionsRequest.FromString,
+                    response_serializer=lookalike_dot_v1_dot_lookalike__pb2.ListCollectionsResponse.SerializeToString,
+            ),
+            'ActivateCollection': grpc.unary_unary_rpc_method_handler(
+                    servicer.ActivateCollection,
+                    request_deserializer=lookalike_dot_v1_dot_lookalike__pb2.ActivateCollectionRequest.FromString,
+                    response_serializer=lookalike_dot_v1_dot_lookalike__pb2.ActivateCollectionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -265,6 +319,87 @@ class Lookalike:
             '/lookalike.v1.Lookalike/GetProduct',
             lookalike_dot_v1_dot_lookalike__pb2.GetProductRequest.SerializeToString,
             lookalike_dot_v1_dot_lookalike__pb2.GetProductResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reindex(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/lookalike.v1.Lookalike/Reindex',
+            lookalike_dot_v1_dot_lookalike__pb2.ReindexRequest.SerializeToString,
+            lookalike_dot_v1_dot_lookalike__pb2.ReindexProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCollections(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lookalike.v1.Lookalike/ListCollections',
+            lookalike_dot_v1_dot_lookalike__pb2.ListCollectionsRequest.SerializeToString,
+            lookalike_dot_v1_dot_lookalike__pb2.ListCollectionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ActivateCollection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lookalike.v1.Lookalike/ActivateCollection',
+            lookalike_dot_v1_dot_lookalike__pb2.ActivateCollectionRequest.SerializeToString,
+            lookalike_dot_v1_dot_lookalike__pb2.ActivateCollectionResponse.FromString,
             options,
             channel_credentials,
             insecure,

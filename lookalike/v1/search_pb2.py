@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from lookalike.v1 import types_pb2 as lookalike_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19lookalike/v1/search.proto\x12\x0clookalike.v1\x1a\x18lookalike/v1/types.proto\"?\n\x05Point\x12&\n\x07product\x18\x01 \x01(\x0b\x32\x15.lookalike.v1.Product\x12\x0e\n\x06vector\x18\x02 \x01(\x0c\":\n\x13UpsertPointsRequest\x12#\n\x06points\x18\x01 \x03(\x0b\x32\x13.lookalike.v1.Point\"(\n\x14UpsertPointsResponse\x12\x10\n\x08upserted\x18\x01 \x01(\x05\"\\\n\x15SearchByVectorRequest\x12\x0e\n\x06vector\x18\x01 \x01(\x0c\x12\r\n\x05top_k\x18\x02 \x01(\x05\x12$\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x14.lookalike.v1.Filter\"E\n\x16SearchByVectorResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.lookalike.v1.SearchResult\"\\\n\x11SearchByIdRequest\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\r\n\x05top_k\x18\x02 \x01(\x05\x12$\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x14.lookalike.v1.Filter\"A\n\x12SearchByIdResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.lookalike.v1.SearchResult\"=\n\x10GetPointsRequest\x12\x13\n\x0bproduct_ids\x18\x01 \x03(\t\x12\x14\n\x0cwith_vectors\x18\x02 \x01(\x08\"8\n\x11GetPointsResponse\x12#\n\x06points\x18\x01 \x03(\x0b\x32\x13.lookalike.v1.Point\"*\n\x13\x44\x65letePointsRequest\x12\x13\n\x0bproduct_ids\x18\x01 \x03(\t\"\'\n\x14\x44\x65letePointsResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x05\":\n\x12\x43ountPointsRequest\x12$\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x14.lookalike.v1.Filter\"$\n\x13\x43ountPointsResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x03\"p\n\x13ScrollPointsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\x12\x0e\n\x06offset\x18\x02 \x01(\t\x12$\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x14.lookalike.v1.Filter\x12\x14\n\x0cwith_vectors\x18\x04 \x01(\x08\"P\n\x14ScrollPointsResponse\x12#\n\x06points\x18\x01 \x03(\x0b\x32\x13.lookalike.v1.Point\x12\x13\n\x0bnext_offset\x18\x02 \x01(\t2\xe4\x04\n\rSearchService\x12U\n\x0cUpsertPoints\x12!.lookalike.v1.UpsertPointsRequest\x1a\".lookalike.v1.UpsertPointsResponse\x12[\n\x0eSearchByVector\x12#.lookalike.v1.SearchByVectorRequest\x1a$.lookalike.v1.SearchByVectorResponse\x12O\n\nSearchById\x12\x1f.lookalike.v1.SearchByIdRequest\x1a .lookalike.v1.SearchByIdResponse\x12L\n\tGetPoints\x12\x1e.lookalike.v1.GetPointsRequest\x1a\x1f.lookalike.v1.GetPointsResponse\x12U\n\x0c\x44\x65letePoints\x12!.lookalike.v1.DeletePointsRequest\x1a\".lookalike.v1.DeletePointsResponse\x12R\n\x0b\x43ountPoints\x12 .lookalike.v1.CountPointsRequest\x1a!.lookalike.v1.CountPointsResponse\x12U\n\x0cScrollPoints\x12!.lookalike.v1.ScrollPointsRequest\x1a\".lookalike.v1.ScrollPointsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19lookalike/v1/search.proto\x12\x0clookalike.v1\x1a\x18lookalike/v1/types.proto\"?\n\x05Point\x12&\n\x07product\x18\x01 \x01(\x0b\x32\x15.lookalike.v1.Product\x12\x0e\n\x06vector\x18\x02 \x01(\x0c\"N\n\x13UpsertPointsRequest\x12#\n\x06points\x18\x01 \x03(\x0b\x32\x13.lookalike.v1.Point\x12\x12\n\ncollection\x18\x0f \x01(\t\"(\n\x14UpsertPointsResponse\x12\x10\n\x08upserted\x18\x01 \x01(\x05\"p\n\x15SearchByVectorRequest\x12\x0e\n\x06vector\x18\x01 \x01(\x0c\x12\r\n\x05top_k\x18\x02 \x01(\x05\x12$\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x14.lookalike.v1.Filter\x12\x12\n\ncollection\x18\x0f \x01(\t\"E\n\x16SearchByVectorResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.lookalike.v1.SearchResult\"p\n\x11SearchByIdRequest\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\r\n\x05top_k\x18\x02 \x01(\x05\x12$\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x14.lookalike.v1.Filter\x12\x12\n\ncollection\x18\x0f \x01(\t\"A\n\x12SearchByIdResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.lookalike.v1.SearchResult\"Q\n\x10GetPointsRequest\x12\x13\n\x0bproduct_ids\x18\x01 \x03(\t\x12\x14\n\x0cwith_vectors\x18\x02 \x01(\x08\x12\x12\n\ncollection\x18\x0f \x01(\t\"8\n\x11GetPointsResponse\x12#\n\x06points\x18\x01 \x03(\x0b\x32\x13.lookalike.v1.Point\">\n\x13\x44\x65letePointsRequest\x12\x13\n\x0bproduct_ids\x18\x01 \x03(\t\x12\x12\n\ncollection\x18\x0f \x01(\t\"\'\n\x14\x44\x65letePointsResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x05\"N\n\x12\x43ountPointsRequest\x12$\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x14.lookalike.v1.Filter\x12\x12\n\ncollection\x18\x0f \x01(\t\"$\n\x13\x43ountPointsResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x03\"\x84\x01\n\x13ScrollPointsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\x12\x0e\n\x06offset\x18\x02 \x01(\t\x12$\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x14.lookalike.v1.Filter\x12\x14\n\x0cwith_vectors\x18\x04 \x01(\x08\x12\x12\n\ncollection\x18\x0f \x01(\t\"P\n\x14ScrollPointsResponse\x12#\n\x06points\x18\x01 \x03(\x0b\x32\x13.lookalike.v1.Point\x12\x13\n\x0bnext_offset\x18\x02 \x01(\t\"U\n\x10StoredCollection\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bvector_size\x18\x02 \x01(\x05\x12\x0e\n\x06points\x18\x03 \x01(\x03\x12\x0e\n\x06\x61\x63tive\x18\x04 \x01(\x08\"3\n\x1cListStoredCollectionsRequest\x12\x13\n\x0bwith_counts\x18\x01 \x01(\x08\"\x85\x01\n\x1dListStoredCollectionsResponse\x12\r\n\x05\x61lias\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x02 \x01(\t\x12\x10\n\x08previous\x18\x03 \x01(\t\x12\x33\n\x0b\x63ollections\x18\x04 \x03(\x0b\x32\x1e.lookalike.v1.StoredCollection\"<\n\x17\x43reateCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bvector_size\x18\x02 \x01(\x05\"_\n\x18\x43reateCollectionResponse\x12\x32\n\ncollection\x18\x01 \x01(\x0b\x32\x1e.lookalike.v1.StoredCollection\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"%\n\x0fSetAliasRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"4\n\x10SetAliasResponse\x12\x0e\n\x06\x61\x63tive\x18\x01 \x01(\t\x12\x10\n\x08previous\x18\x02 \x01(\t2\xfe\x06\n\rSearchService\x12U\n\x0cUpsertPoints\x12!.lookalike.v1.UpsertPointsRequest\x1a\".lookalike.v1.UpsertPointsResponse\x12[\n\x0eSearchByVector\x12#.lookalike.v1.SearchByVectorRequest\x1a$.lookalike.v1.SearchByVectorResponse\x12O\n\nSearchById\x12\x1f.lookalike.v1.SearchByIdRequest\x1a .lookalike.v1.SearchByIdResponse\x12L\n\tGetPoints\x12\x1e.lookalike.v1.GetPointsRequest\x1a\x1f.lookalike.v1.GetPointsResponse\x12U\n\x0c\x44\x65letePoints\x12!.lookalike.v1.DeletePointsRequest\x1a\".lookalike.v1.DeletePointsResponse\x12R\n\x0b\x43ountPoints\x12 .lookalike.v1.CountPointsRequest\x1a!.lookalike.v1.CountPointsResponse\x12U\n\x0cScrollPoints\x12!.lookalike.v1.ScrollPointsRequest\x1a\".lookalike.v1.ScrollPointsResponse\x12j\n\x0fListCollections\x12*.lookalike.v1.ListStoredCollectionsRequest\x1a+.lookalike.v1.ListStoredCollectionsResponse\x12\x61\n\x10\x43reateCollection\x12%.lookalike.v1.CreateCollectionRequest\x1a&.lookalike.v1.CreateCollectionResponse\x12I\n\x08SetAlias\x12\x1d.lookalike.v1.SetAliasRequest\x1a\x1e.lookalike.v1.SetAliasResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,33 +35,47 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_POINT']._serialized_start=69
   _globals['_POINT']._serialized_end=132
   _globals['_UPSERTPOINTSREQUEST']._serialized_start=134
-  _globals['_UPSERTPOINTSREQUEST']._serialized_end=192
-  _globals['_UPSERTPOINTSRESPONSE']._serialized_start=194
-  _globals['_UPSERTPOINTSRESPONSE']._serialized_end=234
-  _globals['_SEARCHBYVECTORREQUEST']._serialized_start=236
-  _globals['_SEARCHBYVECTORREQUEST']._serialized_end=328
-  _globals['_SEARCHBYVECTORRESPONSE']._serialized_start=330
-  _globals['_SEARCHBYVECTORRESPONSE']._serialized_end=399
-  _globals['_SEARCHBYIDREQUEST']._serialized_start=401
-  _globals['_SEARCHBYIDREQUEST']._serialized_end=493
-  _globals['_SEARCHBYIDRESPONSE']._serialized_start=495
-  _globals['_SEARCHBYIDRESPONSE']._serialized_end=560
-  _globals['_GETPOINTSREQUEST']._serialized_start=562
-  _globals['_GETPOINTSREQUEST']._serialized_end=623
-  _globals['_GETPOINTSRESPONSE']._serialized_start=625
-  _globals['_GETPOINTSRESPONSE']._serialized_end=681
-  _globals['_DELETEPOINTSREQUEST']._serialized_start=683
-  _globals['_DELETEPOINTSREQUEST']._serialized_end=725
-  _globals['_DELETEPOINTSRESPONSE']._serialized_start=727
-  _globals['_DELETEPOINTSRESPONSE']._serialized_end=766
-  _globals['_COUNTPOINTSREQUEST']._serialized_start=768
-  _globals['_COUNTPOINTSREQUEST']._serialized_end=826
-  _globals['_COUNTPOINTSRESPONSE']._serialized_start=828
-  _globals['_COUNTPOINTSRESPONSE']._serialized_end=864
-  _globals['_SCROLLPOINTSREQUEST']._serialized_start=866
-  _globals['_SCROLLPOINTSREQUEST']._serialized_end=978
-  _globals['_SCROLLPOINTSRESPONSE']._serialized_start=980
-  _globals['_SCROLLPOINTSRESPONSE']._serialized_end=1060
-  _globals['_SEARCHSERVICE']._serialized_start=1063
-  _globals['_SEARCHSERVICE']._serialized_end=1675
+  _globals['_UPSERTPOINTSREQUEST']._serialized_end=212
+  _globals['_UPSERTPOINTSRESPONSE']._serialized_start=214
+  _globals['_UPSERTPOINTSRESPONSE']._serialized_end=254
+  _globals['_SEARCHBYVECTORREQUEST']._serialized_start=256
+  _globals['_SEARCHBYVECTORREQUEST']._serialized_end=368
+  _globals['_SEARCHBYVECTORRESPONSE']._serialized_start=370
+  _globals['_SEARCHBYVECTORRESPONSE']._serialized_end=439
+  _globals['_SEARCHBYIDREQUEST']._serialized_start=441
+  _globals['_SEARCHBYIDREQUEST']._serialized_end=553
+  _globals['_SEARCHBYIDRESPONSE']._serialized_start=555
+  _globals['_SEARCHBYIDRESPONSE']._serialized_end=620
+  _globals['_GETPOINTSREQUEST']._serialized_start=622
+  _globals['_GETPOINTSREQUEST']._serialized_end=703
+  _globals['_GETPOINTSRESPONSE']._serialized_start=705
+  _globals['_GETPOINTSRESPONSE']._serialized_end=761
+  _globals['_DELETEPOINTSREQUEST']._serialized_start=763
+  _globals['_DELETEPOINTSREQUEST']._serialized_end=825
+  _globals['_DELETEPOINTSRESPONSE']._serialized_start=827
+  _globals['_DELETEPOINTSRESPONSE']._serialized_end=866
+  _globals['_COUNTPOINTSREQUEST']._serialized_start=868
+  _globals['_COUNTPOINTSREQUEST']._serialized_end=946
+  _globals['_COUNTPOINTSRESPONSE']._serialized_start=948
+  _globals['_COUNTPOINTSRESPONSE']._serialized_end=984
+  _globals['_SCROLLPOINTSREQUEST']._serialized_start=987
+  _globals['_SCROLLPOINTSREQUEST']._serialized_end=1119
+  _globals['_SCROLLPOINTSRESPONSE']._serialized_start=1121
+  _globals['_SCROLLPOINTSRESPONSE']._serialized_end=1201
+  _globals['_STOREDCOLLECTION']._serialized_start=1203
+  _globals['_STOREDCOLLECTION']._serialized_end=1288
+  _globals['_LISTSTOREDCOLLECTIONSREQUEST']._serialized_start=1290
+  _globals['_LISTSTOREDCOLLECTIONSREQUEST']._serialized_end=1341
+  _globals['_LISTSTOREDCOLLECTIONSRESPONSE']._serialized_start=1344
+  _globals['_LISTSTOREDCOLLECTIONSRESPONSE']._serialized_end=1477
+  _globals['_CREATECOLLECTIONREQUEST']._serialized_start=1479
+  _globals['_CREATECOLLECTIONREQUEST']._serialized_end=1539
+  _globals['_CREATECOLLECTIONRESPONSE']._serialized_start=1541
+  _globals['_CREATECOLLECTIONRESPONSE']._serialized_end=1636
+  _globals['_SETALIASREQUEST']._serialized_start=1638
+  _globals['_SETALIASREQUEST']._serialized_end=1675
+  _globals['_SETALIASRESPONSE']._serialized_start=1677
+  _globals['_SETALIASRESPONSE']._serialized_end=1729
+  _globals['_SEARCHSERVICE']._serialized_start=1732
+  _globals['_SEARCHSERVICE']._serialized_end=2626
 # @@protoc_insertion_point(module_scope)

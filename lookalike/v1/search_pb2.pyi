@@ -16,10 +16,12 @@ class Point(_message.Message):
     def __init__(self, product: _Optional[_Union[_types_pb2.Product, _Mapping]] = ..., vector: _Optional[bytes] = ...) -> None: ...
 
 class UpsertPointsRequest(_message.Message):
-    __slots__ = ("points",)
+    __slots__ = ("points", "collection")
     POINTS_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
     points: _containers.RepeatedCompositeFieldContainer[Point]
-    def __init__(self, points: _Optional[_Iterable[_Union[Point, _Mapping]]] = ...) -> None: ...
+    collection: str
+    def __init__(self, points: _Optional[_Iterable[_Union[Point, _Mapping]]] = ..., collection: _Optional[str] = ...) -> None: ...
 
 class UpsertPointsResponse(_message.Message):
     __slots__ = ("upserted",)
@@ -28,14 +30,16 @@ class UpsertPointsResponse(_message.Message):
     def __init__(self, upserted: _Optional[int] = ...) -> None: ...
 
 class SearchByVectorRequest(_message.Message):
-    __slots__ = ("vector", "top_k", "filter")
+    __slots__ = ("vector", "top_k", "filter", "collection")
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
     vector: bytes
     top_k: int
     filter: _types_pb2.Filter
-    def __init__(self, vector: _Optional[bytes] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Union[_types_pb2.Filter, _Mapping]] = ...) -> None: ...
+    collection: str
+    def __init__(self, vector: _Optional[bytes] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Union[_types_pb2.Filter, _Mapping]] = ..., collection: _Optional[str] = ...) -> None: ...
 
 class SearchByVectorResponse(_message.Message):
     __slots__ = ("results",)
@@ -44,14 +48,16 @@ class SearchByVectorResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[_types_pb2.SearchResult, _Mapping]]] = ...) -> None: ...
 
 class SearchByIdRequest(_message.Message):
-    __slots__ = ("product_id", "top_k", "filter")
+    __slots__ = ("product_id", "top_k", "filter", "collection")
     PRODUCT_ID_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
     product_id: str
     top_k: int
     filter: _types_pb2.Filter
-    def __init__(self, product_id: _Optional[str] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Union[_types_pb2.Filter, _Mapping]] = ...) -> None: ...
+    collection: str
+    def __init__(self, product_id: _Optional[str] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Union[_types_pb2.Filter, _Mapping]] = ..., collection: _Optional[str] = ...) -> None: ...
 
 class SearchByIdResponse(_message.Message):
     __slots__ = ("results",)
@@ -60,12 +66,14 @@ class SearchByIdResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[_types_pb2.SearchResult, _Mapping]]] = ...) -> None: ...
 
 class GetPointsRequest(_message.Message):
-    __slots__ = ("product_ids", "with_vectors")
+    __slots__ = ("product_ids", "with_vectors", "collection")
     PRODUCT_IDS_FIELD_NUMBER: _ClassVar[int]
     WITH_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
     product_ids: _containers.RepeatedScalarFieldContainer[str]
     with_vectors: bool
-    def __init__(self, product_ids: _Optional[_Iterable[str]] = ..., with_vectors: _Optional[bool] = ...) -> None: ...
+    collection: str
+    def __init__(self, product_ids: _Optional[_Iterable[str]] = ..., with_vectors: _Optional[bool] = ..., collection: _Optional[str] = ...) -> None: ...
 
 class GetPointsResponse(_message.Message):
     __slots__ = ("points",)
@@ -74,10 +82,12 @@ class GetPointsResponse(_message.Message):
     def __init__(self, points: _Optional[_Iterable[_Union[Point, _Mapping]]] = ...) -> None: ...
 
 class DeletePointsRequest(_message.Message):
-    __slots__ = ("product_ids",)
+    __slots__ = ("product_ids", "collection")
     PRODUCT_IDS_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
     product_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, product_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    collection: str
+    def __init__(self, product_ids: _Optional[_Iterable[str]] = ..., collection: _Optional[str] = ...) -> None: ...
 
 class DeletePointsResponse(_message.Message):
     __slots__ = ("deleted",)
@@ -86,10 +96,12 @@ class DeletePointsResponse(_message.Message):
     def __init__(self, deleted: _Optional[int] = ...) -> None: ...
 
 class CountPointsRequest(_message.Message):
-    __slots__ = ("filter",)
+    __slots__ = ("filter", "collection")
     FILTER_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
     filter: _types_pb2.Filter
-    def __init__(self, filter: _Optional[_Union[_types_pb2.Filter, _Mapping]] = ...) -> None: ...
+    collection: str
+    def __init__(self, filter: _Optional[_Union[_types_pb2.Filter, _Mapping]] = ..., collection: _Optional[str] = ...) -> None: ...
 
 class CountPointsResponse(_message.Message):
     __slots__ = ("count",)
@@ -98,16 +110,18 @@ class CountPointsResponse(_message.Message):
     def __init__(self, count: _Optional[int] = ...) -> None: ...
 
 class ScrollPointsRequest(_message.Message):
-    __slots__ = ("limit", "offset", "filter", "with_vectors")
+    __slots__ = ("limit", "offset", "filter", "with_vectors", "collection")
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
     WITH_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
     limit: int
     offset: str
     filter: _types_pb2.Filter
     with_vectors: bool
-    def __init__(self, limit: _Optional[int] = ..., offset: _Optional[str] = ..., filter: _Optional[_Union[_types_pb2.Filter, _Mapping]] = ..., with_vectors: _Optional[bool] = ...) -> None: ...
+    collection: str
+    def __init__(self, limit: _Optional[int] = ..., offset: _Optional[str] = ..., filter: _Optional[_Union[_types_pb2.Filter, _Mapping]] = ..., with_vectors: _Optional[bool] = ..., collection: _Optional[str] = ...) -> None: ...
 
 class ScrollPointsResponse(_message.Message):
     __slots__ = ("points", "next_offset")
@@ -116,3 +130,63 @@ class ScrollPointsResponse(_message.Message):
     points: _containers.RepeatedCompositeFieldContainer[Point]
     next_offset: str
     def __init__(self, points: _Optional[_Iterable[_Union[Point, _Mapping]]] = ..., next_offset: _Optional[str] = ...) -> None: ...
+
+class StoredCollection(_message.Message):
+    __slots__ = ("name", "vector_size", "points", "active")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_SIZE_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    vector_size: int
+    points: int
+    active: bool
+    def __init__(self, name: _Optional[str] = ..., vector_size: _Optional[int] = ..., points: _Optional[int] = ..., active: _Optional[bool] = ...) -> None: ...
+
+class ListStoredCollectionsRequest(_message.Message):
+    __slots__ = ("with_counts",)
+    WITH_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    with_counts: bool
+    def __init__(self, with_counts: _Optional[bool] = ...) -> None: ...
+
+class ListStoredCollectionsResponse(_message.Message):
+    __slots__ = ("alias", "active", "previous", "collections")
+    ALIAS_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_FIELD_NUMBER: _ClassVar[int]
+    COLLECTIONS_FIELD_NUMBER: _ClassVar[int]
+    alias: str
+    active: str
+    previous: str
+    collections: _containers.RepeatedCompositeFieldContainer[StoredCollection]
+    def __init__(self, alias: _Optional[str] = ..., active: _Optional[str] = ..., previous: _Optional[str] = ..., collections: _Optional[_Iterable[_Union[StoredCollection, _Mapping]]] = ...) -> None: ...
+
+class CreateCollectionRequest(_message.Message):
+    __slots__ = ("name", "vector_size")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_SIZE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    vector_size: int
+    def __init__(self, name: _Optional[str] = ..., vector_size: _Optional[int] = ...) -> None: ...
+
+class CreateCollectionResponse(_message.Message):
+    __slots__ = ("collection", "created")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    collection: StoredCollection
+    created: bool
+    def __init__(self, collection: _Optional[_Union[StoredCollection, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
+
+class SetAliasRequest(_message.Message):
+    __slots__ = ("collection",)
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    def __init__(self, collection: _Optional[str] = ...) -> None: ...
+
+class SetAliasResponse(_message.Message):
+    __slots__ = ("active", "previous")
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_FIELD_NUMBER: _ClassVar[int]
+    active: str
+    previous: str
+    def __init__(self, active: _Optional[str] = ..., previous: _Optional[str] = ...) -> None: ...

@@ -70,6 +70,21 @@ class SearchServiceStub:
                 request_serializer=lookalike_dot_v1_dot_search__pb2.ScrollPointsRequest.SerializeToString,
                 response_deserializer=lookalike_dot_v1_dot_search__pb2.ScrollPointsResponse.FromString,
                 _registered_method=True)
+        self.ListCollections = channel.unary_unary(
+                '/lookalike.v1.SearchService/ListCollections',
+                request_serializer=lookalike_dot_v1_dot_search__pb2.ListStoredCollectionsRequest.SerializeToString,
+                response_deserializer=lookalike_dot_v1_dot_search__pb2.ListStoredCollectionsResponse.FromString,
+                _registered_method=True)
+        self.CreateCollection = channel.unary_unary(
+                '/lookalike.v1.SearchService/CreateCollection',
+                request_serializer=lookalike_dot_v1_dot_search__pb2.CreateCollectionRequest.SerializeToString,
+                response_deserializer=lookalike_dot_v1_dot_search__pb2.CreateCollectionResponse.FromString,
+                _registered_method=True)
+        self.SetAlias = channel.unary_unary(
+                '/lookalike.v1.SearchService/SetAlias',
+                request_serializer=lookalike_dot_v1_dot_search__pb2.SetAliasRequest.SerializeToString,
+                response_deserializer=lookalike_dot_v1_dot_search__pb2.SetAliasResponse.FromString,
+                _registered_method=True)
 
 
 class SearchServiceServicer:
@@ -122,6 +137,28 @@ class SearchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListCollections(self, request, context):
+        """Collections and the alias. Every request above has a `collection` field: empty = the collection
+        the alias points at (the active one); a collection name, or the alias, otherwise.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateCollection(self, request, context):
+        """Creates a collection (idempotent; FAILED_PRECONDITION when it exists with another vector size).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetAlias(self, request, context):
+        """Points the alias at a collection, atomically (requests in flight finish on the old one).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SearchServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -159,6 +196,21 @@ def add_SearchServiceServicer_to_server(servicer, server):
                     servicer.ScrollPoints,
                     request_deserializer=lookalike_dot_v1_dot_search__pb2.ScrollPointsRequest.FromString,
                     response_serializer=lookalike_dot_v1_dot_search__pb2.ScrollPointsResponse.SerializeToString,
+            ),
+            'ListCollections': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCollections,
+                    request_deserializer=lookalike_dot_v1_dot_search__pb2.ListStoredCollectionsRequest.FromString,
+                    response_serializer=lookalike_dot_v1_dot_search__pb2.ListStoredCollectionsResponse.SerializeToString,
+            ),
+            'CreateCollection': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateCollection,
+                    request_deserializer=lookalike_dot_v1_dot_search__pb2.CreateCollectionRequest.FromString,
+                    response_serializer=lookalike_dot_v1_dot_search__pb2.CreateCollectionResponse.SerializeToString,
+            ),
+            'SetAlias': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetAlias,
+                    request_deserializer=lookalike_dot_v1_dot_search__pb2.SetAliasRequest.FromString,
+                    response_serializer=lookalike_dot_v1_dot_search__pb2.SetAliasResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -351,6 +403,87 @@ class SearchService:
             '/lookalike.v1.SearchService/ScrollPoints',
             lookalike_dot_v1_dot_search__pb2.ScrollPointsRequest.SerializeToString,
             lookalike_dot_v1_dot_search__pb2.ScrollPointsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCollections(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lookalike.v1.SearchService/ListCollections',
+            lookalike_dot_v1_dot_search__pb2.ListStoredCollectionsRequest.SerializeToString,
+            lookalike_dot_v1_dot_search__pb2.ListStoredCollectionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateCollection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lookalike.v1.SearchService/CreateCollection',
+            lookalike_dot_v1_dot_search__pb2.CreateCollectionRequest.SerializeToString,
+            lookalike_dot_v1_dot_search__pb2.CreateCollectionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetAlias(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lookalike.v1.SearchService/SetAlias',
+            lookalike_dot_v1_dot_search__pb2.SetAliasRequest.SerializeToString,
+            lookalike_dot_v1_dot_search__pb2.SetAliasResponse.FromString,
             options,
             channel_credentials,
             insecure,
