@@ -18,6 +18,7 @@ from lookalike.settings import ConfigError, load_settings
 from lookalike.v1 import search_pb2, search_pb2_grpc, types_pb2
 from lookalike.vectors import pack, unpack
 
+from .observability import ObservabilityInterceptor, start_metrics_server
 from .settings import SearchSettings
 from .store import CollectionMismatch, Hit, NotFound, SearchFilter, StoreError, VectorStore, make_store
 
@@ -249,7 +250,16 @@ def open_store_until_ready(store: VectorStore, stopping: threading.Event) -> boo
 def serve(settings: SearchSettings) -> int:
     """Runs the service until SIGTERM/SIGINT; returns the exit status."""
     store = make_store(settings)
-    host = ServiceHost(settings.bind_address, max_workers=settings.max_workers, grace=settings.shutdown_grace_s)
+    host = ServiceHost(settings.bind_address, max_workers=settings.max_workers, grace=settings.shutdown_grace_s,
+                       interceptors=[ObservabilityInterceptor((SERVICE_NAME,), access_log=settings.access_log)])
+    if settings.metrics_port:
+        try:
+            start_metrics_server(settings.metrics_port, settings.metrics_host)
+        except OSError as exc:
+            print(f"search service cannot serve metrics on {settings.metrics_host}:{settings.metrics_port}: {exc}",
+                  file=sys.stderr)
+            store.close()
+            return 1
     host.add(search_pb2_grpc.add_SearchServiceServicer_to_server, SearchServicer(store, settings.vector_size),
              SERVICE_NAME)
     stopping = threading.Event()

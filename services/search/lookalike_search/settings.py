@@ -57,6 +57,11 @@ class SearchSettings(BaseSettings):
     max_workers: int = Field(8, ge=1, le=256)
     shutdown_grace_s: float = Field(10.0, ge=0, le=600)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    access_log: bool = True  # one log line per RPC: method, status, ms, the caller's x-request-id
+    # Prometheus metrics (requests by RPC and status, latency histograms) at http://METRICS_HOST:PORT/metrics;
+    # 0 = off. Loopback by default: the metrics are for a local scraper or sidecar, never published.
+    metrics_port: int = Field(0, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
 
     @field_validator("log_level", mode="before")
     @classmethod
