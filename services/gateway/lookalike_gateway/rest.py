@@ -25,6 +25,14 @@ from .core import ApiError, Deadline, Gateway
 
 log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
+# The web page: everything from this origin (no CDN), blob: for the shopper's own photo, never framed.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; "
+                               "base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
 PUBLIC_PATHS = ("/healthz", "/metrics", "/openapi.json", "/docs", "/static", "/favicon.ico")
 
 
@@ -205,9 +213,19 @@ def create_app(gateway: Gateway, auth: ApiKeyCheck, readiness) -> FastAPI:
         page = STATIC_DIR / "index.html"
         if not page.exists():
             return JSONResponse({"service": "lookalike", "docs": "/docs", "openapi": "/openapi.json"})
-        return FileResponse(page)
+        return FileResponse(page, headers=PAGE_HEADERS)
 
     if STATIC_DIR.exists():
         from fastapi.staticfiles import StaticFiles
-        app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+        class RevalidatedStaticFiles(StaticFiles):
+            """No build step, so no hashed names: browsers revalidate (ETag, 304) and see a new release at once."""
+
+            def file_response(self, *args, **kwargs):
+                response = super().file_response(*args, **kwargs)
+                response.headers["Cache-Control"] = "no-cache"
+                response.headers["X-Content-Type-Options"] = "nosniff"
+                return response
+
+        app.mount("/static", RevalidatedStaticFiles(directory=STATIC_DIR), name="static")
     return app
