@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 MAX_TOP_K = 1000
 MAX_ID_LENGTH = 512
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
+RETRY_BACKOFF_S = 0.05  # first pause before retrying an UNAVAILABLE dependency; doubles up to the max
+RETRY_BACKOFF_MAX_S = 1.0
+MIN_ATTEMPT_S = 0.05  # a retry needs at least this much of the deadline left after its backoff
+EMBEDDER_NAME = "embedder (TorchServe)"
 UPSERT_BATCHES_IN_FLIGHT = 2
 
 
@@ -133,21 +137,39 @@ class Gateway:
     def _call_search(self, method: str, request, deadline: Deadline):
         """Calls the search service with what remains of the deadline, retrying UNAVAILABLE with backoff."""
         rpc: Callable = getattr(self.search, method)
-        backoff = 0.05
-        while True:
-            timeout = deadline.remaining(f"calling search service {method}")
+
+        def call(timeout: float):
             started = time.perf_counter()
             try:
                 return rpc(request, timeout=timeout, metadata=request_id.metadata())
-            except grpc.RpcError as exc:
-                code = exc.code()
-                if code in RETRYABLE and deadline.expires - time.monotonic() > backoff:
-                    time.sleep(backoff)
-                    backoff = min(backoff * 2, 1.0)
-                    continue
-                raise self._dependency_error("search service", exc) from None
             finally:
                 metrics.SEARCH_LATENCY.labels(method=method).observe(time.perf_counter() - started)
+        return self._with_retries("search service", f"calling search service {method}", call, deadline)
+
+    def _with_retries(self, name: str, what: str, call: Callable[[float], object], deadline: Deadline,
+                      on_error: Callable[[grpc.RpcError], None] | None = None):
+        """`call(timeout)` with what remains of the deadline; UNAVAILABLE is retried with exponential
+        backoff while the deadline leaves room for another try, and then reported as UNAVAILABLE naming
+        the dependency (never as a bare DEADLINE_EXCEEDED: the caller learns what is down). Any other
+        code (INVALID_ARGUMENT, NOT_FOUND, DEADLINE_EXCEEDED, ...) is not retried."""
+        backoff = RETRY_BACKOFF_S
+        last: grpc.RpcError | None = None
+        while True:
+            if last is not None and deadline.expires - time.monotonic() <= 0:
+                raise self._dependency_error(name, last)  # overslept the backoff: still "unavailable"
+            timeout = deadline.remaining(what)
+            try:
+                return call(timeout)
+            except grpc.RpcError as exc:
+                if on_error:
+                    on_error(exc)
+                room = deadline.expires - time.monotonic()
+                if exc.code() in RETRYABLE and room > backoff + MIN_ATTEMPT_S:
+                    last = exc
+                    time.sleep(backoff)
+                    backoff = min(backoff * 2, RETRY_BACKOFF_MAX_S)
+                    continue
+                raise self._dependency_error(name, exc) from None
 
     @staticmethod
     def _dependency_error(name: str, exc: grpc.RpcError) -> ApiError:
@@ -164,23 +186,18 @@ class Gateway:
 
     def _embed(self, image: bytes, deadline: Deadline) -> np.ndarray:
         """Embeds one image via TorchServe, retrying UNAVAILABLE with backoff inside the deadline."""
-        backoff = 0.05
-        while True:
-            timeout = deadline.remaining("calling the embedder")
+        def call(timeout: float) -> np.ndarray:
             try:
                 vector = self.embedder.embed(image, timeout=timeout, request_id=request_id.current.get())
-                metrics.EMBEDDER_CALLS.labels(outcome="ok").inc()
-                return vector
             except EmbedderImageError as exc:
                 metrics.EMBEDDER_CALLS.labels(outcome="bad_image").inc()
                 raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid image: {exc}") from None
-            except grpc.RpcError as exc:
-                metrics.EMBEDDER_CALLS.labels(outcome=exc.code().name.lower()).inc()
-                if exc.code() in RETRYABLE and deadline.expires - time.monotonic() > backoff:
-                    time.sleep(backoff)
-                    backoff = min(backoff * 2, 1.0)
-                    continue
-                raise self._dependency_error("embedder (TorchServe)", exc) from None
+            metrics.EMBEDDER_CALLS.labels(outcome="ok").inc()
+            return vector
+
+        def count(exc: grpc.RpcError) -> None:
+            metrics.EMBEDDER_CALLS.labels(outcome=exc.code().name.lower()).inc()
+        return self._with_retries(EMBEDDER_NAME, "calling the embedder", call, deadline, on_error=count)
 
     def query_embedding(self, image: bytes, deadline: Deadline) -> tuple[np.ndarray, bool]:
         """The embedding of a query image and whether it came from the cache."""
@@ -294,10 +311,12 @@ class Gateway:
                         if isinstance(result, EmbedderImageError):
                             metrics.EMBEDDER_CALLS.labels(outcome="bad_image").inc()
                             errors[i] = ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid image: {result}")
+                        elif isinstance(result, grpc.RpcError):
+                            metrics.EMBEDDER_CALLS.labels(outcome=result.code().name.lower()).inc()
+                            errors[i] = self._dependency_error(EMBEDDER_NAME, result)
                         elif isinstance(result, Exception):
-                            code = result.code().name.lower() if isinstance(result, grpc.RpcError) else "error"
-                            metrics.EMBEDDER_CALLS.labels(outcome=code).inc()
-                            errors[i] = ApiError(grpc.StatusCode.UNAVAILABLE, f"embedder failed: {result}")
+                            metrics.EMBEDDER_CALLS.labels(outcome="error").inc()
+                            errors[i] = ApiError(grpc.StatusCode.UNAVAILABLE, f"{EMBEDDER_NAME} failed: {result}")
                         else:
                             metrics.EMBEDDER_CALLS.labels(outcome="ok").inc()
                             vectors_by_item[i] = result

@@ -1,0 +1,151 @@
+"""Gateway retry rules with fake dependencies: UNAVAILABLE is retried with backoff inside the deadline and
+then reported naming the dependency; INVALID_ARGUMENT, NOT_FOUND and DEADLINE_EXCEEDED are never retried."""
+from __future__ import annotations
+
+import io
+import time
+
+import grpc
+import numpy as np
+import pytest
+from PIL import Image
+
+from lookalike.torchserve import EmbedderImageError
+from lookalike.v1 import search_pb2, types_pb2
+from lookalike_gateway.cache import EmbeddingCache
+from lookalike_gateway.core import ApiError, Deadline, Gateway
+from lookalike_gateway.image_store import ImageStore
+from lookalike_gateway.settings import GatewaySettings
+
+
+class FakeRpcError(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode, details: str = ""):
+        super().__init__(details)
+        self._code, self._details = code, details or code.name
+
+    def code(self):
+        return self._code
+
+    def details(self):
+        return self._details
+
+
+class FakeEmbedder:
+    """Raises the queued failures one per call, then answers a unit vector."""
+
+    def __init__(self, *failures: Exception, forever: Exception | None = None):
+        self.failures = list(failures)
+        self.forever = forever
+        self.calls = 0
+        self.timeouts: list[float] = []
+
+    def embed(self, image, timeout, request_id=None):
+        self.calls += 1
+        self.timeouts.append(timeout)
+        if self.failures:
+            raise self.failures.pop(0)
+        if self.forever:
+            raise self.forever
+        return np.ones(8, dtype=np.float32) / np.sqrt(8)
+
+
+class FakeSearch:
+    def __init__(self, *failures: Exception, forever: Exception | None = None):
+        self.failures = list(failures)
+        self.forever = forever
+        self.calls = 0
+
+    def SearchByVector(self, request, timeout, metadata=()):
+        self.calls += 1
+        if self.failures:
+            raise self.failures.pop(0)
+        if self.forever:
+            raise self.forever
+        return search_pb2.SearchByVectorResponse(results=[types_pb2.SearchResult(
+            product=types_pb2.Product(id="p1"), score=0.9)])
+
+
+@pytest.fixture(scope="module")
+def jpeg() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (16, 16), (10, 120, 200)).save(out, "JPEG")
+    return out.getvalue()
+
+
+def make_gateway(tmp_path, embedder, search) -> Gateway:
+    settings = GatewaySettings(redis_url="", data_dir=tmp_path)
+    gateway = Gateway(settings, embedder, grpc.insecure_channel("127.0.0.1:9"),
+                      EmbeddingCache("", "m", ttl_s=60, timeout_s=0.05, retry_after_s=1), ImageStore(tmp_path))
+    gateway.search = search
+    return gateway
+
+
+def search(gateway: Gateway, image: bytes, seconds: float):
+    return gateway.search_by_image(image, 5, types_pb2.Filter(), Deadline(seconds))
+
+
+@pytest.mark.parametrize("failure", [
+    FakeRpcError(grpc.StatusCode.INVALID_ARGUMENT, "bad image"),
+    EmbedderImageError("corrupt", "cannot decode"),
+])
+def test_invalid_argument_from_the_embedder_is_never_retried(tmp_path, jpeg, failure):
+    embedder = FakeEmbedder(forever=failure)
+    with pytest.raises(ApiError) as err:
+        search(make_gateway(tmp_path, embedder, FakeSearch()), jpeg, 2.0)
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert embedder.calls == 1
+
+
+def test_unavailable_embedder_is_retried_then_succeeds(tmp_path, jpeg):
+    embedder = FakeEmbedder(FakeRpcError(grpc.StatusCode.UNAVAILABLE), FakeRpcError(grpc.StatusCode.UNAVAILABLE))
+    results, cache_hit = search(make_gateway(tmp_path, embedder, FakeSearch()), jpeg, 2.0)
+    assert [r.product.id for r in results] == ["p1"] and not cache_hit
+    assert embedder.calls == 3
+    assert embedder.timeouts[2] < embedder.timeouts[0]  # every try gets only what is left of the deadline
+
+
+def test_embedder_down_is_503_naming_it_within_the_deadline(tmp_path, jpeg):
+    embedder = FakeEmbedder(forever=FakeRpcError(grpc.StatusCode.UNAVAILABLE, "connection refused"))
+    started = time.monotonic()
+    with pytest.raises(ApiError) as err:
+        search(make_gateway(tmp_path, embedder, FakeSearch()), jpeg, 0.8)
+    elapsed = time.monotonic() - started
+    assert err.value.code == grpc.StatusCode.UNAVAILABLE
+    assert "embedder" in err.value.message and "connection refused" in err.value.message
+    assert elapsed < 0.8 + 0.1
+    # backoff 50, 100, 200, 400 ms: a handful of tries, not a busy loop
+    assert 3 <= embedder.calls <= 6, embedder.calls
+
+
+def test_embedder_deadline_exceeded_is_504_and_not_retried(tmp_path, jpeg):
+    embedder = FakeEmbedder(forever=FakeRpcError(grpc.StatusCode.DEADLINE_EXCEEDED))
+    with pytest.raises(ApiError) as err:
+        search(make_gateway(tmp_path, embedder, FakeSearch()), jpeg, 2.0)
+    assert err.value.code == grpc.StatusCode.DEADLINE_EXCEEDED and "embedder" in err.value.message
+    assert embedder.calls == 1
+
+
+@pytest.mark.parametrize("code", [grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
+                                  grpc.StatusCode.DEADLINE_EXCEEDED])
+def test_search_service_errors_that_are_not_unavailable_are_not_retried(tmp_path, jpeg, code):
+    fake = FakeSearch(forever=FakeRpcError(code))
+    with pytest.raises(ApiError) as err:
+        search(make_gateway(tmp_path, FakeEmbedder(), fake), jpeg, 2.0)
+    assert err.value.code == code
+    assert fake.calls == 1
+
+
+def test_search_service_down_is_503_naming_it(tmp_path, jpeg):
+    fake = FakeSearch(forever=FakeRpcError(grpc.StatusCode.UNAVAILABLE, "failed to connect"))
+    started = time.monotonic()
+    with pytest.raises(ApiError) as err:
+        search(make_gateway(tmp_path, FakeEmbedder(), fake), jpeg, 0.6)
+    assert err.value.code == grpc.StatusCode.UNAVAILABLE and "search service" in err.value.message
+    assert time.monotonic() - started < 0.7
+    assert fake.calls >= 3
+
+
+def test_search_service_back_after_a_blip(tmp_path, jpeg):
+    fake = FakeSearch(FakeRpcError(grpc.StatusCode.UNAVAILABLE))
+    results, _ = search(make_gateway(tmp_path, FakeEmbedder(), fake), jpeg, 2.0)
+    assert results and fake.calls == 2
