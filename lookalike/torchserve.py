@@ -57,6 +57,10 @@ from lookalike.vectors import unpack
 MODEL_NAME = "lookalike-lite0"
 #: Bytes that start a per-item error payload (= lookalike_embedder.handler.ERROR_PREFIX).
 ERROR_PREFIX = b'{"error"'
+#: Channel options: reconnect within ~1 s once TorchServe is back (gRPC's default backoff grows to
+#: 120 s, which would keep a restarted embedder "down" long after it returned).
+RECONNECT_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 200), ("grpc.min_reconnect_backoff_ms", 200),
+                     ("grpc.max_reconnect_backoff_ms", 1000)]
 #: Default ports of the shipped config (services/embedder/config.properties).
 DEFAULT_PORTS = {"grpc": 7070, "grpc_management": 7071, "http": 8085, "management": 8081, "metrics": 8082}
 
@@ -341,6 +345,13 @@ class TorchServeProcess:
                 raise
         return self
 
+    def restart(self, timeout: float | None = None) -> "TorchServeProcess":
+        """Stops and starts again on the same ports (TorchServe writes a new key_file.json, so clients
+        holding the old inference key must re-read it: EmbedderClient(token_file=...) does)."""
+        self.stop()
+        self.proc = None
+        return self.start(timeout=timeout)
+
     def _launch(self) -> None:
         self.key_file.unlink(missing_ok=True)
         self.keys = {}
@@ -605,7 +616,8 @@ class EmbedderClient:
         self._lock = threading.Lock()
         self._own_channel = channel is None
         default_options = [("grpc.max_receive_message_length", 16 * 1024 * 1024),
-                           ("grpc.max_send_message_length", 64 * 1024 * 1024)]
+                           ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                           *RECONNECT_OPTIONS]
         self.channel = channel or grpc.insecure_channel(target, options=list(options or default_options))
         self.stub = inference_pb2_grpc.InferenceAPIsServiceStub(self.channel)
 
@@ -703,8 +715,12 @@ class EmbedderClient:
     def ping(self, timeout: float = 2.0) -> bool:
         """True when TorchServe answers Ping with "Healthy" (every model has its minimum workers)."""
         try:
-            response = self.stub.Ping(empty_pb2.Empty(), timeout=timeout,
-                                      metadata=self._metadata())
+            try:
+                response = self.stub.Ping(empty_pb2.Empty(), timeout=timeout, metadata=self._metadata())
+            except grpc.RpcError as exc:
+                if not self._refresh_token(exc):  # a restarted TorchServe has new keys
+                    raise
+                response = self.stub.Ping(empty_pb2.Empty(), timeout=timeout, metadata=self._metadata())
         except grpc.RpcError:
             return False
         try:
@@ -739,7 +755,7 @@ class EmbedderClient:
 
 
 __all__ = [
-    "MODEL_NAME", "ERROR_PREFIX", "DEFAULT_PORTS", "embedder_dir", "default_config_template",
+    "MODEL_NAME", "ERROR_PREFIX", "DEFAULT_PORTS", "RECONNECT_OPTIONS", "embedder_dir", "default_config_template",
     "build_embedder_mar", "free_port", "read_properties", "render_properties", "read_key_file",
     "TorchServeError", "TorchServeProcess", "EmbedderImageError", "EmbedderProtocolError",
     "EmbedderDeadlineExceeded",
