@@ -18,6 +18,7 @@ from lookalike.settings import ConfigError, load_settings
 from lookalike.v1 import search_pb2, search_pb2_grpc, types_pb2
 from lookalike.vectors import pack, unpack
 
+from .collections import Active, CollectionNotFound, Collections
 from .observability import ObservabilityInterceptor, start_metrics_server
 from .settings import SearchSettings
 from .store import CollectionMismatch, Hit, NotFound, SearchFilter, StoreError, VectorStore, make_store
@@ -124,6 +125,8 @@ def rpc(method):
             code, message = grpc.StatusCode.NOT_FOUND, str(exc)
         except ValueError as exc:  # InvalidArgument and the store's own validation
             code, message = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+        except CollectionMismatch as exc:  # a collection exists with another vector size
+            code, message = grpc.StatusCode.FAILED_PRECONDITION, str(exc)
         except StoreError as exc:
             code = grpc.StatusCode.UNAVAILABLE if exc.unavailable else grpc.StatusCode.INTERNAL
             message = str(exc)
@@ -137,9 +140,14 @@ def rpc(method):
 
 
 class SearchServicer(search_pb2_grpc.SearchServiceServicer):
-    def __init__(self, store: VectorStore, vector_size: int):
-        self.store = store
-        self.dim = vector_size
+    """`store`: the service's Collections (requests name their collection; "" = the active one), or one
+    VectorStore that answers every request (then a request naming a collection is refused)."""
+
+    def __init__(self, store: VectorStore | Collections, vector_size: int | None = None):
+        self.collections = store if isinstance(store, Collections) else _OneStore(store)
+
+    def _store(self, request) -> VectorStore:
+        return self.collections.get(request.collection)[1]
 
     @staticmethod
     def _results(hits: list[Hit]) -> list[types_pb2.SearchResult]:
@@ -152,33 +160,35 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             raise InvalidArgument("points is empty")
         if len(request.points) > MAX_POINTS_PER_UPSERT:
             raise InvalidArgument(f"{len(request.points)} points; at most {MAX_POINTS_PER_UPSERT} per request")
+        store = self._store(request)
         points = []
         for i, point in enumerate(request.points):
             pid = check_id(point.product.id, f"points[{i}].product.id")
-            vector = check_vector(point.vector, self.dim, f"points[{i}].vector")
+            vector = check_vector(point.vector, store.vector_size, f"points[{i}].vector")
             if point.product.HasField("price") and not math.isfinite(point.product.price):
                 raise InvalidArgument(f"points[{i}].product.price must be a finite number")
             points.append((pid, vector, product_payload(point.product)))
-        return search_pb2.UpsertPointsResponse(upserted=self.store.upsert(points))
+        return search_pb2.UpsertPointsResponse(upserted=store.upsert(points))
 
     @rpc
     def SearchByVector(self, request, context):
-        vector = check_vector(request.vector, self.dim)
+        store = self._store(request)
+        vector = check_vector(request.vector, store.vector_size)
         top_k = check_top_k(request.top_k)
         flt = to_filter(request.filter) if request.HasField("filter") else None
-        return search_pb2.SearchByVectorResponse(results=self._results(self.store.search(vector, top_k, flt)))
+        return search_pb2.SearchByVectorResponse(results=self._results(store.search(vector, top_k, flt)))
 
     @rpc
     def SearchById(self, request, context):
         pid = check_id(request.product_id)
         top_k = check_top_k(request.top_k)
         flt = to_filter(request.filter) if request.HasField("filter") else None
-        return search_pb2.SearchByIdResponse(results=self._results(self.store.search_by_id(pid, top_k, flt)))
+        return search_pb2.SearchByIdResponse(results=self._results(self._store(request).search_by_id(pid, top_k, flt)))
 
     @rpc
     def GetPoints(self, request, context):
         ids = check_ids(request.product_ids)
-        records = self.store.get(ids, with_vectors=request.with_vectors)
+        records = self._store(request).get(ids, with_vectors=request.with_vectors)
         return search_pb2.GetPointsResponse(points=[
             search_pb2.Point(product=payload_product(r.product_id, r.payload),
                              vector=pack(r.vector) if request.with_vectors and r.vector is not None else b"")
@@ -187,12 +197,12 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     @rpc
     def DeletePoints(self, request, context):
         ids = check_ids(request.product_ids)
-        return search_pb2.DeletePointsResponse(deleted=self.store.delete(ids))
+        return search_pb2.DeletePointsResponse(deleted=self._store(request).delete(ids))
 
     @rpc
     def CountPoints(self, request, context):
         flt = to_filter(request.filter) if request.HasField("filter") else None
-        return search_pb2.CountPointsResponse(count=self.store.count(flt))
+        return search_pb2.CountPointsResponse(count=self._store(request).count(flt))
 
     @rpc
     def ScrollPoints(self, request, context):
@@ -201,12 +211,58 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             raise InvalidArgument(f"limit must be between 1 and {MAX_SCROLL_LIMIT} (0 = {DEFAULT_SCROLL_LIMIT}), "
                                   f"got {request.limit}")
         flt = to_filter(request.filter) if request.HasField("filter") else None
-        records, next_offset = self.store.scroll(limit, request.offset or None, flt, request.with_vectors)
+        records, next_offset = self._store(request).scroll(limit, request.offset or None, flt, request.with_vectors)
         return search_pb2.ScrollPointsResponse(points=[
             search_pb2.Point(product=payload_product(r.product_id, r.payload),
                              vector=pack(r.vector) if request.with_vectors and r.vector is not None else b"")
             for r in records], next_offset=next_offset or "")
 
+
+    @rpc
+    def ListCollections(self, request, context):
+        active, previous, rows = self.collections.describe(with_counts=request.with_counts)
+        return search_pb2.ListStoredCollectionsResponse(
+            alias=self.collections.alias, active=active, previous=previous or "",
+            collections=[search_pb2.StoredCollection(name=name, vector_size=size, points=points or 0,
+                                                     active=name == active) for name, size, points in rows])
+
+    @rpc
+    def CreateCollection(self, request, context):
+        if request.vector_size < 0:
+            raise InvalidArgument(f"vector_size must be positive, got {request.vector_size}")
+        store, created = self.collections.create(request.name, request.vector_size or None)
+        return search_pb2.CreateCollectionResponse(created=created, collection=search_pb2.StoredCollection(
+            name=request.name, vector_size=store.vector_size, active=request.name == self.collections.active().name))
+
+    @rpc
+    def SetAlias(self, request, context):
+        active, previous = self.collections.set_alias(request.collection)
+        return search_pb2.SetAliasResponse(active=active, previous=previous or "")
+
+
+class _OneStore:
+    """Collections-like view of a single store (tests, embedding the servicer elsewhere)."""
+
+    alias = ""
+
+    def __init__(self, store: VectorStore):
+        self.store = store
+
+    def get(self, name: str | None):
+        if name:
+            raise CollectionNotFound(name)
+        return "", self.store
+
+    def active(self):
+        return Active("", self.store)
+
+    def describe(self, with_counts: bool = False):
+        return "", None, [("", self.store.vector_size, self.store.count() if with_counts else None)]
+
+    def create(self, name, vector_size=None):
+        raise InvalidArgument("this service holds one collection")
+
+    set_alias = create
 
 # ---- process --------------------------------------------------------------------------------------
 
@@ -249,7 +305,7 @@ def open_store_until_ready(store: VectorStore, stopping: threading.Event) -> boo
 
 def serve(settings: SearchSettings) -> int:
     """Runs the service until SIGTERM/SIGINT; returns the exit status."""
-    store = make_store(settings)
+    store = Collections.from_settings(settings)
     host = ServiceHost(settings.bind_address, max_workers=settings.max_workers, grace=settings.shutdown_grace_s,
                        interceptors=[ObservabilityInterceptor((SERVICE_NAME,), access_log=settings.access_log)])
     if settings.metrics_port:
@@ -260,7 +316,7 @@ def serve(settings: SearchSettings) -> int:
                   file=sys.stderr)
             store.close()
             return 1
-    host.add(search_pb2_grpc.add_SearchServiceServicer_to_server, SearchServicer(store, settings.vector_size),
+    host.add(search_pb2_grpc.add_SearchServiceServicer_to_server, SearchServicer(store),
              SERVICE_NAME)
     stopping = threading.Event()
     host.install_signal_handlers(on_stop=stopping.set)

@@ -30,7 +30,11 @@ class SearchSettings(BaseSettings):
     engine: Engine | None = Field(None, validate_default=True)
 
     data_dir: Path = Path("var/search")
+    # The alias searches use; requests that name no collection get the collection it points at.
     collection: str = Field("products", min_length=1, max_length=255, pattern=r"^[A-Za-z0-9_.-]+$")
+    # What the alias points at on the first start: created with vector_size. Default
+    # <collection>__lookalike-lite0 (collection names carry the embedding model id; see lookalike/collections.py).
+    initial_collection: str | None = Field(None, min_length=1, max_length=255, pattern=r"^[A-Za-z0-9_.-]+$")
     vector_size: int = Field(1280, ge=1, le=65536)
 
     hnsw_m: int = Field(16, ge=0, le=512)  # 0 disables the graph (server: exact search only)

@@ -24,6 +24,22 @@ from .store import (PAYLOAD_INDEXES, CollectionMismatch, Hit, NotFound, PointIn,
 log = logging.getLogger(__name__)
 
 
+def open_client(*, url: str | None = None, path: str | Path | None = None, api_key: str | None = None,
+                prefer_grpc: bool = False, timeout_s: float = 10.0):
+    """(QdrantClient, description) for a server `url` or a local-mode storage folder `path`."""
+    from qdrant_client import QdrantClient
+
+    try:
+        if path is not None:
+            Path(path).mkdir(parents=True, exist_ok=True)
+            return (QdrantClient(path=str(path), force_disable_check_same_thread=True),
+                    f"qdrant local storage {path}")
+        client = QdrantClient(url=url, api_key=api_key, prefer_grpc=prefer_grpc, timeout=max(1, math.ceil(timeout_s)))
+        return client, f"qdrant server {url}"
+    except RuntimeError as exc:  # local mode: "Storage folder ... is already accessed by another instance"
+        raise StoreError(f"cannot open qdrant local storage at {path}: {exc}") from exc
+
+
 class QdrantClientStore:
     """A collection reached through qdrant-client (`url` for a server, `path` for local mode)."""
 
@@ -33,14 +49,16 @@ class QdrantClientStore:
                  full_scan_threshold_kb: int = 10000, indexing_threshold_kb: int | None = None,
                  shard_number: int = 1, replication_factor: int = 1, write_consistency_factor: int = 1,
                  quantization: str = "none", quantization_rescore: bool = True,
-                 quantization_oversampling: float = 2.0):
-        from qdrant_client import QdrantClient
-
-        if (url is None) == (path is None):
+                 quantization_oversampling: float = 2.0, client=None, client_lock=None, local: bool = True,
+                 where: str = ""):
+        """`client`: an open QdrantClient shared with other collections' stores (then `url`/`path` are not
+        given, `local` says which mode it is in, `client_lock` is the lock every local-mode store of that
+        client shares, and close() leaves the client open)."""
+        if client is None and (url is None) == (path is None):
             raise ValueError("give exactly one of url (server) or path (local mode)")
         self.collection = collection
         self.vector_size = vector_size
-        self.local = path is not None
+        self.local = path is not None if client is None else local
         self.search_ef = search_ef
         self._hnsw = (hnsw_m, hnsw_ef_construct, full_scan_threshold_kb)
         self._indexing_threshold_kb = indexing_threshold_kb
@@ -50,19 +68,15 @@ class QdrantClientStore:
         self._oversampling = quantization_oversampling
         # Local mode is not thread-safe: one call at a time. The server client is; calls run concurrently
         # (delete's count is then exact unless two callers delete the same ids at the same moment).
-        self._lock = threading.RLock() if self.local else contextlib.nullcontext()
+        self._lock = client_lock or (threading.RLock() if self.local else contextlib.nullcontext())
         self._closed = False
         self._ready = False
-        try:
-            if self.local:
-                Path(path).mkdir(parents=True, exist_ok=True)
-                self.client = QdrantClient(path=str(path), force_disable_check_same_thread=True)
-            else:
-                self.client = QdrantClient(url=url, api_key=api_key, prefer_grpc=prefer_grpc,
-                                           timeout=max(1, math.ceil(timeout_s)))
-        except RuntimeError as exc:  # local mode: "Storage folder ... is already accessed by another instance"
-            raise StoreError(f"cannot open qdrant local storage at {path}: {exc}") from exc
-        self.where = f"qdrant local storage {path}" if self.local else f"qdrant server {url}"
+        self._own_client = client is None
+        if client is None:
+            client, where = open_client(url=url, path=path, api_key=api_key, prefer_grpc=prefer_grpc,
+                                        timeout_s=timeout_s)
+        self.client = client
+        self.where = where or ("qdrant local storage" if self.local else "qdrant server")
 
     @classmethod
     def from_settings(cls, s) -> QdrantClientStore:
@@ -274,6 +288,8 @@ class QdrantClientStore:
             if self._closed:
                 return
             self._closed = True  # later calls fail with StoreError("store is closed")
+            if not self._own_client:
+                return  # shared: its owner closes it
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 try:
