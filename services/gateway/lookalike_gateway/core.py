@@ -9,9 +9,7 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import grpc
@@ -24,7 +22,9 @@ from lookalike.v1 import search_pb2, search_pb2_grpc, types_pb2
 
 from . import metrics
 from .cache import EmbeddingCache, image_digest
+from .catalogue import Catalogue
 from .image_store import ImageStore
+from .ingest import IngestItem, IngestResult, Ingestor
 from .settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,10 @@ RETRY_BACKOFF_S = 0.05  # first pause before retrying an UNAVAILABLE dependency;
 RETRY_BACKOFF_MAX_S = 1.0
 MIN_ATTEMPT_S = 0.05  # a retry needs at least this much of the deadline left after its backoff
 EMBEDDER_NAME = "embedder (TorchServe)"
-UPSERT_BATCHES_IN_FLIGHT = 2
+# Search-service requests scoped to a collection: without one named, they get the active collection
+# (as the gateway last read it, so a query embeds with the model of the collection it searches).
+COLLECTION_SCOPED = frozenset({"UpsertPoints", "SearchByVector", "SearchById", "GetPoints", "DeletePoints",
+                               "CountPoints", "ScrollPoints"})
 
 
 class ApiError(Exception):
@@ -117,6 +120,8 @@ class Gateway:
         self.search_health = health_pb2_grpc.HealthStub(search_channel)
         self.cache = cache
         self.images = image_store
+        self.catalogue = Catalogue(self)  # the active collection and its model; reindex
+        self.ingestor = Ingestor(self)
 
     # -- helpers -------------------------------------------------------------------------------------
 
@@ -137,6 +142,8 @@ class Gateway:
     def _call_search(self, method: str, request, deadline: Deadline):
         """Calls the search service with what remains of the deadline, retrying UNAVAILABLE with backoff."""
         rpc: Callable = getattr(self.search, method)
+        if method in COLLECTION_SCOPED and not request.collection:
+            request.collection = self.catalogue.active().collection
 
         def call(timeout: float):
             started = time.perf_counter()
@@ -184,11 +191,11 @@ class Gateway:
             return ApiError(code, details)
         return ApiError(grpc.StatusCode.UNAVAILABLE, f"{name} failed: {code.name}: {details}")
 
-    def _embed(self, image: bytes, deadline: Deadline) -> np.ndarray:
+    def _embed(self, image: bytes, deadline: Deadline, embedder: EmbedderClient | None = None) -> np.ndarray:
         """Embeds one image via TorchServe, retrying UNAVAILABLE with backoff inside the deadline."""
         def call(timeout: float) -> np.ndarray:
             try:
-                vector = self.embedder.embed(image, timeout=timeout, request_id=request_id.current.get())
+                vector = (embedder or self.embedder).embed(image, timeout=timeout, request_id=request_id.current.get())
             except EmbedderImageError as exc:
                 metrics.EMBEDDER_CALLS.labels(outcome="bad_image").inc()
                 raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid image: {exc}") from None
@@ -199,15 +206,17 @@ class Gateway:
             metrics.EMBEDDER_CALLS.labels(outcome=exc.code().name.lower()).inc()
         return self._with_retries(EMBEDDER_NAME, "calling the embedder", call, deadline, on_error=count)
 
-    def query_embedding(self, image: bytes, deadline: Deadline) -> tuple[np.ndarray, bool]:
-        """The embedding of a query image and whether it came from the cache."""
+    def query_embedding(self, image: bytes, deadline: Deadline, target=None) -> tuple[np.ndarray, bool]:
+        """The embedding of a query image (with the model of `target`, a catalogue.Target, default the
+        active collection's) and whether it came from the cache."""
+        target = target or self.catalogue.active()
         digest = image_digest(image)
-        cached = self.cache.get(digest)
+        cached = target.cache.get(digest)
         if cached is not None:
             return cached, True
         self.check_image(image)
-        vector = self._embed(image, deadline)
-        self.cache.put(digest, vector)
+        vector = self._embed(image, deadline, target.embedder)
+        target.cache.put(digest, vector)
         return vector, False
 
     # -- API -----------------------------------------------------------------------------------------
@@ -220,9 +229,10 @@ class Gateway:
         validate_filter(flt)
         if not image:
             raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "image is empty")
-        vector, cache_hit = self.query_embedding(image, deadline)
+        target = self.catalogue.active()  # one snapshot: embed with the model of the collection searched
+        vector, cache_hit = self.query_embedding(image, deadline, target)
         response = self._call_search("SearchByVector", search_pb2.SearchByVectorRequest(
-            vector=vectors.pack(vector), top_k=top_k, filter=flt), deadline)
+            vector=vectors.pack(vector), top_k=top_k, filter=flt, collection=target.collection), deadline)
         return list(response.results), cache_hit
 
     def search_similar(self, product_id: str, top_k: int | None, flt: types_pb2.Filter,
@@ -246,8 +256,9 @@ class Gateway:
             raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "no product ids given")
         for product_id in product_ids:
             validate_product_id(product_id)
-        response = self._call_search("DeletePoints", search_pb2.DeletePointsRequest(product_ids=product_ids),
-                                     deadline)
+        with self.catalogue.writing():  # an alias switch waits for it (a reindex's last pass sees it)
+            response = self._call_search("DeletePoints", search_pb2.DeletePointsRequest(product_ids=product_ids),
+                                         deadline)
         return response.deleted
 
     def image_of(self, product_id: str, deadline: Deadline) -> bytes:
@@ -260,83 +271,17 @@ class Gateway:
 
     def upsert_products(self, items: Iterable[tuple[types_pb2.Product, bytes]],
                         deadline_for_batch: Callable[[], Deadline]) -> Iterator[tuple[str, ApiError | None]]:
-        """Indexes products in micro-batches; yields (product_id, ApiError or None) per item, in order.
+        """Indexes products; yields (product_id, ApiError or None) per item, in order (see `ingest`)."""
+        for result in self.ingestor.run(items, deadline_for_batch):
+            yield result.product_id, result.error
 
-        An item is acknowledged only after the search service stored it durably. A bad item fails alone.
-        """
-        batch_size = self.settings.upsert_batch_size
-        # Two batches in flight: one validating/storing while the other is on the embedder, so
-        # TorchServe stays busy. Acknowledgements still come out in request order.
-        with ThreadPoolExecutor(UPSERT_BATCHES_IN_FLIGHT, thread_name_prefix="upsert") as pool:
-            in_flight: deque = deque()
-            for batch in _micro_batches(items, batch_size, max_wait_s=0.02):
-                in_flight.append(pool.submit(lambda b=batch: list(self._upsert_batch(b, deadline_for_batch()))))
-                while len(in_flight) >= UPSERT_BATCHES_IN_FLIGHT or (in_flight and in_flight[0].done()):
-                    yield from in_flight.popleft().result()
-            while in_flight:
-                yield from in_flight.popleft().result()
-
-    def _upsert_batch(self, batch: list[tuple[types_pb2.Product, bytes]],
-                      deadline: Deadline) -> Iterator[tuple[str, ApiError | None]]:
-        errors: dict[int, ApiError] = {}
-        digests: dict[int, str] = {}
-        for i, (product, image) in enumerate(batch):
-            try:
-                validate_product_id(product.id)
-                if product.HasField("price") and not np.isfinite(product.price):
-                    raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "price must be a finite number")
-                self.check_image(image)
-                digests[i] = image_digest(image)
-            except ApiError as exc:
-                errors[i] = exc
-        pending = [i for i in range(len(batch)) if i not in errors]
-        vectors_by_item: dict[int, np.ndarray] = {}
-        try:
-            if pending:
-                # Reuse stored vectors of products whose image did not change (metadata-only updates).
-                existing = self._call_search("GetPoints", search_pb2.GetPointsRequest(
-                    product_ids=[batch[i][0].id for i in pending], with_vectors=True), deadline)
-                stored = {p.product.id: p for p in existing.points}
-                to_embed = []
-                for i in pending:
-                    point = stored.get(batch[i][0].id)
-                    if point is not None and point.product.image_sha256 == digests[i] and point.vector:
-                        vectors_by_item[i] = vectors.unpack(point.vector)
-                    else:
-                        to_embed.append(i)
-                if to_embed:
-                    results = self.embedder.embed_many([batch[i][1] for i in to_embed],
-                                                       timeout=deadline.remaining("calling the embedder"))
-                    for i, result in zip(to_embed, results):
-                        if isinstance(result, EmbedderImageError):
-                            metrics.EMBEDDER_CALLS.labels(outcome="bad_image").inc()
-                            errors[i] = ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid image: {result}")
-                        elif isinstance(result, grpc.RpcError):
-                            metrics.EMBEDDER_CALLS.labels(outcome=result.code().name.lower()).inc()
-                            errors[i] = self._dependency_error(EMBEDDER_NAME, result)
-                        elif isinstance(result, Exception):
-                            metrics.EMBEDDER_CALLS.labels(outcome="error").inc()
-                            errors[i] = ApiError(grpc.StatusCode.UNAVAILABLE, f"{EMBEDDER_NAME} failed: {result}")
-                        else:
-                            metrics.EMBEDDER_CALLS.labels(outcome="ok").inc()
-                            vectors_by_item[i] = result
-                points = []
-                for i in sorted(vectors_by_item):
-                    product, image = batch[i]
-                    self.images.put(digests[i], image)
-                    stored_product = types_pb2.Product()
-                    stored_product.CopyFrom(product)
-                    stored_product.image_sha256 = digests[i]
-                    points.append(search_pb2.Point(product=stored_product, vector=vectors.pack(vectors_by_item[i])))
-                    self.cache.put(digests[i], vectors_by_item[i])
-                if points:
-                    self._call_search("UpsertPoints", search_pb2.UpsertPointsRequest(points=points), deadline)
-                    metrics.UPSERTED.inc(len(points))
-        except ApiError as exc:
-            for i in range(len(batch)):
-                errors.setdefault(i, exc)
-        for i, (product, _image) in enumerate(batch):
-            yield product.id, errors.get(i)
+    def ingest(self, items: Iterable[IngestItem | tuple], deadline_for_batch: Callable[[], Deadline]
+               ) -> Iterator[IngestResult]:
+        """Indexes products in micro-batches into the active collection; yields one IngestResult per item,
+        in order: CREATED/UPDATED once the search service stored it durably, UNCHANGED when the stored
+        image hash and metadata are the same (nothing embedded or written), SKIPPED_DUPLICATE, or FAILED
+        with the reason. A bad item fails alone. See lookalike_gateway.ingest."""
+        return self.ingestor.run(items, deadline_for_batch)
 
     def dependencies(self, timeout: float = 1.0) -> Dependencies:
         """Probes the embedder, the search service and Redis."""

@@ -13,6 +13,7 @@ from lookalike.v1 import lookalike_pb2, lookalike_pb2_grpc
 from . import metrics
 from .auth import ApiKeyCheck
 from .core import ApiError, Deadline, Gateway
+from .ingest import IngestItem
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +90,36 @@ class LookalikeServicer(lookalike_pb2_grpc.LookalikeServicer):
             metrics.REQUESTS.labels(api="grpc", method="UpsertProducts", status=exc.code.name).inc()
             context.abort(exc.code, exc.message)
         batch_timeout = self.gateway.settings.request_timeout_s
-        items = ((request.product, request.image) for request in request_iterator)
+        items = (IngestItem(request.product, request.image, request.skip_duplicates) for request in request_iterator)
         try:
-            for product_id, error in self.gateway.upsert_products(items, lambda: Deadline(batch_timeout)):
-                yield lookalike_pb2.UpsertProductsResponse(product_id=product_id, ok=error is None,
-                                                           error=error.message if error else "")
+            for result in self.gateway.ingest(items, lambda: Deadline(batch_timeout)):
+                yield result.to_proto()  # outcome, error, duplicate_of
         finally:
             metrics.REQUESTS.labels(api="grpc", method="UpsertProducts", status=status.name).inc()
             metrics.LATENCY.labels(api="grpc", method="UpsertProducts").observe(time.perf_counter() - started)
+
+    @_unary
+    def ListCollections(self, request, context, deadline):
+        return self.gateway.catalogue.list(deadline)
+
+    @_unary
+    def ActivateCollection(self, request, context, deadline):
+        active, previous = self.gateway.catalogue.activate(request.collection, request.rollback, deadline)
+        return lookalike_pb2.ActivateCollectionResponse(active=active, previous=previous)
+
+    def Reindex(self, request, context):
+        """Server stream of progress; the work stops when the caller goes away (calling again resumes)."""
+        started = time.perf_counter()
+        status = grpc.StatusCode.OK
+        request_id.from_grpc(context)
+        try:
+            self.auth.check_grpc(context)
+            batch_timeout = self.gateway.settings.request_timeout_s
+            yield from self.gateway.catalogue.reindex(request, lambda: Deadline(batch_timeout))
+        except ApiError as exc:
+            status = exc.code
+            log.info("Reindex failed: %s %s", exc.code.name, exc.message)
+            context.abort(exc.code, exc.message)
+        finally:
+            metrics.REQUESTS.labels(api="grpc", method="Reindex", status=status.name).inc()
+            metrics.LATENCY.labels(api="grpc", method="Reindex").observe(time.perf_counter() - started)

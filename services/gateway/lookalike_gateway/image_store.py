@@ -39,6 +39,12 @@ class ImageStore:
             raise
         return target
 
+    def exists(self, digest: str) -> bool:
+        try:
+            return self.path(digest).is_file()
+        except ValueError:
+            return False
+
     def get(self, digest: str) -> bytes | None:
         try:
             return self.path(digest).read_bytes()

@@ -11,3 +11,8 @@ EMBEDDER_CALLS = Counter("lookalike_gateway_embedder_calls_total", "Images sent 
 SEARCH_LATENCY = Histogram("lookalike_gateway_search_seconds", "Latency of calls to the search service", ["method"],
                            buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1))
 UPSERTED = Counter("lookalike_gateway_products_upserted_total", "Products acknowledged by the search service")
+INGESTED = Counter("lookalike_gateway_ingest_items_total",
+                   "Ingested items by outcome (created, updated, unchanged, failed, skipped_duplicate)", ["outcome"])
+DUPLICATES = Counter("lookalike_gateway_duplicates_total", "Duplicates found at ingest (exact: same image hash; "
+                     "near: embedding within the duplicate distance)", ["kind"])
+REINDEXED = Counter("lookalike_gateway_reindexed_total", "Products re-embedded into another collection")

@@ -35,6 +35,11 @@ class GatewaySettings(BaseSettings):
     max_image_pixels: int = Field(40_000_000, ge=1)
     default_top_k: int = Field(10, ge=1, le=1000)
     upsert_batch_size: int = Field(32, ge=1, le=1024)
+    # Ingest reports products whose image is byte-identical to another product's, or whose embedding is
+    # within this cosine distance (1 - similarity) of another product's; 0 = exact duplicates only.
+    # On clothing-small, 0.03 flags the one near-identical pair among 3,068 training photos.
+    detect_duplicates: bool = True
+    duplicate_max_distance: float = Field(0.03, ge=0, le=2)
 
     api_keys: str = ""  # comma-separated; empty = no authentication (local single-user run)
     rate_limit_per_s: float = Field(0.0, ge=0)  # per API key (or client address); 0 = no limit

@@ -1,0 +1,392 @@
+"""Catalogue ingestion in the gateway: idempotent upserts with per-item outcomes and duplicate reports.
+
+For each micro-batch of products (one gRPC UpsertProducts stream, a REST PUT, or a reindex pass):
+
+  1. prepare (batches run concurrently, so the embedder always has work queued):
+     validate each item and hash its image; read the stored points of the batch's ids from the target
+     collection; an item whose image hash AND metadata equal what is stored is UNCHANGED (neither
+     embedded nor written); a metadata-only change reuses the stored vector; everything else is
+     decoded, looked up in the embedding cache and, on a miss, embedded (one concurrent burst per
+     batch, which TorchServe batches).
+  2. commit (strictly in batch order, so each batch sees everything stored before it): duplicate
+     detection (same SHA-256 as another product, or an embedding within `duplicate_max_distance` of
+     another product's: the nearest stored neighbours, plus earlier items of the same stream), then the
+     original images go to the ImageStore and the points to the search service; the acknowledgements
+     follow only once the search service stored them durably.
+
+A failure of one item (bad image, bad id, embedder error for that image) fails that item alone; a
+failure of the search service fails the batch's items that were to be written.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import grpc
+import numpy as np
+
+from lookalike import request_id, vectors
+from lookalike.torchserve import EmbedderImageError
+from lookalike.v1 import lookalike_pb2, search_pb2, types_pb2
+
+from . import metrics
+from .cache import image_digest
+
+if TYPE_CHECKING:
+    from .catalogue import Target
+    from .core import ApiError, Deadline, Gateway
+
+log = logging.getLogger(__name__)
+
+Outcome = lookalike_pb2.UpsertProductsResponse.Outcome
+CREATED, UPDATED, UNCHANGED, FAILED, SKIPPED = (Outcome.Value(n) for n in (
+    "CREATED", "UPDATED", "UNCHANGED", "FAILED", "SKIPPED_DUPLICATE"))
+BATCHES_IN_FLIGHT = 3  # prepared concurrently (embedding overlaps the previous batch's commit)
+SEEN_DIGESTS_MAX = 200_000  # per stream: exact duplicates among earlier items of the same stream
+PREDICTED, PROBABILITY = "_predicted", "_probability"  # attribute suffixes of predicted fields
+DUPLICATE_CANDIDATES = 3  # nearest stored neighbours looked at (the product itself may be one)
+
+
+@dataclass
+class IngestItem:
+    product: types_pb2.Product
+    image: bytes
+    skip_duplicates: bool = False
+
+
+@dataclass
+class IngestResult:
+    """The acknowledgement of one item."""
+    product_id: str
+    outcome: int
+    error: ApiError | None = None
+    duplicate_of: str = ""
+    exact_duplicate: bool = False
+    duplicate_similarity: float = 0.0
+    embedded: bool = False  # a new embedding was computed for it (not reused, not from the cache)
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome != FAILED
+
+    def to_proto(self) -> lookalike_pb2.UpsertProductsResponse:
+        return lookalike_pb2.UpsertProductsResponse(
+            product_id=self.product_id, ok=self.ok, error=self.error.message if self.error else "",
+            outcome=self.outcome, duplicate_of=self.duplicate_of, exact_duplicate=self.exact_duplicate,
+            duplicate_similarity=self.duplicate_similarity)
+
+
+def same_metadata(stored: types_pb2.Product, incoming: types_pb2.Product) -> bool:
+    """Title, category, price and attributes equal (the id and image hash are compared elsewhere).
+
+    A category the gateway predicted for a product sent without one (attributes `category_predicted`
+    = "true" and `category_probability`) counts as the empty category it was sent with."""
+    category, attributes = stored.category, dict(stored.attributes)
+    if not incoming.category and attributes.get("category" + PREDICTED) == "true":
+        category = ""
+        attributes.pop("category" + PREDICTED, None)
+        attributes.pop("category" + PROBABILITY, None)
+    if stored.title != incoming.title or category != incoming.category or attributes != dict(incoming.attributes):
+        return False
+    if stored.HasField("price") != incoming.HasField("price"):
+        return False
+    return not stored.HasField("price") or stored.price == incoming.price
+
+
+@dataclass
+class _Slot:
+    """One item of a batch on its way through prepare and commit."""
+    item: IngestItem
+    digest: str = ""
+    vector: np.ndarray | None = None
+    existed: bool = False
+    fresh_vector: bool = False  # the vector is new for this product (dedupe it); False for metadata-only
+    embedded: bool = False
+    duplicate: tuple[str, bool, float] | None = None  # (product id, exact, cosine similarity)
+    result: IngestResult | None = None
+
+    def finish(self, outcome: int, error: ApiError | None = None) -> None:
+        self.result = IngestResult(self.item.product.id, outcome, error, embedded=self.embedded)
+
+
+@dataclass
+class _Batch:
+    slots: list[_Slot]
+    target: Target | None = None
+    committed: threading.Event = field(default_factory=threading.Event)
+
+
+class Ingestor:
+    """Runs the pipeline above for the Gateway; one `run` per stream."""
+
+    def __init__(self, gateway: Gateway):
+        self.gateway = gateway
+        self.settings = gateway.settings
+
+    # ---- the stream ---------------------------------------------------------------------------------
+
+    def run(self, items: Iterable[IngestItem | tuple], deadline_for_batch: Callable[[], Deadline],
+            target: Callable[[], Target] | None = None, detect_duplicates: bool | None = None,
+            batch_size: int | None = None, gated: bool = True) -> Iterator[IngestResult]:
+        """Yields one IngestResult per item, in order. `target()` names the collection and model to write
+        (default: the active collection, re-read for each batch). `gated`: commits hold the catalogue's
+        write gate (an alias switch waits for them); a reindex, which holds the gate itself, passes False."""
+        from .core import _micro_batches
+
+        target = target or self.gateway.catalogue.active
+        detect = self.settings.detect_duplicates if detect_duplicates is None else detect_duplicates
+        stream = _Stream(detect)
+        size = batch_size or self.settings.upsert_batch_size
+        previous = threading.Event()
+        previous.set()
+        with ThreadPoolExecutor(BATCHES_IN_FLIGHT, thread_name_prefix="ingest") as pool:
+            in_flight: deque = deque()
+            rid = request_id.current.get()
+            for raw in _micro_batches((_item(i) for i in items), size, max_wait_s=0.02):
+                batch = _Batch([_Slot(item) for item in raw])
+                wait_for, previous = previous, batch.committed
+                in_flight.append(pool.submit(self._process, batch, wait_for, deadline_for_batch(), target,
+                                             stream, rid, gated))
+                while len(in_flight) >= BATCHES_IN_FLIGHT or (in_flight and in_flight[0].done()):
+                    yield from in_flight.popleft().result()
+            while in_flight:
+                yield from in_flight.popleft().result()
+
+    def _process(self, batch: _Batch, wait_for: threading.Event, deadline: Deadline,
+                 target: Callable[[], Target], stream: _Stream, rid: str | None,
+                 gated: bool) -> list[IngestResult]:
+        from .core import ApiError
+
+        token = request_id.current.set(rid) if rid else None
+        try:
+            try:
+                batch.target = target()
+                self._prepare(batch, deadline)
+            except ApiError as exc:
+                for slot in batch.slots:
+                    if slot.result is None:
+                        slot.finish(FAILED, exc)
+            wait_for.wait()  # commits happen in stream order
+            try:
+                with self.gateway.catalogue.writing() if gated else contextlib.nullcontext():
+                    current = target()
+                    if current.collection != batch.target.collection:  # the alias moved meanwhile
+                        for slot in batch.slots:
+                            if slot.result is None or slot.result.outcome == UNCHANGED:
+                                slot.result, slot.vector, slot.existed, slot.fresh_vector = None, None, False, False
+                        batch.target = current
+                        self._prepare(batch, deadline)
+                    self._commit(batch, deadline, stream)
+            except ApiError as exc:
+                for slot in batch.slots:
+                    if slot.result is None:
+                        slot.finish(FAILED, exc)
+            for slot in batch.slots:
+                metrics.INGESTED.labels(outcome=Outcome.Name(slot.result.outcome).lower()).inc()
+            return [slot.result for slot in batch.slots]
+        finally:
+            batch.committed.set()
+            if token is not None:
+                request_id.current.reset(token)
+
+    # ---- prepare ------------------------------------------------------------------------------------
+
+    def _prepare(self, batch: _Batch, deadline: Deadline) -> None:
+        from .core import ApiError, validate_product_id
+
+        gateway, target = self.gateway, batch.target
+        pending: list[_Slot] = []
+        for slot in batch.slots:
+            if slot.result is not None:
+                continue
+            product, image = slot.item.product, slot.item.image
+            try:
+                validate_product_id(product.id)
+                if product.HasField("price") and not np.isfinite(product.price):
+                    raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "price must be a finite number")
+                if not image:
+                    raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "image is empty")
+                if len(image) > self.settings.max_upload_bytes:
+                    gateway.check_image(image)  # the size error, without hashing a huge body
+                slot.digest = image_digest(image)
+                pending.append(slot)
+            except ApiError as exc:
+                slot.finish(FAILED, exc)
+        if not pending:
+            return
+        existing = gateway._call_search("GetPoints", search_pb2.GetPointsRequest(
+            product_ids=list(dict.fromkeys(s.item.product.id for s in pending)), with_vectors=True,
+            collection=target.collection), deadline)
+        stored = {p.product.id: p for p in existing.points}
+        to_embed: list[_Slot] = []
+        for slot in pending:
+            point = stored.get(slot.item.product.id)
+            slot.existed = point is not None
+            if point is not None and point.product.image_sha256 == slot.digest and point.vector:
+                if same_metadata(point.product, slot.item.product):
+                    if not gateway.images.exists(slot.digest):  # keep the original for re-embedding
+                        gateway.images.put(slot.digest, slot.item.image)
+                    slot.finish(UNCHANGED)
+                    continue
+                slot.vector = vectors.unpack(point.vector)  # metadata-only change: same image, same vector
+                continue
+            slot.fresh_vector = True
+            cached = target.cache.get(slot.digest)
+            if cached is not None:
+                slot.vector = cached
+                continue
+            try:
+                gateway.check_image(slot.item.image)  # hostile or broken images stop here, cheaply
+            except ApiError as exc:
+                slot.finish(FAILED, exc)
+                continue
+            to_embed.append(slot)
+        if to_embed:
+            self._embed(to_embed, target, deadline)
+
+    def _embed(self, slots: list[_Slot], target: Target, deadline: Deadline) -> None:
+        """One concurrent burst for the batch (TorchServe batches it); UNAVAILABLE items are retried
+        with backoff inside the deadline, per-image errors fail their item only."""
+        import time
+
+        from .core import EMBEDDER_NAME, RETRY_BACKOFF_MAX_S, RETRY_BACKOFF_S, ApiError
+
+        gateway = self.gateway
+        backoff = RETRY_BACKOFF_S
+        todo = slots
+        while todo:
+            results = target.embedder.embed_many([s.item.image for s in todo],
+                                                 timeout=deadline.remaining("calling the embedder"))
+            retry = []
+            for slot, result in zip(todo, results):
+                if isinstance(result, EmbedderImageError):
+                    metrics.EMBEDDER_CALLS.labels(outcome="bad_image").inc()
+                    slot.finish(FAILED, ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid image: {result}"))
+                elif isinstance(result, grpc.RpcError):
+                    metrics.EMBEDDER_CALLS.labels(outcome=result.code().name.lower()).inc()
+                    if result.code() == grpc.StatusCode.UNAVAILABLE:
+                        retry.append(slot)
+                    slot.finish(FAILED, gateway._dependency_error(EMBEDDER_NAME, result))
+                elif isinstance(result, Exception):
+                    metrics.EMBEDDER_CALLS.labels(outcome="error").inc()
+                    slot.finish(FAILED, ApiError(grpc.StatusCode.UNAVAILABLE, f"{EMBEDDER_NAME} failed: {result}"))
+                else:
+                    metrics.EMBEDDER_CALLS.labels(outcome="ok").inc()
+                    slot.vector, slot.embedded = result, True
+                    target.cache.put(slot.digest, result)
+            if not retry or deadline.expires - time.monotonic() < backoff + 0.05:
+                return
+            time.sleep(backoff)
+            backoff = min(backoff * 2, RETRY_BACKOFF_MAX_S)
+            for slot in retry:
+                slot.result = None
+            todo = retry
+
+    # ---- commit -------------------------------------------------------------------------------------
+
+    def _commit(self, batch: _Batch, deadline: Deadline, stream: _Stream) -> None:
+        gateway, target = self.gateway, batch.target
+        writes = [s for s in batch.slots if s.result is None and s.vector is not None]
+        if stream.detect:
+            self._find_duplicates(writes, target, deadline, stream)
+        points, written = [], []
+        for slot in writes:
+            if slot.result is not None:  # skipped as a duplicate
+                continue
+            product = types_pb2.Product()
+            product.CopyFrom(slot.item.product)
+            product.image_sha256 = slot.digest
+            classifier = getattr(gateway, "classifier", None)
+            if classifier is not None:  # a category predicted for products sent without one
+                classifier.annotate(product, slot.vector)
+            gateway.images.put(slot.digest, slot.item.image)
+            points.append(search_pb2.Point(product=product, vector=vectors.pack(slot.vector)))
+            written.append(slot)
+        if points:
+            gateway._call_search("UpsertPoints", search_pb2.UpsertPointsRequest(
+                points=points, collection=target.collection), deadline)
+            metrics.UPSERTED.inc(len(points))
+        for slot in written:
+            slot.finish(UPDATED if slot.existed else CREATED)
+            if slot.duplicate is not None:
+                result = slot.result
+                result.duplicate_of, result.exact_duplicate, result.duplicate_similarity = slot.duplicate
+        for slot in batch.slots:
+            if slot.result is None:  # no vector (should not happen): say so rather than ack silently
+                from .core import ApiError
+
+                slot.finish(FAILED, ApiError(grpc.StatusCode.INTERNAL, "no embedding was computed"))
+        for slot in writes:
+            if slot.result.outcome in (CREATED, UPDATED, SKIPPED):
+                stream.remember(slot)
+
+    def _find_duplicates(self, slots: list[_Slot], target: Target, deadline: Deadline, stream: _Stream) -> None:
+        """Sets slot.duplicate = (product id, exact, similarity) for fresh vectors that duplicate another
+        product; marks SKIPPED those whose item asked to skip duplicates."""
+        max_distance = self.settings.duplicate_max_distance
+        earlier: list[_Slot] = []
+        for slot in slots:
+            slot.duplicate = None
+            if not slot.fresh_vector:
+                continue
+            pid = slot.item.product.id
+            found: tuple[str, bool, float] | None = None
+            seen = stream.digests.get(slot.digest)
+            if seen is not None and seen != pid:
+                found = (seen, True, 1.0)
+            if found is None:
+                response = self.gateway._call_search("SearchByVector", search_pb2.SearchByVectorRequest(
+                    vector=vectors.pack(slot.vector), top_k=DUPLICATE_CANDIDATES, collection=target.collection),
+                    deadline)
+                for hit in response.results:
+                    if hit.product.id == pid:
+                        continue
+                    exact = hit.product.image_sha256 == slot.digest
+                    if exact or 1.0 - hit.score <= max_distance:
+                        found = (hit.product.id, exact, float(hit.score))
+                    break
+            if found is None and earlier:  # items of this batch are not stored yet
+                others = [o for o in earlier if o.item.product.id != pid]
+                if others:
+                    sims = np.stack([o.vector for o in others]) @ slot.vector
+                    best = int(np.argmax(sims))
+                    exact = others[best].digest == slot.digest
+                    if exact or 1.0 - float(sims[best]) <= max_distance:
+                        found = (others[best].item.product.id, exact, min(1.0, float(sims[best])))
+            slot.duplicate = found
+            if found is not None:
+                metrics.DUPLICATES.labels(kind="exact" if found[1] else "near").inc()
+                if slot.item.skip_duplicates:
+                    slot.finish(SKIPPED)
+                    slot.result.duplicate_of, slot.result.exact_duplicate, slot.result.duplicate_similarity = found
+                    stream.digests.setdefault(slot.digest, found[0])
+                    continue
+            earlier.append(slot)
+
+
+class _Stream:
+    """What one ingest stream remembers across its batches."""
+
+    def __init__(self, detect: bool):
+        self.detect = detect
+        self.digests: OrderedDict[str, str] = OrderedDict()  # image hash -> first product id with it
+
+    def remember(self, slot: _Slot) -> None:
+        if not self.detect or not slot.digest:
+            return
+        if slot.digest not in self.digests:
+            self.digests[slot.digest] = slot.item.product.id
+            if len(self.digests) > SEEN_DIGESTS_MAX:
+                self.digests.popitem(last=False)
+
+
+def _item(raw) -> IngestItem:
+    if isinstance(raw, IngestItem):
+        return raw
+    return IngestItem(*raw)

@@ -1,0 +1,189 @@
+"""In-memory stand-ins for the search service and the embedder, to test the gateway's ingest and
+catalogue logic without processes."""
+from __future__ import annotations
+
+import hashlib
+import io
+import threading
+
+import grpc
+import numpy as np
+from PIL import Image
+
+from lookalike.v1 import search_pb2, types_pb2
+from lookalike.vectors import pack, unpack
+from lookalike_gateway.cache import EmbeddingCache
+from lookalike_gateway.core import Gateway
+from lookalike_gateway.image_store import ImageStore
+from lookalike_gateway.settings import GatewaySettings
+
+DIM = 8
+
+
+def png(seed: int, size: int = 16) -> bytes:
+    """A small valid PNG, different for each seed."""
+    rng = np.random.default_rng(seed)
+    out = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(out, "PNG")
+    return out.getvalue()
+
+
+def unit(v) -> np.ndarray:
+    v = np.asarray(v, dtype=np.float32)
+    return v / np.linalg.norm(v)
+
+
+class NotFoundError(grpc.RpcError):
+    def __init__(self, details):
+        self._details = details
+
+    def code(self):
+        return grpc.StatusCode.NOT_FOUND
+
+    def details(self):
+        return self._details
+
+
+class FakeEmbedder:
+    """embed/embed_many: a vector per image, from `vectors` (by image bytes) or derived from a hash."""
+
+    def __init__(self, vectors: dict[bytes, np.ndarray] | None = None, dim: int = DIM):
+        self.vectors = vectors or {}
+        self.dim = dim
+        self.calls = 0  # images embedded
+        self.lock = threading.Lock()
+        self.target, self.token_file, self.channel = "fake:1", None, None
+
+    def vector(self, image: bytes) -> np.ndarray:
+        if image in self.vectors:
+            return unit(self.vectors[image])
+        seed = int.from_bytes(hashlib.sha256(image).digest()[:8], "little")
+        return unit(np.random.default_rng(seed).standard_normal(self.dim))
+
+    def embed(self, image, timeout=10.0, request_id=None):
+        with self.lock:
+            self.calls += 1
+        return self.vector(image)
+
+    def embed_many(self, images, timeout=30.0, request_ids=None, max_in_flight=64):
+        with self.lock:
+            self.calls += len(images)
+        return [self.vector(i) for i in images]
+
+    def ping(self, timeout=1.0):
+        return True
+
+
+class FakeSearch:
+    """The SearchService RPCs the gateway uses, over dicts (exact cosine search)."""
+
+    def __init__(self, alias: str = "products", active: str = "products__lookalike-lite0"):
+        self.alias = alias
+        self.collections: dict[str, dict[str, search_pb2.Point]] = {active: {}}
+        self.active = active
+        self.previous = ""
+        self.calls: dict[str, int] = {}
+        self.lock = threading.RLock()
+
+    def _count(self, name):
+        self.calls[name] = self.calls.get(name, 0) + 1
+
+    def _col(self, name):
+        name = name or self.active
+        if name == self.alias:
+            name = self.active
+        if name not in self.collections:
+            raise NotFoundError(f"collection {name!r} not found")
+        return self.collections[name]
+
+    def GetPoints(self, request, timeout=None, metadata=()):
+        with self.lock:
+            self._count("GetPoints")
+            col = self._col(request.collection)
+            points = []
+            for pid in dict.fromkeys(request.product_ids):
+                if pid in col:
+                    p = search_pb2.Point()
+                    p.CopyFrom(col[pid])
+                    if not request.with_vectors:
+                        p.vector = b""
+                    points.append(p)
+            return search_pb2.GetPointsResponse(points=points)
+
+    def UpsertPoints(self, request, timeout=None, metadata=()):
+        with self.lock:
+            self._count("UpsertPoints")
+            col = self._col(request.collection)
+            for point in request.points:
+                stored = search_pb2.Point()
+                stored.CopyFrom(point)
+                stored.vector = pack(unit(unpack(point.vector)))
+                col[point.product.id] = stored
+            return search_pb2.UpsertPointsResponse(upserted=len(request.points))
+
+    def SearchByVector(self, request, timeout=None, metadata=()):
+        with self.lock:
+            self._count("SearchByVector")
+            col = self._col(request.collection)
+            query = unit(unpack(request.vector))
+            scored = sorted(((float(unpack(p.vector) @ query), pid) for pid, p in col.items()), reverse=True)
+            return search_pb2.SearchByVectorResponse(results=[
+                types_pb2.SearchResult(product=col[pid].product, score=score) for score, pid in scored[:request.top_k]])
+
+    def DeletePoints(self, request, timeout=None, metadata=()):
+        with self.lock:
+            self._count("DeletePoints")
+            col = self._col(request.collection)
+            deleted = sum(col.pop(pid, None) is not None for pid in set(request.product_ids))
+            return search_pb2.DeletePointsResponse(deleted=deleted)
+
+    def CountPoints(self, request, timeout=None, metadata=()):
+        with self.lock:
+            return search_pb2.CountPointsResponse(count=len(self._col(request.collection)))
+
+    def ScrollPoints(self, request, timeout=None, metadata=()):
+        with self.lock:
+            col = self._col(request.collection)
+            ids = sorted(col)
+            start = ids.index(request.offset) if request.offset else 0
+            page = ids[start:start + (request.limit or 256)]
+            following = ids[start + len(page)] if start + len(page) < len(ids) else ""
+            points = []
+            for pid in page:
+                p = search_pb2.Point()
+                p.CopyFrom(col[pid])
+                if not request.with_vectors:
+                    p.vector = b""
+                points.append(p)
+            return search_pb2.ScrollPointsResponse(points=points, next_offset=following)
+
+    def ListCollections(self, request, timeout=None, metadata=()):
+        with self.lock:
+            return search_pb2.ListStoredCollectionsResponse(
+                alias=self.alias, active=self.active, previous=self.previous,
+                collections=[search_pb2.StoredCollection(
+                    name=name, vector_size=DIM, points=len(col) if request.with_counts else 0,
+                    active=name == self.active) for name, col in sorted(self.collections.items())])
+
+    def CreateCollection(self, request, timeout=None, metadata=()):
+        with self.lock:
+            created = request.name not in self.collections
+            self.collections.setdefault(request.name, {})
+            return search_pb2.CreateCollectionResponse(created=created, collection=search_pb2.StoredCollection(
+                name=request.name, vector_size=request.vector_size))
+
+    def SetAlias(self, request, timeout=None, metadata=()):
+        with self.lock:
+            self._col(request.collection)
+            if request.collection != self.active:
+                self.previous, self.active = self.active, request.collection
+            return search_pb2.SetAliasResponse(active=self.active, previous=self.previous)
+
+
+def make_gateway(tmp_path, embedder=None, search=None, **settings) -> Gateway:
+    settings = GatewaySettings(redis_url="", data_dir=tmp_path, **settings)
+    gateway = Gateway(settings, embedder or FakeEmbedder(), grpc.insecure_channel("127.0.0.1:9"),
+                      EmbeddingCache("", "m", ttl_s=60, timeout_s=0.05, retry_after_s=1),
+                      ImageStore(tmp_path / "images"))
+    gateway.search = search or FakeSearch()
+    return gateway
