@@ -166,6 +166,14 @@ class Stack:
             "--maxmemory", "256mb", "--maxmemory-policy", "allkeys-lru", "--dir", str(redis_dir),
             "--protected-mode", "yes"], self.logs / "redis.log")
         self.redis.start()
+        self._wait_redis()
+
+    def restart_redis(self) -> None:
+        """Starts redis-server again after a stop or kill, on the same port (an empty cache)."""
+        self.redis.start()
+        self._wait_redis()
+
+    def _wait_redis(self) -> None:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             self.redis.check_alive()
@@ -193,6 +201,15 @@ class Stack:
                                      self.logs / "search.log", env=env)
         self.search.start()
         self.search_port = wait_for_port_file(port_file, self.search, self.config.startup_timeout_s)["port"]
+
+    def restart_search(self) -> None:
+        """Starts the search service again after a stop or kill, on the port it had (the gateway keeps
+        its address); returns once it is ready."""
+        port_file = self.data_dir / "search.port"
+        port_file.unlink(missing_ok=True)
+        self.search.env["LOOKALIKE_SEARCH_PORT"] = str(self.search_port)
+        self.search.start()
+        wait_for_port_file(port_file, self.search, self.config.startup_timeout_s)
 
     def gateway_env(self) -> dict:
         return self._python_env({

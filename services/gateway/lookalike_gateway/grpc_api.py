@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
 
 import grpc
@@ -29,6 +30,7 @@ def _unary(method):
         rid = request_id.from_grpc(context)
         context.set_trailing_metadata(((request_id.METADATA_KEY, rid),))
         try:
+            self.refuse_when_draining()
             self.auth.check_grpc(context)
             return method(self, request, context, self.deadline(context))
         except ApiError as exc:
@@ -51,9 +53,14 @@ def _top_k(request) -> int | None:
 class LookalikeServicer(lookalike_pb2_grpc.LookalikeServicer):
     """Implements lookalike.v1.Lookalike."""
 
-    def __init__(self, gateway: Gateway, auth: ApiKeyCheck):
+    def __init__(self, gateway: Gateway, auth: ApiKeyCheck, draining: threading.Event | None = None):
         self.gateway = gateway
         self.auth = auth
+        self.draining = draining  # set on SIGTERM: new calls get UNAVAILABLE while in-flight ones finish
+
+    def refuse_when_draining(self) -> None:
+        if self.draining is not None and self.draining.is_set():
+            raise ApiError(grpc.StatusCode.UNAVAILABLE, "the gateway is shutting down; retry elsewhere")
 
     def deadline(self, context: grpc.ServicerContext) -> Deadline:
         """The caller's deadline (capped at the configured default), or the default when none was set."""
@@ -85,6 +92,7 @@ class LookalikeServicer(lookalike_pb2_grpc.LookalikeServicer):
         status = grpc.StatusCode.OK
         request_id.from_grpc(context)
         try:
+            self.refuse_when_draining()
             self.auth.check_grpc(context)
         except ApiError as exc:
             metrics.REQUESTS.labels(api="grpc", method="UpsertProducts", status=exc.code.name).inc()

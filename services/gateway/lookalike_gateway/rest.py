@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from pathlib import Path
 from urllib.parse import quote
@@ -71,8 +72,9 @@ def make_filter(category: str | None, min_price: float | None, max_price: float 
     return flt
 
 
-def create_app(gateway: Gateway, auth: ApiKeyCheck, readiness) -> FastAPI:
-    """The REST app. `readiness()` returns the latest Dependencies snapshot (for /healthz)."""
+def create_app(gateway: Gateway, auth: ApiKeyCheck, readiness, draining: threading.Event | None = None) -> FastAPI:
+    """The REST app. `readiness()` returns the latest Dependencies snapshot (for /healthz); once
+    `draining` is set, new API requests get 503 (the server is shutting down)."""
     settings = gateway.settings
     app = FastAPI(title="Lookalike", version="1", description="Visual product search: find products that look alike.")
     if settings.cors_origin_list:
@@ -96,6 +98,9 @@ def create_app(gateway: Gateway, auth: ApiKeyCheck, readiness) -> FastAPI:
             response = error_response(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                       f"request body of {length} bytes is above the limit of "
                                       f"{settings.max_upload_bytes} bytes", status=413)
+        elif request.url.path.startswith("/v1/") and draining is not None and draining.is_set():
+            response = error_response(grpc.StatusCode.UNAVAILABLE, "the gateway is shutting down; retry elsewhere")
+            response.headers["Connection"] = "close"
         elif request.url.path.startswith("/v1/"):
             try:
                 auth.check(request.headers.get(HTTP_HEADER) or request.query_params.get("api_key"),
@@ -109,7 +114,10 @@ def create_app(gateway: Gateway, auth: ApiKeyCheck, readiness) -> FastAPI:
         route_obj = request.scope.get("route")
         label = getattr(route_obj, "path", None) or ("static" if route.startswith("/static") else "other")
         metrics.REQUESTS.labels(api="rest", method=f"{request.method} {label}", status=str(response.status_code)).inc()
-        metrics.LATENCY.labels(api="rest", method=f"{request.method} {label}").observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        metrics.LATENCY.labels(api="rest", method=f"{request.method} {label}").observe(elapsed)
+        if settings.access_log and route.startswith("/v1/"):
+            log.info("%s %s %d %.1fms", request.method, label, response.status_code, elapsed * 1000)
         return response
 
     @app.exception_handler(ApiError)

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import socket
 import threading
+import time
 from pathlib import Path
 
 import grpc
@@ -14,7 +16,7 @@ import uvicorn
 
 from lookalike.grpc_server import ServiceHost, configure_logging
 from lookalike.settings import load_settings
-from lookalike.torchserve import EmbedderClient
+from lookalike.torchserve import RECONNECT_OPTIONS, EmbedderClient
 from lookalike.v1 import lookalike_pb2, lookalike_pb2_grpc
 
 from .auth import ApiKeyCheck, RateLimiter
@@ -26,18 +28,20 @@ from .rest import create_app
 from .settings import GatewaySettings
 
 log = logging.getLogger("lookalike.gateway")
+GRACE_S = 10.0  # how long SIGTERM waits for in-flight requests
 
 
 class ReadinessMonitor(threading.Thread):
     """Probes the dependencies every `interval` seconds and mirrors the result into gRPC health."""
 
-    def __init__(self, gateway: Gateway, host: ServiceHost, interval: float = 1.0):
+    def __init__(self, gateway: Gateway, host: ServiceHost, interval: float = 1.0,
+                 stopping: threading.Event | None = None):
         super().__init__(daemon=True, name="readiness")
         self.gateway = gateway
         self.host = host
         self.interval = interval
         self.latest = Dependencies(embedder=False, search=False, cache=False)
-        self.stopping = threading.Event()
+        self.stopping = stopping or threading.Event()
         self._failures = 0
 
     def run(self) -> None:
@@ -72,12 +76,22 @@ def build_gateway(settings: GatewaySettings) -> Gateway:
                               token_file=settings.embedder_token_file)
     search_channel = grpc.insecure_channel(settings.search_address, options=[
         ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-        ("grpc.max_send_message_length", 64 * 1024 * 1024)])
+        ("grpc.max_send_message_length", 64 * 1024 * 1024), *RECONNECT_OPTIONS])
     model_id = settings.embedder_model + (f"-{settings.embedder_model_version}" if settings.embedder_model_version
                                           else "")
     cache = EmbeddingCache(settings.redis_url, model_id=model_id, ttl_s=settings.cache_ttl_s,
                            timeout_s=settings.redis_timeout_s, retry_after_s=settings.redis_retry_after_s)
     return Gateway(settings, embedder, search_channel, cache, ImageStore(settings.data_dir / "images"))
+
+
+class _HttpServer(uvicorn.Server):
+    """uvicorn without its own SIGTERM/SIGINT handling: by default it installs handlers for the whole
+    of serve() that close the HTTP listener at once, before the gateway could report NOT_SERVING and
+    drain both servers together; the gateway's handler sets should_exit itself."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        yield
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -103,28 +117,35 @@ def main() -> None:
     auth = ApiKeyCheck(settings.api_key_set, RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst))
 
     host = ServiceHost(f"{settings.host}:{settings.grpc_port}", max_message_bytes=settings.max_upload_bytes + 65536)
-    host.add(lookalike_pb2_grpc.add_LookalikeServicer_to_server, LookalikeServicer(gateway, auth),
+    draining = threading.Event()
+    host.add(lookalike_pb2_grpc.add_LookalikeServicer_to_server, LookalikeServicer(gateway, auth, draining),
              lookalike_pb2.DESCRIPTOR.services_by_name["Lookalike"].full_name)
     grpc_port = host.start()
-    monitor = ReadinessMonitor(gateway, host)
+    monitor = ReadinessMonitor(gateway, host, stopping=draining)
     monitor.start()
 
     http_socket = _bind(settings.host, settings.http_port)
     http_port = http_socket.getsockname()[1]
-    app = create_app(gateway, auth, monitor.snapshot)
-    server = uvicorn.Server(uvicorn.Config(app, log_level=settings.log_level.lower(), access_log=False,
-                                           timeout_graceful_shutdown=10, limit_concurrency=1024))
-    server.install_signal_handlers = lambda: None  # we own SIGTERM/SIGINT
+    app = create_app(gateway, auth, monitor.snapshot, draining=draining)
+    server = _HttpServer(uvicorn.Config(app, log_level=settings.log_level.lower(), access_log=False,
+                                        timeout_graceful_shutdown=GRACE_S, limit_concurrency=1024))
+
+    def drain() -> None:
+        # For shutdown_delay_s health says NOT_SERVING/503 and new API calls get UNAVAILABLE/503 (load
+        # balancers notice); then both servers close their listeners and finish in-flight requests
+        # (up to GRACE_S), and the process exits 0.
+        time.sleep(settings.shutdown_delay_s)
+        server.should_exit = True
+        host.stop()
+
+    drainer = threading.Thread(target=drain, daemon=True, name="drain")
 
     def shutdown(signum, _frame):
         log.info("signal %d: draining", signum)
-        monitor.stopping.set()
+        draining.set()
         host.set_serving(False)
-
-        def drain():
-            host.stop()
-            server.should_exit = True
-        threading.Thread(target=drain, daemon=True).start()
+        if drainer.ident is None:
+            drainer.start()
 
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)
@@ -132,6 +153,8 @@ def main() -> None:
         _write_port_file(settings.port_file, grpc_port, http_port)
     log.info("gateway listening: grpc %s:%d, http http://%s:%d", settings.host, grpc_port, settings.host, http_port)
     asyncio.run(server.serve(sockets=[http_socket]))
-    monitor.stopping.set()
+    draining.set()
+    if drainer.ident is not None:
+        drainer.join(settings.shutdown_delay_s + host.grace + 5)  # host.stop() returns at once while it drains
     host.stop()
     log.info("gateway stopped")

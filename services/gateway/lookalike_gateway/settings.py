@@ -46,6 +46,8 @@ class GatewaySettings(BaseSettings):
     rate_limit_burst: int = Field(50, ge=1)
     cors_origins: str = ""  # comma-separated allowed origins; empty = none
     log_level: str = "INFO"
+    shutdown_delay_s: float = Field(1.0, ge=0, le=60)  # after SIGTERM: NOT_SERVING and refusing, then close
+    access_log: bool = True  # one log line per /v1 request (method, route, status, ms, request id)
 
     @field_validator("embedder_address", "search_address")
     @classmethod
