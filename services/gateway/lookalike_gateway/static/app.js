@@ -252,8 +252,8 @@ function renderPrediction() {
   ui.prediction.hidden = !top;
   if (!top) return;
   ui.predictionName.textContent = categoryLabel(top.label);
-  ui.predictionProb.textContent = Number.isFinite(top.probability) ? `${Math.round(top.probability * 100)}% sure` : "";
-  ui.predictionFilter.textContent = `Show only ${top.label}`;
+  ui.predictionProb.textContent = Number.isFinite(top.probability) ? `${Math.round(top.probability * 100)}%` : "";
+  ui.predictionFilter.setAttribute("aria-label", `Show only ${top.label}`);
   ui.predictionFilter.dataset.category = top.label;
   ui.predictionFilter.hidden = state.category === top.label;
 }
