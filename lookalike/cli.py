@@ -52,35 +52,162 @@ def cmd_serve(args) -> int:
 
 
 def _index(address: str, path: Path, api_key: str | None, progress: bool,
-           failures_file: Path | None = None) -> int:
-    from lookalike.ingest import index_items, scan_folder, write_failures
-
+           failures_file: Path | None = None, skip_duplicates: bool = False, duplicates_file: Path | None = None,
+           max_image_bytes: int | None = None) -> int:
     import grpc
+
+    from lookalike.ingest import DEFAULT_MAX_IMAGE_BYTES, CatalogueError, index_items, open_catalogue
+
     try:
-        items = scan_folder(path)
-    except FileNotFoundError as exc:
+        items, total = open_catalogue(path)
+    except CatalogueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if not items:
-        print(f"error: no images found under {path} (expected <category>/<image> files)", file=sys.stderr)
+    if not total:
+        print(f"error: no products in {path} (expected <category>/<image> files, or manifest rows)",
+              file=sys.stderr)
         return 2
+    failures_file = failures_file or Path("index-failures.jsonl")
     try:
-        report = index_items(address, items, api_key=api_key, progress=progress)
+        report = index_items(address, items, api_key=api_key, progress=progress, total=total,
+                             skip_duplicates=skip_duplicates, failures_file=failures_file,
+                             duplicates_file=duplicates_file,
+                             max_image_bytes=max_image_bytes or DEFAULT_MAX_IMAGE_BYTES)
     except grpc.RpcError as exc:
-        print(f"error: indexing failed: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        print(f"error: indexing failed: {exc.code().name}: {exc.details()}\n"
+              "everything acknowledged before is stored: run the same command again to resume", file=sys.stderr)
         return 1
-    print(f"indexed {report.indexed} of {report.total} products in {report.seconds:.1f}s "
-          f"({report.rate:.1f} img/s), {report.failed} failed")
+    print(report.summary(), flush=True)
+    if report.unchanged:
+        print(f"{report.unchanged} unchanged: already stored with the same image and metadata, not re-embedded")
     if report.failures:
-        failures_file = failures_file or Path("index-failures.jsonl")
-        write_failures(report, failures_file)
         print(f"failures with reasons: {failures_file}")
+    if report.duplicates and duplicates_file:
+        print(f"duplicates: {duplicates_file}")
+    if report.interrupted:
+        print("interrupted: everything acknowledged is stored; run the same command again to resume",
+              file=sys.stderr)
+        return 130
     return 0 if report.failed == 0 else 3
 
 
 def cmd_index(args) -> int:
     return _index(args.gateway, Path(args.path), _api_key(args), progress=not args.quiet,
-                  failures_file=Path(args.failures) if args.failures else None)
+                  failures_file=Path(args.failures) if args.failures else None,
+                  skip_duplicates=args.skip_duplicates,
+                  duplicates_file=Path(args.duplicates) if args.duplicates else None,
+                  max_image_bytes=args.max_image_bytes)
+
+
+def _stub(args):
+    import grpc
+
+    from lookalike.v1 import lookalike_pb2_grpc
+
+    channel = grpc.insecure_channel(args.gateway)
+    key = _api_key(args)
+    return channel, lookalike_pb2_grpc.LookalikeStub(channel), ([("x-api-key", key)] if key else None)
+
+
+def cmd_reindex(args) -> int:
+    """Re-embeds the catalogue into another collection (from the stored originals) and, unless told not to,
+    switches searches to it once complete."""
+    import grpc
+    from tqdm import tqdm
+
+    from lookalike.v1 import lookalike_pb2
+
+    channel, stub, metadata = _stub(args)
+    request = lookalike_pb2.ReindexRequest(model_version=args.model_version or "", collection=args.collection or "",
+                                           activate=not args.no_activate, force=args.force)
+    bar = None
+    last = None
+    failures = []
+    try:
+        for progress in stub.Reindex(request, metadata=metadata):
+            last = progress
+            failures.extend(progress.failures)
+            step = getattr(progress, "pass")
+            if bar is None or bar.desc != f"pass {step}":
+                if bar is not None:
+                    bar.close()
+                else:
+                    print(f"reindexing {progress.source} -> {progress.collection} (model {progress.model_id})",
+                          flush=True)
+                bar = tqdm(total=progress.total, unit="item", desc=f"pass {step}", disable=args.quiet,
+                           dynamic_ncols=True)
+            bar.n = progress.done
+            bar.set_postfix(written=progress.embedded, unchanged=progress.unchanged, failed=progress.failed,
+                            removed=progress.removed, refresh=False)
+            bar.refresh()
+    except grpc.RpcError as exc:
+        if bar is not None:
+            bar.close()
+        print(f"error: reindex failed: {exc.code().name}: {exc.details()}\n"
+              "searches still use the active collection; run the same command again to resume", file=sys.stderr)
+        _write_failures(failures, args.failures)
+        return 1
+    except KeyboardInterrupt:
+        if bar is not None:
+            bar.close()
+        print("interrupted: searches still use the active collection; run the same command again to resume",
+              file=sys.stderr)
+        return 130
+    finally:
+        channel.close()
+    if bar is not None:
+        bar.close()
+    if last is None:
+        return 1
+    print(f"{last.collection}: {last.embedded} written, {last.unchanged} unchanged in the last pass, "
+          f"{last.failed} failed, {last.removed} removed ({getattr(last, 'pass')} passes)")
+    if last.activated:
+        print(f"searches now use {last.collection} (was {last.previous}); "
+              "`lookalike collections rollback` switches back")
+    else:
+        print(f"not activated: `lookalike collections activate {last.collection}` switches searches to it")
+    _write_failures(failures, args.failures)
+    return 0 if not last.failed else 3
+
+
+def _write_failures(failures, path: str | None) -> None:
+    import json
+
+    if not failures:
+        return
+    path = path or "reindex-failures.jsonl"
+    with open(path, "w") as out:
+        for failure in failures:
+            out.write(json.dumps({"id": failure.product_id, "error": failure.error}) + "\n")
+    print(f"failures with reasons: {path}")
+
+
+def cmd_collections(args) -> int:
+    import grpc
+
+    from lookalike.v1 import lookalike_pb2
+
+    channel, stub, metadata = _stub(args)
+    try:
+        if args.action == "list":
+            listing = stub.ListCollections(lookalike_pb2.ListCollectionsRequest(), metadata=metadata,
+                                           timeout=args.timeout)
+            print(f"alias {listing.alias} -> {listing.active}" + (f" (previous: {listing.previous})"
+                                                                  if listing.previous else ""))
+            for c in listing.collections:
+                print(f"{'*' if c.active else ' '} {c.name:50s} model {c.model_id:24s} dim {c.vector_size:5d} "
+                      f"{c.points:9d} products")
+        else:
+            switched = stub.ActivateCollection(lookalike_pb2.ActivateCollectionRequest(
+                collection=args.name or "", rollback=args.action == "rollback"), metadata=metadata,
+                timeout=args.timeout)
+            print(f"searches now use {switched.active} (was {switched.previous})")
+    except grpc.RpcError as exc:
+        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    finally:
+        channel.close()
+    return 0
 
 
 def cmd_search(args) -> int:
@@ -130,13 +257,41 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--index", metavar="PATH", help="index this catalogue folder once the chain is ready")
     serve.set_defaults(func=cmd_serve)
 
-    index = sub.add_parser("index", help="index a catalogue folder laid out <category>/<image>")
-    index.add_argument("path")
+    index = sub.add_parser("index", help="index a catalogue: a folder laid out <category>/<image>, or a CSV/JSONL "
+                           "manifest (id, image, title, category, price, other columns as attributes)")
+    index.add_argument("path", help="catalogue folder, or manifest (.csv, .jsonl); re-running resumes/updates")
     index.add_argument("--gateway", default=DEFAULT_GATEWAY, help=f"gateway gRPC address (default {DEFAULT_GATEWAY})")
     index.add_argument("--api-key", help="API key (or env LOOKALIKE_API_KEY)")
     index.add_argument("--failures", help="where to write failed items (default index-failures.jsonl)")
+    index.add_argument("--skip-duplicates", action="store_true",
+                       help="do not store products whose image duplicates another product's (exact or near)")
+    index.add_argument("--duplicates", help="write the duplicates found to this JSONL file")
+    index.add_argument("--max-image-bytes", type=int, default=None,
+                       help="larger image files fail without being sent (default 10 MiB, the gateway's limit)")
     index.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     index.set_defaults(func=cmd_index)
+
+    reindex = sub.add_parser("reindex", help="re-embed the catalogue into another collection (another model "
+                             "version, or a fresh copy) from the stored originals, then switch searches to it")
+    reindex.add_argument("--model-version", help="embedder model version for the new collection "
+                         "(default: the gateway's)")
+    reindex.add_argument("--collection", help="target collection (default <alias>__<model id>, or __r2, __r3... "
+                         "when that one is active); an existing one is brought up to date")
+    reindex.add_argument("--no-activate", action="store_true", help="build it, but keep searching the active one")
+    reindex.add_argument("--force", action="store_true", help="activate even though some products failed")
+    reindex.add_argument("--failures", help="where to write failed items (default reindex-failures.jsonl)")
+    reindex.add_argument("--gateway", default=DEFAULT_GATEWAY)
+    reindex.add_argument("--api-key", help="API key (or env LOOKALIKE_API_KEY)")
+    reindex.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    reindex.set_defaults(func=cmd_reindex)
+
+    cols = sub.add_parser("collections", help="list collections, activate one, or roll back to the previous one")
+    cols.add_argument("action", choices=["list", "activate", "rollback"])
+    cols.add_argument("name", nargs="?", help="collection to activate (rollback: default the previous one)")
+    cols.add_argument("--gateway", default=DEFAULT_GATEWAY)
+    cols.add_argument("--api-key", help="API key (or env LOOKALIKE_API_KEY)")
+    cols.add_argument("--timeout", type=float, default=30.0)
+    cols.set_defaults(func=cmd_collections)
 
     search = sub.add_parser("search", help="find products that look like a photo")
     search.add_argument("image")

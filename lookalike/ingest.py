@@ -1,11 +1,30 @@
-"""Client-side catalogue ingestion: scans a folder, streams products to the gateway, reports progress."""
+"""Client-side catalogue ingestion: reads a folder or a manifest, streams products to the gateway's
+UpsertProducts, shows progress, reports outcomes and failures.
+
+Catalogues:
+  * a folder laid out ``<category>/<image>``: the id is the image's path below the folder, the title its
+    stem, the category its parent folder;
+  * a manifest, CSV (header row) or JSON Lines (``.jsonl``/``.ndjson``, one object per line), with
+    ``id`` and ``image`` (a path, relative to the manifest's folder), optional ``title``, ``category``,
+    ``price``, and any other column/key as a string attribute (a JSON ``attributes`` object is merged in).
+
+Everything is streamed: the catalogue is read lazily, at most `read_ahead` images are in memory on
+this side, and the gRPC stream's flow control holds the rest back, so memory stays flat whatever the
+catalogue's size. Ids are stable, and the gateway skips products whose image and metadata are already
+stored (UNCHANGED, no embedding): running the same command again after an interruption (Ctrl-C,
+kill -9, a lost connection) resumes where the acknowledged products end.
+"""
 from __future__ import annotations
 
+import csv
 import itertools
 import json
+import math
+import os
+import stat
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,93 +34,366 @@ import grpc
 from lookalike.v1 import lookalike_pb2, lookalike_pb2_grpc, types_pb2
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"}
+MANIFEST_SUFFIXES = {".csv", ".jsonl", ".ndjson"}
+DEFAULT_MAX_IMAGE_BYTES = 10 * 1024 * 1024  # the gateway's default LOOKALIKE_GATEWAY_MAX_UPLOAD_BYTES
+KEPT_FAILURES = 1000  # in IngestReport.failures; the failures file gets every one
+Outcome = lookalike_pb2.UpsertProductsResponse
+
+
+class CatalogueError(ValueError):
+    """The catalogue as a whole cannot be read (missing folder, manifest without id/image columns...)."""
 
 
 @dataclass
 class CatalogueItem:
-    """One product to index: metadata plus where its image is."""
+    """One product to index: metadata plus where its image is; `error` when the catalogue entry itself is
+    unusable (bad price, repeated id): the item is then reported failed without its image being sent."""
     product: types_pb2.Product
     image_path: Path
+    error: str = ""
 
 
-def scan_folder(root: Path) -> list[CatalogueItem]:
+# ---- reading catalogues ------------------------------------------------------------------------------
+
+def _image_files(root: Path) -> Iterator[Path]:
+    """Image files below root, in a stable order (sorted walk), lazily."""
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        dirs.sort()
+        for name in sorted(files):
+            if os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES:
+                yield Path(folder) / name
+
+
+def iter_folder(root: Path) -> Iterator[CatalogueItem]:
     """Products of a folder laid out `<category>/<image>` (deeper folders: the image's parent is the category).
 
     The product id is the image's path relative to `root` (stable across runs); the title is its stem.
     """
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"catalogue folder not found: {root}")
-    items = []
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
+        raise CatalogueError(f"catalogue folder not found: {root}")
+    for path in _image_files(root):
         rel = path.relative_to(root)
         category = rel.parent.name if rel.parent != Path(".") else ""
-        items.append(CatalogueItem(types_pb2.Product(id=rel.as_posix(), title=path.stem, category=category), path))
-    return items
+        yield CatalogueItem(types_pb2.Product(id=rel.as_posix(), title=path.stem, category=category), path)
+
+
+def scan_folder(root: Path) -> list[CatalogueItem]:
+    """`iter_folder` as a list (for small catalogues, tests and benchmarks)."""
+    try:
+        return list(iter_folder(root))
+    except CatalogueError as exc:
+        raise FileNotFoundError(str(exc)) from None
+
+
+KNOWN = ("id", "image", "title", "category", "price", "attributes")
+
+
+def _manifest_item(row: dict, base: Path, where: str) -> CatalogueItem:
+    """A catalogue item from one manifest row (CSV dict of strings, or a JSON object)."""
+    fields = {str(k).strip().lower() if str(k).strip().lower() in KNOWN else str(k).strip(): v
+              for k, v in row.items() if k is not None}
+    pid = fields.get("id")
+    pid = "" if pid is None else str(pid).strip()
+    image = fields.get("image")
+    image = "" if image is None else str(image).strip()
+    path = base / image if image else base
+    product = types_pb2.Product(id=pid, title=str(fields.get("title") or (Path(image).stem if image else "")),
+                                category=str(fields.get("category") or ""))
+    errors = []
+    if not pid:
+        errors.append("no id")
+    if not image:
+        errors.append("no image path")
+    price = fields.get("price")
+    if price not in (None, ""):
+        try:
+            value = float(price)
+            if not math.isfinite(value):
+                raise ValueError
+            product.price = value
+        except (TypeError, ValueError):
+            errors.append(f"price {price!r} is not a finite number")
+    attributes = fields.get("attributes")
+    if isinstance(attributes, str) and attributes.strip().startswith("{"):
+        try:
+            attributes = json.loads(attributes)
+        except ValueError:
+            errors.append("attributes is not a JSON object")
+            attributes = None
+    if isinstance(attributes, dict):
+        for key, value in attributes.items():
+            product.attributes[str(key)] = value if isinstance(value, str) else json.dumps(value)
+    elif attributes not in (None, ""):
+        product.attributes["attributes"] = str(attributes)
+    for key, value in fields.items():
+        if key in KNOWN or value is None or value == "":
+            continue
+        product.attributes[key] = value if isinstance(value, str) else json.dumps(value)
+    return CatalogueItem(product, path, f"{where}: {'; '.join(errors)}" if errors else "")
+
+
+def iter_manifest(manifest: Path) -> Iterator[CatalogueItem]:
+    """Products of a CSV or JSON Lines manifest, lazily, in file order; image paths relative to its folder."""
+    manifest = Path(manifest)
+    base = manifest.resolve().parent
+    suffix = manifest.suffix.lower()
+    try:
+        handle = open(manifest, newline="" if suffix == ".csv" else None, encoding="utf-8-sig")
+    except OSError as exc:
+        raise CatalogueError(f"cannot read manifest {manifest}: {exc.strerror or exc}") from None
+    with handle:
+        if suffix == ".csv":
+            reader = csv.DictReader(handle)
+            header = {h.strip().lower() for h in reader.fieldnames or []}
+            if not {"id", "image"} <= header:
+                raise CatalogueError(f"manifest {manifest} needs 'id' and 'image' columns; it has "
+                                     f"{sorted(header) or 'no header'}")
+            for row in reader:
+                extra = row.pop(None, None)
+                item = _manifest_item(row, base, f"{manifest.name} line {reader.line_num}")
+                if extra:
+                    item.error = item.error or f"{manifest.name} line {reader.line_num}: more fields than columns"
+                yield item
+        else:
+            for line, text in enumerate(handle, 1):
+                if not text.strip():
+                    continue
+                try:
+                    row = json.loads(text)
+                    if not isinstance(row, dict):
+                        raise ValueError("not an object")
+                except ValueError as exc:
+                    yield CatalogueItem(types_pb2.Product(id=f"{manifest.name}:{line}"), base,
+                                        f"{manifest.name} line {line}: not a JSON object ({exc})")
+                    continue
+                yield _manifest_item(row, base, f"{manifest.name} line {line}")
+
+
+def open_catalogue(path: Path) -> tuple[Iterator[CatalogueItem], int]:
+    """(items, how many) of a catalogue folder or manifest; ids repeated within it fail after the first."""
+    path = Path(path)
+    if path.is_dir():
+        return _unique_ids(iter_folder(path)), sum(1 for _ in _image_files(path))
+    if not path.exists():
+        raise CatalogueError(f"catalogue not found: {path}")
+    if path.suffix.lower() not in MANIFEST_SUFFIXES:
+        raise CatalogueError(f"{path} is neither a folder nor a manifest ({', '.join(sorted(MANIFEST_SUFFIXES))})")
+    total = sum(1 for _ in iter_manifest(path))  # a first pass (no images read) for the progress bar
+    return _unique_ids(iter_manifest(path)), total
+
+
+def _unique_ids(items: Iterable[CatalogueItem]) -> Iterator[CatalogueItem]:
+    seen: set[str] = set()
+    for item in items:
+        pid = item.product.id
+        if pid and pid in seen and not item.error:
+            item.error = f"id {pid!r} appears more than once in the catalogue; only the first is indexed"
+        seen.add(pid)
+        yield item
+
+
+# ---- streaming to the gateway ------------------------------------------------------------------------
+
+def read_image_file(path: Path, max_bytes: int) -> bytes:
+    """The bytes of a regular file of at most max_bytes; OSError/ValueError with a reason otherwise (a FIFO,
+    a device or a folder is refused without blocking on it)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError(f"{path} is not a regular file")
+        if info.st_size > max_bytes:
+            raise ValueError(f"{path} is {info.st_size} bytes, above the {max_bytes}-byte limit")
+        if info.st_size == 0:
+            raise ValueError(f"{path} is empty")
+        chunks, left = [], info.st_size + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        data = b"".join(chunks)
+        if len(data) > max_bytes:
+            raise ValueError(f"{path} grew above the {max_bytes}-byte limit while being read")
+        return data
+    finally:
+        os.close(fd)
+
+
+def _read(item: CatalogueItem, max_bytes: int) -> tuple[bytes, str]:
+    if item.error:
+        return b"", item.error
+    try:
+        return read_image_file(item.image_path, max_bytes), ""
+    except OSError as exc:
+        return b"", f"cannot read {item.image_path}: {exc.strerror or exc}"
+    except ValueError as exc:
+        return b"", str(exc)
+
+
+def _requests(items: Iterable[CatalogueItem], local_errors: dict[int, str], skip_duplicates: bool = False,
+              max_bytes: int = DEFAULT_MAX_IMAGE_BYTES, workers: int = 4,
+              read_ahead: int = 64) -> Iterator[lookalike_pb2.UpsertProductsRequest]:
+    """Reads image files in parallel with a bounded read-ahead window; yields requests in catalogue order.
+
+    An item that cannot be sent (unreadable, too big, a bad catalogue entry) is sent without its image, so
+    the gateway fails it in order; `local_errors[sequence number]` says why."""
+    with ThreadPoolExecutor(workers, thread_name_prefix="read") as pool:
+        remaining = iter(items)
+        window: deque = deque((item, pool.submit(_read, item, max_bytes))
+                              for item in itertools.islice(remaining, read_ahead))
+        sequence = 0
+        while window:
+            item, future = window.popleft()
+            following = next(remaining, None)
+            if following is not None:
+                window.append((following, pool.submit(_read, following, max_bytes)))
+            image, error = future.result()
+            if error:
+                local_errors[sequence] = error
+            sequence += 1
+            yield lookalike_pb2.UpsertProductsRequest(product=item.product, image=image,
+                                                      skip_duplicates=skip_duplicates)
 
 
 @dataclass
 class IngestReport:
     total: int = 0
-    indexed: int = 0
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
     failed: int = 0
+    skipped: int = 0  # duplicates not stored (skip_duplicates)
+    duplicates: int = 0  # duplicates reported (stored, or skipped)
     seconds: float = 0.0
-    failures: list[dict] = field(default_factory=list)
+    interrupted: bool = False
+    failures: list[dict] = field(default_factory=list)  # the first KEPT_FAILURES
+    duplicate_list: list[dict] = field(default_factory=list)  # the first KEPT_FAILURES
+
+    @property
+    def done(self) -> int:
+        return self.created + self.updated + self.unchanged + self.failed + self.skipped
+
+    @property
+    def indexed(self) -> int:
+        """Products stored and acknowledged: created, updated or already there unchanged."""
+        return self.created + self.updated + self.unchanged
 
     @property
     def rate(self) -> float:
-        return self.indexed / self.seconds if self.seconds else 0.0
+        """Products acknowledged per second."""
+        return self.done / self.seconds if self.seconds else 0.0
+
+    def summary(self) -> str:
+        line = (f"{'interrupted: ' if self.interrupted else ''}{self.done} of {self.total} products in "
+                f"{self.seconds:.1f}s ({self.rate:.1f}/s): {self.created} new, {self.updated} updated, "
+                f"{self.unchanged} unchanged, {self.failed} failed")
+        if self.duplicates:
+            line += f"; {self.duplicates} duplicates ({self.skipped} skipped)"
+        return line
 
 
-def _requests(items: list[CatalogueItem], read_errors: dict, workers: int = 4,
-              read_ahead: int = 64) -> Iterator[lookalike_pb2.UpsertProductsRequest]:
-    """Reads image files in parallel with a bounded read-ahead window; yields requests in catalogue order."""
-    with ThreadPoolExecutor(workers) as pool:
-        remaining = iter(items)
-        window: deque = deque((item, pool.submit(item.image_path.read_bytes))
-                              for item in itertools.islice(remaining, read_ahead))
-        while window:
-            item, future = window.popleft()
-            following = next(remaining, None)
-            if following is not None:
-                window.append((following, pool.submit(following.image_path.read_bytes)))
-            try:
-                image = future.result()
-            except OSError as exc:
-                read_errors[item.product.id] = f"cannot read {item.image_path}: {exc.strerror or exc}"
-                image = b""
-            yield lookalike_pb2.UpsertProductsRequest(product=item.product, image=image)
+class _Sink:
+    """Where failures and duplicates go as they arrive: the report (the first few) and the report files."""
+
+    def __init__(self, report: IngestReport, failures_file: Path | None, duplicates_file: Path | None):
+        self.report = report
+        self.paths = {"failures": failures_file, "duplicates": duplicates_file}
+        self.handles: dict = {}
+        for path in self.paths.values():
+            if path is not None:
+                Path(path).unlink(missing_ok=True)  # a file from an earlier run would mislead
+
+    def write(self, kind: str, record: dict) -> None:
+        kept = self.report.failures if kind == "failures" else self.report.duplicate_list
+        if len(kept) < KEPT_FAILURES:
+            kept.append(record)
+        path = self.paths[kind]
+        if path is None:
+            return
+        if kind not in self.handles:
+            self.handles[kind] = open(path, "w")
+        self.handles[kind].write(json.dumps(record) + "\n")
+        self.handles[kind].flush()
+
+    def close(self) -> None:
+        for handle in self.handles.values():
+            handle.close()
 
 
-def index_items(address: str, items: list[CatalogueItem], api_key: str | None = None, progress: bool = True,
-                timeout_s: float | None = None) -> IngestReport:
-    """Streams `items` to the gateway's UpsertProducts; returns counts and per-item failures."""
+def index_items(address: str, items: Iterable[CatalogueItem], api_key: str | None = None, progress: bool = True,
+                timeout_s: float | None = None, total: int | None = None, skip_duplicates: bool = False,
+                failures_file: Path | None = None, duplicates_file: Path | None = None,
+                max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> IngestReport:
+    """Streams `items` to the gateway's UpsertProducts; returns counts and per-item failures.
+
+    Ctrl-C (KeyboardInterrupt) cancels the stream and returns what was acknowledged so far with
+    `interrupted` set; everything acknowledged is stored. Transport failures raise grpc.RpcError."""
     from tqdm import tqdm
 
-    report = IngestReport(total=len(items))
-    read_errors: dict[str, str] = {}
+    if total is None:
+        items = list(items)
+        total = len(items)
+    report = IngestReport(total=total)
+    sink = _Sink(report, failures_file, duplicates_file)
+    local_errors: dict[int, str] = {}
     metadata = [("x-api-key", api_key)] if api_key else None
     started = time.perf_counter()
-    bar = tqdm(total=len(items), unit="img", disable=not progress, dynamic_ncols=True, desc="indexing")
-    with grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)]) as channel:
-        stub = lookalike_pb2_grpc.LookalikeStub(channel)
-        responses = stub.UpsertProducts(_requests(items, read_errors), metadata=metadata, timeout=timeout_s)
-        for response in responses:
-            if response.ok:
-                report.indexed += 1
-            else:
-                report.failed += 1
-                reason = read_errors.get(response.product_id, response.error)
-                report.failures.append({"id": response.product_id, "error": reason})
-            bar.update(1)
-            bar.set_postfix(indexed=report.indexed, failed=report.failed, refresh=False)
-    bar.close()
-    report.seconds = time.perf_counter() - started
+    bar = tqdm(total=total, unit="item", disable=not progress, dynamic_ncols=True, desc="indexing", smoothing=0.1)
+    shown = 0.0
+    responses = None
+    try:
+        with grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)]) as channel:
+            stub = lookalike_pb2_grpc.LookalikeStub(channel)
+            responses = stub.UpsertProducts(_requests(items, local_errors, skip_duplicates, max_image_bytes),
+                                            metadata=metadata, timeout=timeout_s)
+            for sequence, response in enumerate(responses):
+                _count(report, sink, response, local_errors.pop(sequence, None))
+                bar.update(1)
+                now = time.monotonic()
+                if now - shown > 0.5:
+                    shown = now
+                    bar.set_postfix(new=report.created, updated=report.updated, unchanged=report.unchanged,
+                                    failed=report.failed, refresh=False)
+    except KeyboardInterrupt:
+        report.interrupted = True
+        if responses is not None:
+            responses.cancel()
+    finally:
+        bar.set_postfix(new=report.created, updated=report.updated, unchanged=report.unchanged,
+                        failed=report.failed, refresh=False)
+        bar.close()
+        sink.close()
+        report.seconds = time.perf_counter() - started
     return report
 
 
+def _count(report: IngestReport, sink: _Sink, response, local_error: str | None) -> None:
+    outcome = response.outcome
+    if not response.ok or outcome == Outcome.FAILED:
+        report.failed += 1
+        sink.write("failures", {"id": response.product_id, "error": local_error or response.error})
+        return
+    if outcome == Outcome.UNCHANGED:
+        report.unchanged += 1
+    elif outcome == Outcome.UPDATED:
+        report.updated += 1
+    elif outcome == Outcome.SKIPPED_DUPLICATE:
+        report.skipped += 1
+    else:  # CREATED, or a gateway older than outcomes (ok=true)
+        report.created += 1
+    if response.duplicate_of:
+        report.duplicates += 1
+        sink.write("duplicates", {"id": response.product_id, "duplicate_of": response.duplicate_of,
+                                  "exact": response.exact_duplicate,
+                                  "similarity": round(float(response.duplicate_similarity), 4),
+                                  "skipped": outcome == Outcome.SKIPPED_DUPLICATE})
+
+
 def write_failures(report: IngestReport, path: Path) -> None:
-    """One JSON line per failed item: {"id": ..., "error": ...}."""
+    """One JSON line per failed item kept in the report: {"id": ..., "error": ...}."""
     with open(path, "w") as out:
         for failure in report.failures:
             out.write(json.dumps(failure) + "\n")
