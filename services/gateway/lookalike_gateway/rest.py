@@ -216,6 +216,9 @@ def create_app(gateway: Gateway, auth: ApiKeyCheck, readiness, draining: threadi
             raise ApiError(grpc.StatusCode.NOT_FOUND, f"product {product_id!r} not found")
         return {"id": product_id, "deleted": True}
 
+    if getattr(gateway, "classifier", None) is not None:  # /v1/classify, /v1/classifiers (classifier.py)
+        app.include_router(gateway.classifier.router())
+
     @app.get("/", include_in_schema=False)
     def index():
         page = STATIC_DIR / "index.html"

@@ -21,6 +21,8 @@ from lookalike.v1 import lookalike_pb2, lookalike_pb2_grpc
 
 from .auth import ApiKeyCheck, RateLimiter
 from .cache import EmbeddingCache
+from .classifier import ClassifierService
+from .classifier import add_to_host as add_classification
 from .core import Dependencies, Gateway
 from .grpc_api import LookalikeServicer
 from .image_store import ImageStore
@@ -120,6 +122,8 @@ def main() -> None:
     draining = threading.Event()
     host.add(lookalike_pb2_grpc.add_LookalikeServicer_to_server, LookalikeServicer(gateway, auth, draining),
              lookalike_pb2.DESCRIPTOR.services_by_name["Lookalike"].full_name)
+    gateway.classifier = ClassifierService(gateway, settings.data_dir / "classifiers")
+    add_classification(host, gateway.classifier, auth, draining)  # lookalike.v1.Classification
     grpc_port = host.start()
     monitor = ReadinessMonitor(gateway, host, stopping=draining)
     monitor.start()

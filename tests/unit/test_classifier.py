@@ -1,0 +1,455 @@
+"""Classifiers on stored embeddings: the head, training, persistence, errors, the service over a real
+search servicer (qdrant-local, in-process) and the REST routes -- synthetic embeddings, no model."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from types import SimpleNamespace
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+
+from lookalike.v1 import classifier_pb2, search_pb2, types_pb2
+from lookalike.vectors import pack
+from lookalike_gateway.auth import ApiKeyCheck
+from lookalike_gateway.classifier import (ClassificationServicer, ClassifierRepository, ClassifierService,
+                                          LinearHead, TrainingError, fit_head, report_proto, softmax)
+from lookalike_gateway.core import ApiError, Deadline
+from lookalike_gateway.settings import GatewaySettings
+from lookalike_search.server import SearchServicer
+from lookalike_search.store_qdrant import QdrantClientStore
+
+DIM = 32
+LABELS = ["bags", "hats", "shirts", "shoes", "skirts"]
+
+
+def unit(rows):
+    return rows / np.linalg.norm(rows, axis=-1, keepdims=True)
+
+
+def clusters(n_per_label=30, labels=LABELS, spread=0.15, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = unit(rng.standard_normal((len(labels), DIM)))
+    x = np.concatenate([unit(c + spread * rng.standard_normal((n_per_label, DIM))) for c in centers])
+    y = [label for label in labels for _ in range(n_per_label)]
+    return x.astype(np.float32), y, centers
+
+
+# ---- head and training ------------------------------------------------------------------------------
+
+def test_softmax_is_stable_and_normalised():
+    p = softmax(np.array([1000.0, 1001.0, 999.0]))
+    assert np.all(np.isfinite(p)) and p.sum() == pytest.approx(1.0) and p.argmax() == 1
+    rows = softmax(np.array([[0.0, 0.0], [0.0, np.log(3.0)]]))
+    np.testing.assert_allclose(rows, [[0.5, 0.5], [0.25, 0.75]])
+
+
+def test_fit_head_matches_sklearn_and_reports():
+    from sklearn.linear_model import LogisticRegression
+
+    x, y, _ = clusters()
+    head, report = fit_head(x, y, holdout_fraction=0.2, c_values=(0.1, 1.0))
+    assert list(head.labels) == LABELS == report["labels"]
+    assert report["train_size"] + report["test_size"] == len(y) and report["test_size"] == 30
+    assert report["accuracy"] >= 0.9 and report["cv_accuracy"] >= 0.9 and report["c"] in (0.1, 1.0)
+    assert [m["label"] for m in report["per_class"]] == LABELS
+    assert sum(m["support"] for m in report["per_class"]) == 30
+    assert all(0 <= m["precision"] <= 1 and 0 <= m["recall"] <= 1 for m in report["per_class"])
+    assert np.array(report["confusion"]).sum() == 30 and np.trace(report["confusion"]) / 30 == report["accuracy"]
+    # the folded standardisation gives sklearn's probabilities on the standardised features
+    rng = np.random.default_rng(1)
+    queries = unit(rng.standard_normal((7, DIM)))
+    mean, scale = x.mean(0), np.maximum(x.std(0), 1e-6)
+    reference = LogisticRegression(C=1.0, max_iter=1000).fit((x - mean) / scale, y)
+    full, _ = fit_head(x, y, holdout_fraction=0.0, c_values=(1.0,))
+    np.testing.assert_allclose(full.probabilities(queries), reference.predict_proba((queries - mean) / scale),
+                               atol=1e-6)
+    top = full.top(queries[0], 3)
+    assert len(top) == 3 and top[0][1] >= top[1][1] >= top[2][1]
+
+
+def test_holdout_zero_reports_out_of_fold_figures():
+    x, y, _ = clusters(n_per_label=12)
+    _, report = fit_head(x, y, holdout_fraction=0.0)
+    assert report["test_size"] == 0 and report["train_size"] == len(y)
+    assert report["accuracy"] == pytest.approx(report["cv_accuracy"])
+    assert sum(m["support"] for m in report["per_class"]) == len(y)
+
+
+def test_binary_head_is_the_sigmoid():
+    from sklearn.linear_model import LogisticRegression
+
+    x, y, _ = clusters(labels=["a", "b"], spread=0.4)
+    head, _ = fit_head(x, y, holdout_fraction=0.0, c_values=(0.5,))
+    assert head.coef.shape == (2, DIM)
+    mean, scale = x.mean(0), np.maximum(x.std(0), 1e-6)
+    reference = LogisticRegression(C=0.5, max_iter=1000).fit((x - mean) / scale, y)
+    np.testing.assert_allclose(head.probabilities(x[:5]), reference.predict_proba((x[:5] - mean) / scale), atol=1e-6)
+
+
+@pytest.mark.parametrize("y, message", [(["a"] * 10, "at least 2 labels"), (["a"] * 9 + ["b"], "at least 2 examples")])
+def test_fit_head_refuses_degenerate_labels(y, message):
+    with pytest.raises(TrainingError, match=message):
+        fit_head(np.random.default_rng(0).standard_normal((10, 4)), y)
+
+
+def test_head_is_fast():
+    head = LinearHead(tuple(f"l{i}" for i in range(10)), np.random.default_rng(0).standard_normal((10, 1280)),
+                      np.zeros(10))
+    vector = unit(np.random.default_rng(1).standard_normal(1280)).astype(np.float32)
+    head.top(vector, 5)
+    started = time.perf_counter()
+    for _ in range(200):
+        head.top(vector, 5)
+    assert (time.perf_counter() - started) / 200 < 0.005  # the budget; it takes ~20 us
+
+
+# ---- persistence ------------------------------------------------------------------------------------
+
+def test_repository_versions_pointer_and_no_pickle(tmp_path):
+    repo = ClassifierRepository(tmp_path / "classifiers")
+    assert repo.versions() == [] and repo.current_version() is None
+    x, y, _ = clusters(n_per_label=10)
+    head, report = fit_head(x, y, holdout_fraction=0.0, c_values=(1.0,))
+    first = repo.save(head, {**report, "label_field": "category"})
+    time.sleep(0.002)
+    second = repo.save(head, {**report, "label_field": "category"})
+    assert repo.versions() == sorted([first, second]) and repo.current_version() == second
+    loaded, meta = repo.load(second)
+    assert loaded.labels == head.labels and meta["version"] == second and meta["label_field"] == "category"
+    np.testing.assert_array_equal(loaded.coef, head.coef)
+    np.testing.assert_array_equal(loaded.intercept, head.intercept)
+    with np.load(tmp_path / "classifiers" / second / "head.npz", allow_pickle=False) as data:
+        assert set(data.files) == {"coef", "intercept", "labels"} and data["labels"].dtype.kind == "U"
+    json.loads((tmp_path / "classifiers" / second / "meta.json").read_text())
+    repo.activate(first)
+    assert repo.current_version() == first
+    (tmp_path / "classifiers" / "current").write_text("../../etc\n")  # a bad pointer: the newest version
+    assert repo.current_version() == second
+    assert not [p for p in (tmp_path / "classifiers").iterdir() if p.name.startswith(".")]  # no temp leftovers
+
+
+# ---- the service over a real search servicer ----------------------------------------------------------
+
+class FakeContext:
+    def abort(self, code, details):
+        raise ApiError(code, details)
+
+    def time_remaining(self):
+        return None
+
+
+class FakeGateway:
+    """What ClassifierService uses of Gateway: settings, cache.model_id, query_embedding, check_image,
+    _call_search (into a real SearchServicer)."""
+
+    def __init__(self, store, data_dir):
+        self.settings = GatewaySettings(data_dir=data_dir)
+        self.target = SimpleNamespace(collection="", model_id="test-model")
+        self.catalogue = SimpleNamespace(active=lambda: self.target)
+        self.search = SearchServicer(store, DIM)
+        self.known: dict[bytes, np.ndarray] = {}
+        self.cached: set[bytes] = set()
+        self.embed_calls = 0
+        self.classifier = None
+
+    def _call_search(self, method, request, deadline):
+        return getattr(self.search, method)(request, FakeContext())
+
+    def check_image(self, image):
+        if image not in self.known:
+            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "invalid image")
+
+    def query_embedding(self, image, deadline, target=None):
+        assert target is self.target
+        if image in self.cached:
+            return self.known[image], True
+        self.check_image(image)
+        self.embed_calls += 1
+        self.cached.add(image)
+        return self.known[image], False
+
+
+def open_store(path):
+    opened = QdrantClientStore("products", DIM, path=path)
+    opened.ensure_collection()
+    return opened
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory):
+    """A store with 5 labelled clusters of 30, colours on two of them, a few unlabelled points, one whose
+    category was itself predicted, one rare label. Loaded once: tests must not write to it."""
+    store = open_store(tmp_path_factory.mktemp("qdrant"))
+    x, y, centers = clusters()
+    points = []
+    for i, (vector, label) in enumerate(zip(x, y)):
+        attributes = {"colour": "red" if i % 2 else "blue"} if label in ("bags", "hats") else {}
+        points.append((f"p{i}", vector, {"title": f"t{i}", "category": label, "attributes": attributes}))
+    points.append(("nolabel", x[0], {"title": "x", "category": ""}))
+    points.append(("guessed", x[1], {"title": "g", "category": "bags",
+                                     "attributes": {"category_predicted": "true"}}))
+    points.append(("rare", x[2], {"title": "r", "category": "rare-thing"}))
+    store.upsert(points)
+    yield store, (x, y, centers)
+    store.close()
+
+
+@pytest.fixture
+def catalogue(loaded):
+    return loaded[1]
+
+
+def make_service(store, folder):
+    gateway = FakeGateway(store, folder)
+    svc = ClassifierService(gateway, folder / "classifiers", train_threads=1)
+    gateway.classifier = svc
+    return svc
+
+
+@pytest.fixture
+def service(loaded, tmp_path):
+    svc = make_service(loaded[0], tmp_path / "gateway")
+    yield svc
+    svc.close()
+
+
+def code_of(call):
+    with pytest.raises(ApiError) as err:
+        call()
+    return err.value.code, err.value.message
+
+
+def test_classify_before_training_is_not_found_and_embeds_nothing(service):
+    service.gateway.known[b"img"] = np.ones(DIM, dtype=np.float32)
+    code, message = code_of(lambda: service.classify(b"img", None, Deadline(5)))
+    assert code == grpc.StatusCode.NOT_FOUND and "train" in message
+    assert service.gateway.embed_calls == 0
+    assert code_of(service.current_report)[0] == grpc.StatusCode.NOT_FOUND
+
+
+def test_train_then_classify(service, catalogue):
+    x, y, centers = catalogue
+    report = service.train()  # label field "category", defaults
+    assert report["labels"] == LABELS and report["skipped_labels"] == {"rare-thing": 1}
+    assert report["unlabeled"] == 2  # no category, and a predicted one
+    assert report["train_size"] + report["test_size"] == len(y) and report["accuracy"] >= 0.9
+    assert report["model_id"] == "test-model" and report["label_field"] == "category" and report["c"] > 0
+    assert service.current_report()["version"] == report["version"]
+    proto = report_proto(report)
+    assert list(proto.labels) == LABELS and len(proto.confusion) == len(LABELS) ** 2
+
+    service.gateway.known[b"shoe"] = unit(centers[3]).astype(np.float32)
+    predictions, cache_hit, version = service.classify(b"shoe", None, Deadline(5))
+    assert predictions[0][0] == "shoes" and predictions[0][1] > 0.5 and version == report["version"]
+    assert len(predictions) == 5 and sum(p for _, p in predictions) == pytest.approx(1.0)
+    assert [p for _, p in predictions] == sorted((p for _, p in predictions), reverse=True)
+    assert cache_hit is False and service.gateway.embed_calls == 1
+    again, cache_hit, _ = service.classify(b"shoe", 2, Deadline(5))
+    assert cache_hit is True and service.gateway.embed_calls == 1 and again == predictions[:2]
+    assert code_of(lambda: service.classify(b"shoe", 0, Deadline(5)))[0] == grpc.StatusCode.INVALID_ARGUMENT
+    assert code_of(lambda: service.classify(b"", None, Deadline(5)))[0] == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_train_on_an_attribute(service, catalogue):
+    report = service.train("attributes.colour", holdout_fraction=0.0, c_values=[1.0])
+    assert report["labels"] == ["blue", "red"] and report["label_field"] == "attributes.colour"
+    assert report["train_size"] == 60 and report["test_size"] == 0
+
+
+@pytest.mark.parametrize("field, words", [
+    ("nope", ["unknown label field", "nope"]),
+    ("attributes.", ["unknown label field"]),
+    ("attributes.size", ["no stored product has attribute 'size'"]),
+])
+def test_bad_label_fields_are_failed_precondition(service, catalogue, field, words):
+    code, message = code_of(lambda: service.train(field))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
+    assert all(w in message for w in words), message
+
+
+def test_fewer_than_two_labels_is_failed_precondition(tmp_path):
+    store = open_store(tmp_path / "qdrant")
+    service = make_service(store, tmp_path / "gateway")
+    x, _, _ = clusters(n_per_label=10, labels=["only"])
+    store.upsert([(f"o{i}", v, {"category": "only"}) for i, v in enumerate(x)] +
+                 [("other", x[0], {"category": "other"})])
+    code, message = code_of(service.train)
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "1 label(s) with at least 5 examples (only; 2 labels in all)" in message
+    assert code_of(lambda: service.train(holdout_fraction=0.7))[0] == grpc.StatusCode.INVALID_ARGUMENT
+    assert code_of(lambda: service.train(c_values=[-1.0]))[0] == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_one_training_at_a_time(service, catalogue, monkeypatch):
+    release = threading.Event()
+    started = threading.Event()
+    real = service._train
+
+    def slow(*args):
+        started.set()
+        release.wait(10)
+        return real(*args)
+
+    monkeypatch.setattr(service, "_train", slow)
+    results = []
+    first = threading.Thread(target=lambda: results.append(service.train()))
+    first.start()
+    assert started.wait(5)
+    assert code_of(service.train)[0] == grpc.StatusCode.ABORTED
+    release.set()
+    first.join(30)
+    assert results and results[0]["labels"] == LABELS
+    assert service.train(c_values=[1.0])["version"] != results[0]["version"]  # free again
+    assert len(service.repo.versions()) == 2
+
+
+def test_deadline_while_training_goes_on(service, catalogue, monkeypatch):
+    real = service._train
+    monkeypatch.setattr(service, "_train", lambda *a: (time.sleep(0.5), real(*a))[1])
+    code, message = code_of(lambda: service.train(wait_s=0.05))
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED and "goes on" in message
+    for _ in range(400):  # the training finishes on its own
+        if service._training.acquire(blocking=False):
+            service._training.release()
+            break
+        time.sleep(0.05)
+    assert service.current_report()["labels"] == LABELS
+
+
+def test_new_service_loads_the_current_version_and_follows_the_pointer(service, catalogue, tmp_path):
+    report = service.train(c_values=[1.0])
+    other = ClassifierService(service.gateway, service.repo.root)
+    try:
+        assert other.current_report()["version"] == report["version"]
+        newer = service.train(c_values=[0.1])
+        other._next_check = 0  # skip the once-a-second throttle
+        assert other.current_report()["version"] == newer["version"]
+    finally:
+        other.close()
+
+
+def test_annotate_predicts_missing_categories(service, catalogue):
+    _, _, centers = catalogue
+    product = types_pb2.Product(id="new", title="new")
+    service.annotate(product, unit(centers[0]))
+    assert product.category == "" and not product.attributes  # no classifier yet
+    service.train(c_values=[1.0])
+    service.annotate(product, unit(centers[0]).astype(np.float32))
+    assert product.category == "bags" and product.attributes["category_predicted"] == "true"
+    assert 0.2 < float(product.attributes["category_probability"]) <= 1.0
+    given = types_pb2.Product(id="given", category="hats")
+    service.annotate(given, unit(centers[0]))
+    assert given.category == "hats" and not given.attributes
+
+
+def test_model_mismatch_is_failed_precondition(service, catalogue):
+    service.train(c_values=[1.0])
+    service.gateway.target = SimpleNamespace(collection="", model_id="another-model")
+    service.gateway.known[b"img"] = np.ones(DIM, dtype=np.float32)
+    code, message = code_of(lambda: service.classify(b"img", None, Deadline(5)))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "another-model" in message
+    product = types_pb2.Product(id="new")
+    service.annotate(product, np.ones(DIM, dtype=np.float32))
+    assert product.category == ""  # no prediction from a head of another model
+
+
+def test_scroll_through_the_servicer_pages(service, catalogue):
+    request = search_pb2.ScrollPointsRequest(limit=40, with_vectors=True)
+    seen, pages = [], 0
+    while True:
+        page = service.gateway._call_search("ScrollPoints", request, Deadline(5))
+        seen += [p.product.id for p in page.points]
+        pages += 1
+        assert all(len(p.vector) == DIM * 4 for p in page.points)
+        if not page.next_offset:
+            break
+        request.offset = page.next_offset
+    assert pages == 4 and len(seen) == len(set(seen)) == 153
+
+
+# ---- gRPC servicer and REST ---------------------------------------------------------------------------
+
+def test_grpc_service_over_a_real_server(service, catalogue):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from lookalike.grpc_server import ServiceHost
+    from lookalike.v1 import classifier_pb2_grpc
+    from lookalike_gateway.classifier import add_to_host
+
+    host = ServiceHost("127.0.0.1:0", max_workers=4, grace=1)
+    draining = threading.Event()
+    add_to_host(host, service, ApiKeyCheck(frozenset()), draining)
+    port = host.start()
+    host.set_serving(True)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = classifier_pb2_grpc.ClassificationStub(channel)
+            health = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service="lookalike.v1.Classification"), timeout=5)
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Classify(classifier_pb2.ClassifyRequest(image=b"x"), timeout=5)
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+            with pytest.raises(grpc.RpcError) as err:
+                stub.TrainClassifier(classifier_pb2.TrainClassifierRequest(label_field="nope"), timeout=5)
+            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "nope" in err.value.details()
+            report = stub.TrainClassifier(classifier_pb2.TrainClassifierRequest(c_values=[1.0]), timeout=60)
+            assert list(report.labels) == LABELS and report.train_size == 120 and report.test_size == 30
+            assert report.c == 1.0 and report.accuracy >= 0.9 and len(report.per_class) == 5
+            service.gateway.known[b"hat"] = unit(catalogue[2][1]).astype(np.float32)
+            response = stub.Classify(classifier_pb2.ClassifyRequest(image=b"hat", top_k=1), timeout=5)
+            assert [p.label for p in response.predictions] == ["hats"]
+            assert response.classifier_version == report.version and not response.cache_hit
+            current = stub.GetClassifier(classifier_pb2.GetClassifierRequest(), timeout=5)
+            assert current.classifier.version == report.version
+            draining.set()
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Classify(classifier_pb2.ClassifyRequest(image=b"hat"), timeout=5)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        host.stop()
+
+
+@pytest.fixture
+def http(service):
+    from fastapi.testclient import TestClient
+
+    from lookalike_gateway.core import Dependencies
+    from lookalike_gateway.rest import create_app
+
+    app = create_app(service.gateway, ApiKeyCheck(frozenset()), lambda: Dependencies(True, True, True))
+    with TestClient(app) as client:
+        yield client
+
+
+def test_rest_routes(service, catalogue, http):
+    service.gateway.known[pack(catalogue[2][3])] = unit(catalogue[2][3]).astype(np.float32)
+    photo = pack(catalogue[2][3])
+    response = http.post("/v1/classify", files={"image": ("s.jpg", photo, "image/jpeg")})
+    assert response.status_code == 404 and response.json()["error"]["code"] == "NOT_FOUND"
+    assert http.get("/v1/classifiers/current").status_code == 404
+    bad = http.post("/v1/classifiers", json={"label_field": "nope"})
+    assert bad.status_code == 400 and "nope" in bad.json()["error"]["message"]
+    assert http.post("/v1/classifiers", json={"holdout": 0.1}).status_code == 400  # unknown key
+
+    report = http.post("/v1/classifiers")  # no body at all: the defaults
+    assert report.status_code == 200, report.text
+    body = report.json()
+    assert body["labels"] == LABELS and body["label_field"] == "category" and body["accuracy"] >= 0.9
+    assert http.post("/v1/classifiers", json={}).status_code == 200
+    current = http.get("/v1/classifiers/current").json()
+    assert current["version"] != body["version"] and current["labels"] == LABELS
+    assert http.get("/v1/classifiers").json()["current"] == current["version"]
+
+    response = http.post("/v1/classify", files={"image": ("s.jpg", photo, "image/jpeg")}, data={"top_k": "2"})
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert [p["label"] for p in result["predictions"]][0] == "shoes" and len(result["predictions"]) == 2
+    assert result["classifier_version"] == current["version"] and result["cache_hit"] is False
+    assert http.post("/v1/classify", files={"image": ("s.jpg", photo, "image/jpeg")}).json()["cache_hit"] is True
+    assert http.post("/v1/classify", data={"top_k": "2"}).status_code == 400
+    assert "/v1/classify" in http.get("/openapi.json").json()["paths"]
