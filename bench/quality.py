@@ -49,14 +49,16 @@ def retrieval_metrics(ranked_labels: list[list[str]], query_labels: list[str],
 
 
 def embed_paths(paths: list[Path], cut: str = "final", batch_size: int = 32) -> np.ndarray:
-    from PIL import Image
-
+    """Features of image files, decoded exactly as the service decodes uploads (lookalike.images.decode_image:
+    EXIF orientation applied, alpha on white). Plain `Image.open(p).convert("RGB")` ignores EXIF orientation,
+    so rotated phone photos got other vectors than through the API."""
+    from lookalike.images import decode_image
     from lookalike_embedder.model import FeatureExtractor
 
     extractor = FeatureExtractor(cut=cut)
     out = []
     for start in range(0, len(paths), batch_size):
-        images = [Image.open(p).convert("RGB") for p in paths[start:start + batch_size]]
+        images = [decode_image(p.read_bytes()) for p in paths[start:start + batch_size]]
         out.append(extractor.embed_images(images))
         print(f"\r  embedded {min(start + batch_size, len(paths))}/{len(paths)}", end="", file=sys.stderr)
     print(file=sys.stderr)
@@ -67,7 +69,7 @@ def brute_force(dataset: Path, cut: str = "final", cache_dir: Path | None = None
     """Exact cosine search over in-process features."""
     cat_paths, cat_labels = list_split(dataset, "train")
     query_paths, query_labels = list_split(dataset, "test")
-    cache = (cache_dir / f"features-{cut}.npz") if cache_dir else None
+    cache = (cache_dir / f"features-decode_image-{cut}.npz") if cache_dir else None
     if cache and cache.exists():
         data = np.load(cache)
         catalogue, queries = data["catalogue"], data["queries"]
