@@ -125,10 +125,11 @@ def cmd_reindex(args) -> int:
     failures = []
     try:
         for progress in stub.Reindex(request, metadata=metadata):
+            step = getattr(progress, "pass")
+            new_pass = last is None or getattr(last, "pass") != step
             last = progress
             failures.extend(progress.failures)
-            step = getattr(progress, "pass")
-            if bar is None or bar.desc != f"pass {step}":
+            if new_pass:
                 if bar is not None:
                     bar.close()
                 else:
