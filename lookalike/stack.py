@@ -64,7 +64,8 @@ class ManagedProcess:
     def check_alive(self) -> None:
         if not self.alive():
             code = self.proc.returncode if self.proc else None
-            raise RuntimeError(f"{self.name} exited (code {code}); last log lines:\n{_tail(self.log_path)}")
+            raise RuntimeError(f"{self.name} exited (code {code}); last log lines:\n{_tail(self.log_path, 5)}\n"
+                               f"(full log: {self.log_path})")
 
     def signal(self, signum: int) -> None:
         if self.alive():

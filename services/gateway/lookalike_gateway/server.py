@@ -124,11 +124,20 @@ def main() -> None:
              lookalike_pb2.DESCRIPTOR.services_by_name["Lookalike"].full_name)
     gateway.classifier = ClassifierService(gateway, settings.data_dir / "classifiers")
     add_classification(host, gateway.classifier, auth, draining)  # lookalike.v1.Classification
-    grpc_port = host.start()
+    try:
+        grpc_port = host.start()
+    except (OSError, RuntimeError) as exc:
+        raise SystemExit(f"gateway: cannot listen for gRPC on {settings.host}:{settings.grpc_port} ({exc}); "
+                         "set LOOKALIKE_GATEWAY_GRPC_PORT to a free port")
+    try:
+        http_socket = _bind(settings.host, settings.http_port)
+    except OSError as exc:
+        host.stop()
+        raise SystemExit(f"gateway: cannot listen for HTTP on {settings.host}:{settings.http_port} "
+                         f"({exc.strerror}); set LOOKALIKE_GATEWAY_HTTP_PORT to a free port")
     monitor = ReadinessMonitor(gateway, host, stopping=draining)
     monitor.start()
 
-    http_socket = _bind(settings.host, settings.http_port)
     http_port = http_socket.getsockname()[1]
     app = create_app(gateway, auth, monitor.snapshot, draining=draining)
     server = _HttpServer(uvicorn.Config(app, log_level=settings.log_level.lower(), access_log=False,
