@@ -143,7 +143,6 @@ function card(result, rank) {
   } else {
     thumb.classList.add("thumb-missing");
   }
-  thumb.append(el("span", { class: "score-badge", "aria-hidden": "true", text: `${pct}%` }));
 
   const bar = el("span", { class: "score-fill" });
   bar.style.setProperty("--score", `${pct}%`);
@@ -473,4 +472,3 @@ if (initial) {
   history.replaceState({ similar: initial }, "", location.href);
   openProduct(initial);
 }
-document.documentElement.classList.add("js-ready");
