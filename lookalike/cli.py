@@ -243,6 +243,60 @@ def cmd_search(args) -> int:
     return 0
 
 
+def cmd_train_classifier(args) -> int:
+    import grpc
+
+    from lookalike.v1 import classifier_pb2, classifier_pb2_grpc
+
+    request = classifier_pb2.TrainClassifierRequest(label_field=args.label_field)
+    if args.holdout is not None:
+        request.holdout_fraction = args.holdout
+    key = _api_key(args)
+    with grpc.insecure_channel(args.gateway) as channel:
+        stub = classifier_pb2_grpc.ClassificationStub(channel)
+        try:
+            report = stub.TrainClassifier(request, timeout=args.timeout,
+                                          metadata=[("x-api-key", key)] if key else None)
+        except grpc.RpcError as exc:
+            print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+    print(f"classifier {report.version} on {report.label_field} ({report.model_id}): {len(report.labels)} labels, "
+          f"{report.train_size} train / {report.test_size} held out, accuracy {report.accuracy:.3f} "
+          f"(3-fold CV {report.cv_accuracy:.3f}, C={report.c:g}), {report.seconds:.1f}s")
+    width = max((len(m.label) for m in report.per_class), default=5)
+    print(f"  {'label':<{width}}  precision  recall  held-out  trained")
+    for m in report.per_class:
+        print(f"  {m.label:<{width}}  {m.precision:9.2f}  {m.recall:6.2f}  {m.support:8d}  {m.train_examples:7d}")
+    if report.skipped_labels:
+        print("  left out (too few examples): " + ", ".join(f"{k} ({v})" for k, v in sorted(report.skipped_labels.items())))
+    return 0
+
+
+def cmd_classify(args) -> int:
+    import grpc
+
+    from lookalike.v1 import classifier_pb2, classifier_pb2_grpc
+
+    try:
+        image = Path(args.image).read_bytes()
+    except OSError as exc:
+        print(f"error: cannot read {args.image}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    key = _api_key(args)
+    with grpc.insecure_channel(args.gateway) as channel:
+        stub = classifier_pb2_grpc.ClassificationStub(channel)
+        try:
+            response = stub.Classify(classifier_pb2.ClassifyRequest(image=image, top_k=args.top_k),
+                                     timeout=args.timeout, metadata=[("x-api-key", key)] if key else None)
+        except grpc.RpcError as exc:
+            print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+    print(f"classifier {response.classifier_version}{' (cached query embedding)' if response.cache_hit else ''}")
+    for prediction in response.predictions:
+        print(f"  {prediction.probability:6.1%}  {prediction.label}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lookalike", description="Visual product search.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -304,6 +358,23 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds")
     search.add_argument("--api-key", help="API key (or env LOOKALIKE_API_KEY)")
     search.set_defaults(func=cmd_search)
+
+    train = sub.add_parser("train-classifier", help="train a classifier on the stored embeddings (labels from a "
+                           "payload field) and make it the active one")
+    train.add_argument("--label-field", default="category", help="category (default) or attributes.<name>")
+    train.add_argument("--holdout", type=float, help="held-out fraction for the accuracy report (default 0.2)")
+    train.add_argument("--gateway", default=DEFAULT_GATEWAY, help=f"gateway gRPC address (default {DEFAULT_GATEWAY})")
+    train.add_argument("--timeout", type=float, default=600.0, help="deadline in seconds")
+    train.add_argument("--api-key", help="API key (or env LOOKALIKE_API_KEY)")
+    train.set_defaults(func=cmd_train_classifier)
+
+    classify = sub.add_parser("classify", help="the active classifier's labels for a photo")
+    classify.add_argument("image")
+    classify.add_argument("--gateway", default=DEFAULT_GATEWAY, help=f"gateway gRPC address (default {DEFAULT_GATEWAY})")
+    classify.add_argument("--top-k", type=int, default=5)
+    classify.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds")
+    classify.add_argument("--api-key", help="API key (or env LOOKALIKE_API_KEY)")
+    classify.set_defaults(func=cmd_classify)
     return parser
 
 
