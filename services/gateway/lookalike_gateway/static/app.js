@@ -6,8 +6,10 @@ const MAX_TOP_K = 200;
 const SKELETONS = 8;
 
 const $ = (id) => document.getElementById(id);
+// Phones and tablets cannot drag files or press Ctrl+V: the drop zone speaks of taking or choosing a photo.
+const TOUCH = window.matchMedia("(hover: none) and (pointer: coarse)").matches;
 const ui = {
-  dropzone: $("dropzone"), dropTitle: $("dropzone-title"), fileInput: $("file-input"),
+  dropzone: $("dropzone"), dropTitle: $("dropzone-title"), dropHint: $("dropzone-hint"), fileInput: $("file-input"),
   overlay: $("drop-overlay"),
   queryFigure: $("query-figure"), queryImage: $("query-image"), queryKicker: $("query-kicker"),
   queryCaption: $("query-caption"),
@@ -91,7 +93,7 @@ function renderQuery() {
   const q = state.query;
   ui.queryFigure.hidden = !q;
   ui.dropzone.classList.toggle("compact", Boolean(q));
-  ui.dropTitle.textContent = q ? "Use another photo" : "Drop a photo here";
+  ui.dropTitle.textContent = q ? "Use another photo" : TOUCH ? "Take or choose a photo" : "Drop a photo here";
   renderPrediction();
   if (!q) {
     ui.queryImage.removeAttribute("src");
@@ -380,6 +382,10 @@ function readPrice(input) {
 
 // ------------------------------------------------------------------------------------------- wiring
 
+if (TOUCH) {
+  ui.dropTitle.textContent = "Take or choose a photo";
+  ui.dropHint.textContent = "We'll show the products in the catalogue that look like it.";
+}
 ui.dropzone.addEventListener("click", () => ui.fileInput.click());
 ui.fileInput.addEventListener("change", () => {
   const file = ui.fileInput.files && ui.fileInput.files[0];
