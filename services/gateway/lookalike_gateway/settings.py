@@ -31,6 +31,8 @@ class GatewaySettings(BaseSettings):
 
     data_dir: Path = Path("var/gateway")
     request_timeout_s: float = Field(10.0, gt=0, le=600)  # default deadline when the caller sets none
+    # Ingest: the deadline of each micro-batch of a stream (embedding 32 images on a busy CPU takes seconds).
+    ingest_batch_timeout_s: float = Field(120.0, gt=0, le=3600)
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(40_000_000, ge=1)
     default_top_k: int = Field(10, ge=1, le=1000)
