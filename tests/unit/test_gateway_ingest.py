@@ -202,3 +202,39 @@ def test_writes_wait_for_the_switch_and_land_in_the_new_collection(gateway):
     assert [r.outcome for r in results] == [CREATED]
     assert "p2" in gateway.search.collections["products__lookalike-lite0__r2"]
     assert "p2" not in gateway.search.collections["products__lookalike-lite0"]
+
+
+def test_a_cancelled_stream_stores_nothing_more(gateway):
+    stored = gateway.search.collections["products__lookalike-lite0"]
+    gone = threading.Event()
+
+    def items():
+        for i in range(12):
+            if i == 4:
+                gone.wait(5)  # the first batch (4 items) is committed before the client goes away
+            yield product(f"c{i}"), png(100 + i)
+
+    results = []
+    for result in gateway.ingestor.run(items(), lambda: Deadline(10), cancelled=gone.is_set):
+        results.append(result)
+        if len(results) == 4:
+            gone.set()  # the client is killed after its first acknowledgements
+    assert [r.outcome for r in results[:4]] == [CREATED] * 4
+    assert all(r.outcome == FAILED and "cancelled" in r.error.message for r in results[4:])
+    assert sorted(stored) == [f"c{i}" for i in range(4)]
+
+
+def test_acks_flow_while_the_client_waits_for_them(gateway):
+    acked = threading.Event()
+
+    def items():  # a client that sends the next product only after the previous one's acknowledgement
+        for i in range(3):
+            yield product(f"w{i}"), png(200 + i)
+            assert acked.wait(5), "the acknowledgement never came"
+            acked.clear()
+
+    results = []
+    for result in gateway.ingestor.run(items(), lambda: Deadline(10)):
+        results.append(result)
+        acked.set()
+    assert [r.outcome for r in results] == [CREATED] * 3

@@ -192,9 +192,10 @@ class Catalogue:
 
     # ---- reindex ------------------------------------------------------------------------------------
 
-    def reindex(self, request: lookalike_pb2.ReindexRequest, deadline_for_batch) -> Iterator[
+    def reindex(self, request: lookalike_pb2.ReindexRequest, deadline_for_batch, cancelled=None) -> Iterator[
             lookalike_pb2.ReindexProgress]:
-        """Builds (or brings up to date) a collection from the active one; see the module docstring."""
+        """Builds (or brings up to date) a collection from the active one; see the module docstring.
+        `cancelled()` true: the caller went away; the work stops (calling again resumes)."""
         from .core import ApiError, Deadline
 
         if not self._reindexing.acquire(blocking=False):
@@ -204,6 +205,7 @@ class Catalogue:
             target = self._reindex_target(request, source, Deadline(30.0))
             log.info("reindex %s -> %s (model %s)", source.collection, target.collection, target.model_id)
             run = _Run(source.collection, target.collection, target.model_id)
+            run.cancelled = cancelled
             for number in range(1, MAX_CATCH_UP_PASSES + 2):
                 run.pass_ = number
                 changes = yield from self._pass(run, source, target, deadline_for_batch)
@@ -289,7 +291,7 @@ class Catalogue:
         last = time.monotonic()
         items = self._source_items(source, missing)
         results = self.gateway.ingestor.run(items, deadline_for_batch, target=lambda: target,
-                                            detect_duplicates=False, gated=False)
+                                            detect_duplicates=False, gated=False, cancelled=run.cancelled)
         for result in results:
             run.done += 1
             if result.outcome in (CREATED, UPDATED):
@@ -363,6 +365,7 @@ class _Run:
         self.finished = self.activated = False
         self.previous = ""
         self.failures: list = []
+        self.cancelled = None
 
     def progress(self) -> lookalike_pb2.ReindexProgress:
         message = lookalike_pb2.ReindexProgress(

@@ -275,13 +275,14 @@ class Gateway:
         for result in self.ingestor.run(items, deadline_for_batch):
             yield result.product_id, result.error
 
-    def ingest(self, items: Iterable[IngestItem | tuple], deadline_for_batch: Callable[[], Deadline]
-               ) -> Iterator[IngestResult]:
+    def ingest(self, items: Iterable[IngestItem | tuple], deadline_for_batch: Callable[[], Deadline],
+               cancelled: Callable[[], bool] | None = None) -> Iterator[IngestResult]:
         """Indexes products in micro-batches into the active collection; yields one IngestResult per item,
         in order: CREATED/UPDATED once the search service stored it durably, UNCHANGED when the stored
         image hash and metadata are the same (nothing embedded or written), SKIPPED_DUPLICATE, or FAILED
-        with the reason. A bad item fails alone. See lookalike_gateway.ingest."""
-        return self.ingestor.run(items, deadline_for_batch)
+        with the reason. A bad item fails alone. `cancelled()` true: the caller went away, batches not yet
+        stored are dropped. See lookalike_gateway.ingest."""
+        return self.ingestor.run(items, deadline_for_batch, cancelled=cancelled)
 
     def dependencies(self, timeout: float = 1.0) -> Dependencies:
         """Probes the embedder, the search service and Redis."""

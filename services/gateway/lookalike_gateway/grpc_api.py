@@ -100,7 +100,8 @@ class LookalikeServicer(lookalike_pb2_grpc.LookalikeServicer):
         batch_timeout = self.gateway.settings.request_timeout_s
         items = (IngestItem(request.product, request.image, request.skip_duplicates) for request in request_iterator)
         try:
-            for result in self.gateway.ingest(items, lambda: Deadline(batch_timeout)):
+            for result in self.gateway.ingest(items, lambda: Deadline(batch_timeout),
+                                              cancelled=lambda: not context.is_active()):
                 yield result.to_proto()  # outcome, error, duplicate_of
         finally:
             metrics.REQUESTS.labels(api="grpc", method="UpsertProducts", status=status.name).inc()
@@ -123,7 +124,8 @@ class LookalikeServicer(lookalike_pb2_grpc.LookalikeServicer):
         try:
             self.auth.check_grpc(context)
             batch_timeout = self.gateway.settings.request_timeout_s
-            yield from self.gateway.catalogue.reindex(request, lambda: Deadline(batch_timeout))
+            yield from self.gateway.catalogue.reindex(request, lambda: Deadline(batch_timeout),
+                                                      cancelled=lambda: not context.is_active())
         except ApiError as exc:
             status = exc.code
             log.info("Reindex failed: %s %s", exc.code.name, exc.message)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
@@ -47,7 +48,8 @@ log = logging.getLogger(__name__)
 Outcome = lookalike_pb2.UpsertProductsResponse.Outcome
 CREATED, UPDATED, UNCHANGED, FAILED, SKIPPED = (Outcome.Value(n) for n in (
     "CREATED", "UPDATED", "UNCHANGED", "FAILED", "SKIPPED_DUPLICATE"))
-BATCHES_IN_FLIGHT = 3  # prepared concurrently (embedding overlaps the previous batch's commit)
+BATCHES_IN_FLIGHT = 3
+EMBED_BUDGET_PER_IMAGE_S = 1.0  # an embedding burst's deadline: at least this per image (a hung embedder)  # prepared concurrently (embedding overlaps the previous batch's commit)
 SEEN_DIGESTS_MAX = 200_000  # per stream: exact duplicates among earlier items of the same stream
 PREDICTED, PROBABILITY = "_predicted", "_probability"  # attribute suffixes of predicted fields
 DUPLICATE_CANDIDATES = 3  # nearest stored neighbours looked at (the product itself may be one)
@@ -119,7 +121,15 @@ class _Slot:
 class _Batch:
     slots: list[_Slot]
     target: Target | None = None
+    embedded: threading.Event = field(default_factory=threading.Event)
     committed: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class _Turns:
+    """What a batch waits for: the previous batch's embedding, and its commit."""
+    embed_after: threading.Event
+    commit_after: threading.Event
 
 
 class Ingestor:
@@ -133,47 +143,59 @@ class Ingestor:
 
     def run(self, items: Iterable[IngestItem | tuple], deadline_for_batch: Callable[[], Deadline],
             target: Callable[[], Target] | None = None, detect_duplicates: bool | None = None,
-            batch_size: int | None = None, gated: bool = True) -> Iterator[IngestResult]:
+            batch_size: int | None = None, gated: bool = True,
+            cancelled: Callable[[], bool] | None = None) -> Iterator[IngestResult]:
         """Yields one IngestResult per item, in order. `target()` names the collection and model to write
         (default: the active collection, re-read for each batch). `gated`: commits hold the catalogue's
-        write gate (an alias switch waits for them); a reindex, which holds the gate itself, passes False."""
-        from .core import _micro_batches
-
+        write gate (an alias switch waits for them); a reindex, which holds the gate itself, passes False.
+        `cancelled()` true: the caller went away (Ctrl-C, kill -9): batches not yet committed are dropped
+        (nobody would receive their acknowledgements; the same items are UNCHANGED or new next time)."""
         target = target or self.gateway.catalogue.active
         detect = self.settings.detect_duplicates if detect_duplicates is None else detect_duplicates
-        stream = _Stream(detect)
+        stream = _Stream(detect, cancelled)
         size = batch_size or self.settings.upsert_batch_size
-        previous = threading.Event()
-        previous.set()
+        committed, embedded = threading.Event(), threading.Event()
+        committed.set()
+        embedded.set()
         with ThreadPoolExecutor(BATCHES_IN_FLIGHT, thread_name_prefix="ingest") as pool:
             in_flight: deque = deque()
             rid = request_id.current.get()
-            for raw in _micro_batches((_item(i) for i in items), size, max_wait_s=0.02):
-                batch = _Batch([_Slot(item) for item in raw])
-                wait_for, previous = previous, batch.committed
-                in_flight.append(pool.submit(self._process, batch, wait_for, deadline_for_batch(), target,
-                                             stream, rid, gated))
-                while len(in_flight) >= BATCHES_IN_FLIGHT or (in_flight and in_flight[0].done()):
+            for raw in _batches((_item(i) for i in items), size, max_wait_s=0.02):
+                if raw is not None:
+                    batch = _Batch([_Slot(item) for item in raw])
+                    turns = _Turns(embed_after=embedded, commit_after=committed)
+                    embedded, committed = batch.embedded, batch.committed
+                    in_flight.append(pool.submit(self._process, batch, turns, deadline_for_batch, target,
+                                                 stream, rid, gated))
+                # acknowledge finished batches also while the stream is quiet (a client may wait for them)
+                while in_flight and (len(in_flight) >= BATCHES_IN_FLIGHT or in_flight[0].done()):
                     yield from in_flight.popleft().result()
             while in_flight:
                 yield from in_flight.popleft().result()
 
-    def _process(self, batch: _Batch, wait_for: threading.Event, deadline: Deadline,
+    def _process(self, batch: _Batch, turns: _Turns, new_deadline: Callable[[], Deadline],
                  target: Callable[[], Target], stream: _Stream, rid: str | None,
                  gated: bool) -> list[IngestResult]:
+        """Prepare (concurrently with the neighbouring batches), embed (after the previous batch's
+        embedding: each burst gets the whole deadline instead of queueing behind the others on it), commit
+        (after the previous batch's commit). Each step has its own deadline."""
         from .core import ApiError
 
         token = request_id.current.set(rid) if rid else None
         try:
             try:
+                stream.check()
                 batch.target = target()
-                self._prepare(batch, deadline)
+                self._prepare(batch, new_deadline, turns.embed_after, stream)
             except ApiError as exc:
                 for slot in batch.slots:
                     if slot.result is None:
                         slot.finish(FAILED, exc)
-            wait_for.wait()  # commits happen in stream order
+            finally:
+                batch.embedded.set()
+            turns.commit_after.wait()  # commits happen in stream order
             try:
+                stream.check()
                 with self.gateway.catalogue.writing() if gated else contextlib.nullcontext():
                     current = target()
                     if current.collection != batch.target.collection:  # the alias moved meanwhile
@@ -181,8 +203,8 @@ class Ingestor:
                             if slot.result is None or slot.result.outcome == UNCHANGED:
                                 slot.result, slot.vector, slot.existed, slot.fresh_vector = None, None, False, False
                         batch.target = current
-                        self._prepare(batch, deadline)
-                    self._commit(batch, deadline, stream)
+                        self._prepare(batch, new_deadline, batch.embedded, stream)
+                    self._commit(batch, new_deadline(), stream)
             except ApiError as exc:
                 for slot in batch.slots:
                     if slot.result is None:
@@ -197,10 +219,12 @@ class Ingestor:
 
     # ---- prepare ------------------------------------------------------------------------------------
 
-    def _prepare(self, batch: _Batch, deadline: Deadline) -> None:
+    def _prepare(self, batch: _Batch, new_deadline: Callable[[], Deadline], embed_after: threading.Event,
+                 stream: _Stream) -> None:
         from .core import ApiError, validate_product_id
 
         gateway, target = self.gateway, batch.target
+        deadline = new_deadline()
         pending: list[_Slot] = []
         for slot in batch.slots:
             if slot.result is not None:
@@ -248,7 +272,13 @@ class Ingestor:
                 continue
             to_embed.append(slot)
         if to_embed:
-            self._embed(to_embed, target, deadline)
+            embed_after.wait()
+            stream.check()
+            from .core import Deadline
+
+            # A burst waits in TorchServe's queue for its turn: a slow CPU needs more than a query's deadline.
+            budget = max(new_deadline().remaining("embedding"), EMBED_BUDGET_PER_IMAGE_S * len(to_embed))
+            self._embed(to_embed, target, Deadline(budget))
 
     def _embed(self, slots: list[_Slot], target: Target, deadline: Deadline) -> None:
         """One concurrent burst for the batch (TorchServe batches it); UNAVAILABLE items are retried
@@ -373,9 +403,16 @@ class Ingestor:
 class _Stream:
     """What one ingest stream remembers across its batches."""
 
-    def __init__(self, detect: bool):
+    def __init__(self, detect: bool, cancelled: Callable[[], bool] | None = None):
         self.detect = detect
+        self.cancelled = cancelled
         self.digests: OrderedDict[str, str] = OrderedDict()  # image hash -> first product id with it
+
+    def check(self) -> None:
+        from .core import ApiError
+
+        if self.cancelled is not None and self.cancelled():
+            raise ApiError(grpc.StatusCode.CANCELLED, "the client cancelled the stream before this was stored")
 
     def remember(self, slot: _Slot) -> None:
         if not self.detect or not slot.digest:
@@ -384,6 +421,47 @@ class _Stream:
             self.digests[slot.digest] = slot.item.product.id
             if len(self.digests) > SEEN_DIGESTS_MAX:
                 self.digests.popitem(last=False)
+
+
+def _batches(items: Iterable, size: int, max_wait_s: float, idle_s: float = 0.05) -> Iterator[list | None]:
+    """Groups a (possibly slow, blocking) stream into batches of at most `size`, without holding an item
+    longer than `max_wait_s` once the stream pauses; yields None every `idle_s` while nothing arrives."""
+    q: queue.Queue = queue.Queue(maxsize=size * 2)  # bounded: a fast client waits (gRPC flow control)
+    done = object()
+    failure: list[BaseException] = []
+
+    def read():
+        try:
+            for item in items:
+                q.put(item)
+        except BaseException as exc:  # the client went away: end the stream, report after the items read
+            failure.append(exc)
+        finally:
+            q.put(done)
+
+    threading.Thread(target=read, daemon=True, name="ingest-reader").start()
+    finished = False
+    while not finished:
+        try:
+            first = q.get(timeout=idle_s)
+        except queue.Empty:
+            yield None
+            continue
+        if first is done:
+            break
+        batch = [first]
+        while len(batch) < size:
+            try:
+                item = q.get(timeout=max_wait_s)
+            except queue.Empty:
+                break
+            if item is done:
+                finished = True
+                break
+            batch.append(item)
+        yield batch
+    if failure and not isinstance(failure[0], grpc.RpcError):
+        raise failure[0]
 
 
 def _item(raw) -> IngestItem:
