@@ -203,6 +203,52 @@ def decode_image(
             src.close()
 
 
+def probe_image(
+    data: bytes | bytearray | memoryview,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    *,
+    max_bytes: int | None = None,
+    allowed_formats: frozenset[str] | set[str] = ALLOWED_FORMATS,
+) -> tuple[str, int, int]:
+    """(format, width, height) of untrusted bytes from the header alone, by the rules of `decode_image`
+    except that the pixel data is not decoded (so a truncated or corrupt body is not detected here).
+
+    For a service that hands the bytes on to one that decodes them with `decode_image` anyway (the
+    gateway's ingest path before the embedder): refuses non-images, other formats and decompression
+    bombs for a fraction of a millisecond. Raises `ImageRejected`.
+    """
+    if data is None or len(data) == 0:
+        raise ImageRejected("empty", "the upload is empty (0 bytes)")
+    if max_bytes is not None and len(data) > max_bytes:
+        raise ImageRejected("too_large", f"the upload has {len(data)} bytes, the limit is {max_bytes}")
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise ImageRejected("not_an_image", "the upload is not a recognised image "
+                            f"(accepted: {', '.join(sorted(allowed_formats))})")
+    if fmt not in allowed_formats:
+        raise ImageRejected("unsupported_format", f"{fmt} images are not accepted "
+                            f"(accepted: {', '.join(sorted(allowed_formats))})")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(io.BytesIO(bytes(data)), formats=[fmt]) as img:
+                width, height = img.size
+        except Image.DecompressionBombError as exc:
+            raise ImageRejected("too_many_pixels", f"the image is too large: {exc}") from None
+        except UnidentifiedImageError:
+            raise ImageRejected("not_an_image", f"the upload starts like {fmt} but its header cannot be "
+                                "read (damaged or truncated file)") from None
+        except (SyntaxError, ValueError, OSError, EOFError, struct.error) as exc:
+            raise ImageRejected("not_an_image", f"the upload starts like {fmt} but cannot be read: "
+                                f"{_short(exc)}") from None
+    if width <= 0 or height <= 0:
+        raise ImageRejected("corrupt", f"the image has an invalid size {width}x{height}")
+    if width * height > max_pixels:
+        raise ImageRejected("too_many_pixels", f"the image is {width}x{height} = {width * height} "
+                            f"pixels, the limit is {max_pixels}")
+    return fmt, width, height
+
+
 def decode_image_file(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, **kwargs) -> Image.Image:
     """`decode_image` for a file on disk (same rules)."""
     with open(path, "rb") as f:

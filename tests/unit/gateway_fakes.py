@@ -10,6 +10,8 @@ import grpc
 import numpy as np
 from PIL import Image
 
+from lookalike.images import ImageRejected, decode_image
+from lookalike.torchserve import EmbedderImageError
 from lookalike.v1 import search_pb2, types_pb2
 from lookalike.vectors import pack, unpack
 from lookalike_gateway.cache import EmbeddingCache
@@ -61,14 +63,23 @@ class FakeEmbedder:
         return unit(np.random.default_rng(seed).standard_normal(self.dim))
 
     def embed(self, image, timeout=10.0, request_id=None):
-        with self.lock:
-            self.calls += 1
-        return self.vector(image)
+        result = self.embed_many([image])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
 
     def embed_many(self, images, timeout=30.0, request_ids=None, max_in_flight=64):
+        """Like the real handler: an image that does not decode is a per-item EmbedderImageError."""
         with self.lock:
             self.calls += len(images)
-        return [self.vector(i) for i in images]
+        results = []
+        for image in images:
+            try:
+                decode_image(image)
+                results.append(self.vector(image))
+            except ImageRejected as exc:
+                results.append(EmbedderImageError(exc.reason, exc.message))
+        return results
 
     def ping(self, timeout=1.0):
         return True

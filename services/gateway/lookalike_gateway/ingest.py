@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import grpc
 import numpy as np
 
-from lookalike import request_id, vectors
+from lookalike import images, request_id, vectors
 from lookalike.torchserve import EmbedderImageError
 from lookalike.v1 import lookalike_pb2, search_pb2, types_pb2
 
@@ -266,9 +266,11 @@ class Ingestor:
                 slot.vector = cached
                 continue
             try:
-                gateway.check_image(slot.item.image)  # hostile or broken images stop here, cheaply
-            except ApiError as exc:
-                slot.finish(FAILED, exc)
+                # Non-images, other formats and decompression bombs stop here, from the header alone; the
+                # embedder decodes with the same rules and fails a corrupt or truncated body per item.
+                images.probe_image(slot.item.image, max_pixels=self.settings.max_image_pixels)
+            except images.ImageRejected as exc:
+                slot.finish(FAILED, ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid image: {exc}"))
                 continue
             to_embed.append(slot)
         if to_embed:
