@@ -145,9 +145,13 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
 
     def __init__(self, store: VectorStore | Collections, vector_size: int | None = None):
         self.collections = store if isinstance(store, Collections) else _OneStore(store)
+        self.default_dim = vector_size  # for a single store that does not say its vector size
 
     def _store(self, request) -> VectorStore:
         return self.collections.get(request.collection)[1]
+
+    def _dim(self, store: VectorStore) -> int:
+        return getattr(store, "vector_size", None) or self.default_dim
 
     @staticmethod
     def _results(hits: list[Hit]) -> list[types_pb2.SearchResult]:
@@ -164,7 +168,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         points = []
         for i, point in enumerate(request.points):
             pid = check_id(point.product.id, f"points[{i}].product.id")
-            vector = check_vector(point.vector, store.vector_size, f"points[{i}].vector")
+            vector = check_vector(point.vector, self._dim(store), f"points[{i}].vector")
             if point.product.HasField("price") and not math.isfinite(point.product.price):
                 raise InvalidArgument(f"points[{i}].product.price must be a finite number")
             points.append((pid, vector, product_payload(point.product)))
@@ -173,7 +177,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     @rpc
     def SearchByVector(self, request, context):
         store = self._store(request)
-        vector = check_vector(request.vector, store.vector_size)
+        vector = check_vector(request.vector, self._dim(store))
         top_k = check_top_k(request.top_k)
         flt = to_filter(request.filter) if request.HasField("filter") else None
         return search_pb2.SearchByVectorResponse(results=self._results(store.search(vector, top_k, flt)))
