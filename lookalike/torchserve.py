@@ -135,6 +135,13 @@ def render_properties(template: str | os.PathLike, overrides: Mapping[str, objec
     return "\n".join(lines) + "\n"
 
 
+def allowed_urls_property(model_store: str | os.PathLike) -> str:
+    """config.properties value of `allowed_urls` admitting only archives directly inside `model_store`
+    (a Java regex; backslashes doubled for the properties file)."""
+    pattern = "file://" + re.escape(str(model_store)) + "/[^/]+\\.mar"
+    return pattern.replace("\\", "\\\\")
+
+
 def read_key_file(path: str | os.PathLike) -> dict[str, str]:
     """{"inference": key, "management": key, "API": key} from TorchServe's key_file.json."""
     data = json.loads(Path(path).read_text())
@@ -284,6 +291,7 @@ class TorchServeProcess:
             "grpc_management_port": self.ports["grpc_management"],
             "model_store": str(self.model_store),
             "load_models": f"{self.model_name}.mar",
+            "allowed_urls": allowed_urls_property(self.model_store),
         }
         overrides.update(self.extra_properties)
         self.config_path.write_text(render_properties(self.config_template, overrides))
@@ -757,6 +765,7 @@ class EmbedderClient:
 __all__ = [
     "MODEL_NAME", "ERROR_PREFIX", "DEFAULT_PORTS", "RECONNECT_OPTIONS", "embedder_dir", "default_config_template",
     "build_embedder_mar", "free_port", "read_properties", "render_properties", "read_key_file",
+    "allowed_urls_property",
     "TorchServeError", "TorchServeProcess", "EmbedderImageError", "EmbedderProtocolError",
     "EmbedderDeadlineExceeded",
     "parse_prediction", "EmbedderClient",

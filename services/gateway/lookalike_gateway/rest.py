@@ -101,7 +101,7 @@ def create_app(gateway: Gateway, auth: ApiKeyCheck, readiness, draining: threadi
         elif request.url.path.startswith("/v1/") and draining is not None and draining.is_set():
             response = error_response(grpc.StatusCode.UNAVAILABLE, "the gateway is shutting down; retry elsewhere")
             response.headers["Connection"] = "close"
-        elif request.url.path.startswith("/v1/"):
+        elif request.url.path.startswith("/v1/") and request.method != "OPTIONS":  # CORS preflights carry no key
             try:
                 auth.check(request.headers.get(HTTP_HEADER) or request.query_params.get("api_key"),
                            caller=request.client.host if request.client else "")
