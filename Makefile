@@ -1,6 +1,8 @@
 # Lookalike — the README's two commands are `make run` and `make test`.
 CATALOGUE ?= $(firstword $(wildcard ../shared/datasets/clothing-small/train) var/sample-catalogue)
 PYTEST_ARGS ?=
+# make bench BENCH_ARGS=--quick (see bench/README.md)
+BENCH_ARGS ?=
 
 .PHONY: setup run test bench protos check-protos validate-deploy
 
@@ -16,7 +18,8 @@ test: setup
 	.venv/bin/python -m pytest -ra $(PYTEST_ARGS)
 
 bench: setup
-	.venv/bin/python bench/run.py
+	@.venv/bin/python -c "import matplotlib, onnxruntime, onnx" 2>/dev/null || .venv/bin/python -m pip install -q -e '.[bench]'
+	.venv/bin/python bench/run.py $(BENCH_ARGS)
 
 validate-deploy: setup
 	scripts/validate_deploy.sh
