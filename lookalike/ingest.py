@@ -56,8 +56,15 @@ class CatalogueItem:
 # ---- reading catalogues ------------------------------------------------------------------------------
 
 def _image_files(root: Path) -> Iterator[Path]:
-    """Image files below root, in a stable order (sorted walk), lazily."""
+    """Image files below root, in a stable order (sorted walk), lazily; linked folders are followed once
+    (a symlink loop does not walk forever)."""
+    seen: set[tuple[int, int]] = set()
     for folder, dirs, files in os.walk(root, followlinks=True):
+        info = os.stat(folder)
+        if (info.st_dev, info.st_ino) in seen:
+            dirs[:] = []
+            continue
+        seen.add((info.st_dev, info.st_ino))
         dirs.sort()
         for name in sorted(files):
             if os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES:

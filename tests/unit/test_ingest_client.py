@@ -34,6 +34,9 @@ def test_folder_ids_are_relative_paths(photos):
     assert [i.product.id for i in items] == ["hats/p3.png", "shoes/p1.png", "shoes/p2.png"]
     assert (items[0].product.title, items[0].product.category) == ("p3", "hats")
     assert open_catalogue(photos)[1] == 3
+    (photos / "shoes" / "loop").symlink_to(photos)  # a symlink loop: the folder is not walked twice
+    assert [i.product.id for i in iter_folder(photos)] == ["hats/p3.png", "shoes/p1.png", "shoes/p2.png"]
+    (photos / "shoes" / "loop").unlink()
     with pytest.raises(CatalogueError):
         open_catalogue(photos / "missing")
 
