@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from concurrent import futures
 
 import grpc
@@ -15,7 +19,7 @@ from lookalike.v1 import lookalike_pb2_grpc
 from lookalike_gateway.auth import ApiKeyCheck
 from lookalike_gateway.grpc_api import LookalikeServicer
 
-from .gateway_fakes import make_gateway, png
+from .gateway_fakes import FakeEmbedder, make_gateway, png
 
 
 @pytest.fixture
@@ -133,3 +137,45 @@ def test_index_rerun_resume_and_reports(photos, tmp_path, gateway_address):
     third = index_items(address, items, total=total, progress=False, skip_duplicates=True)
     assert (third.updated, third.unchanged) == (1, 3)
     assert gateway.embedder.calls == embedded + 1
+
+
+class SlowEmbedder(FakeEmbedder):
+    def embed_many(self, images, timeout=30.0, request_ids=None, max_in_flight=64):
+        time.sleep(0.1 * len(images))
+        return super().embed_many(images, timeout, request_ids, max_in_flight)
+
+
+def test_ctrl_c_stops_and_the_same_command_resumes(tmp_path):
+    """SIGINT to `lookalike index`: exit 130 after a summary; what was acknowledged stays stored, the rest is
+    not; running the same command again reports the stored ones unchanged and adds the others once."""
+    root = tmp_path / "catalogue" / "things"
+    root.mkdir(parents=True)
+    for i in range(24):
+        (root / f"{i:02d}.png").write_bytes(png(300 + i))
+    gateway = make_gateway(tmp_path / "gw", embedder=SlowEmbedder(), upsert_batch_size=4)
+    server = grpc.server(futures.ThreadPoolExecutor(8))
+    lookalike_pb2_grpc.add_LookalikeServicer_to_server(LookalikeServicer(gateway, ApiKeyCheck(frozenset())), server)
+    address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+    server.start()
+    stored = gateway.search.collections["products__lookalike-lite0"]
+    command = [sys.executable, "-m", "lookalike.cli", "index", str(tmp_path / "catalogue"), "--gateway", address,
+               "-q", "--failures", str(tmp_path / "failures.jsonl")]
+    try:
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 60
+        while not stored:
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        output = proc.communicate(timeout=60)[0]
+        assert proc.returncode == 130, output
+        assert "interrupted" in output
+        time.sleep(1.0)  # batches the gateway was committing finish; the others are dropped
+        kept = len(stored)
+        assert 0 < kept < 24
+        again = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert f"{24 - kept} new, 0 updated, {kept} unchanged, 0 failed" in again.stdout
+        assert sorted(stored) == sorted(f"things/{i:02d}.png" for i in range(24))
+    finally:
+        server.stop(0)
