@@ -196,3 +196,23 @@ def test_embed_many_window_and_overall_deadline(fake):
     failed = [r for r in results if isinstance(r, Exception)]
     assert isinstance(results[0], np.ndarray) and failed
     assert all(isinstance(r, grpc.RpcError) and r.code() == grpc.StatusCode.DEADLINE_EXCEEDED for r in failed)
+
+
+def test_ping_rereads_the_token_file_after_a_restart(fake):
+    """A restarted TorchServe has new keys: the readiness Ping must pick them up, or the gateway would
+    report the embedder down forever (only a real query used to re-read the key file)."""
+    servicer, target = fake
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        key_file = Path(tmp) / "key_file.json"
+        key_file.write_text(json.dumps({"inference": {"key": "s3cret"}}))
+        client = EmbedderClient(target, token_file=key_file)
+        assert client.ping(timeout=5) is True
+        servicer.token = "rotated"  # TorchServe restarted ...
+        assert client.ping(timeout=5) is False  # ... and has not written its new key file yet
+        key_file.write_text(json.dumps({"inference": {"key": "rotated"}}))
+        assert client.ping(timeout=5) is True
+        assert client.embed(b"abcd", timeout=5).shape == (8,)
+        client.close()
