@@ -254,6 +254,16 @@ def test_train_then_classify(service, catalogue):
     assert code_of(lambda: service.classify(b"", None, Deadline(5)))[0] == grpc.StatusCode.INVALID_ARGUMENT
 
 
+def test_training_reads_a_sample_of_a_large_catalogue(service, catalogue, monkeypatch):
+    import lookalike_gateway.classifier as module
+
+    monkeypatch.setattr(module, "SCROLL_PAGE", 50)
+    monkeypatch.setattr(module, "MAX_TRAIN_POINTS", 100)
+    report = service.train(c_values=[1.0])
+    assert report["sampled"] is True and report["train_size"] + report["test_size"] <= 150
+    assert len(report["labels"]) == 5  # point-id order is a uniform sample: every label is in it
+
+
 def test_train_on_an_attribute(service, catalogue):
     report = service.train("attributes.colour", holdout_fraction=0.0, c_values=[1.0])
     assert report["labels"] == ["blue", "red"] and report["label_field"] == "attributes.colour"

@@ -55,6 +55,9 @@ CV_FOLDS = 3
 SEED = 0
 MAX_ITER = 1000
 SCROLL_PAGE = 1000
+# Training reads at most this many labelled points. Scrolling goes in point-id order, and point ids are
+# uuid5 hashes of the product ids, so the first N are a uniform sample of the catalogue.
+MAX_TRAIN_POINTS = 100_000
 TRAIN_TIMEOUT_S = 600.0  # how long a caller waits for a training by default (it finishes regardless)
 RELOAD_CHECK_S = 1.0  # how often `current` is checked for a version trained elsewhere
 VERSION_RE = re.compile(r"^\d{8}T\d{6}\.\d{3}Z-[0-9a-f]{4}$")
@@ -157,27 +160,29 @@ def fit_head(x: np.ndarray, y, *, holdout_fraction: float = DEFAULT_HOLDOUT,
         x_train, y_train, x_test, y_test = x, y, x[:0], y[:0]
     mean = x_train.mean(axis=0)
     scale = np.maximum(x_train.std(axis=0), 1e-6)
-    z_train = (x_train - mean) / scale
+    z_train = ((x_train - mean) / scale).astype(np.float32)  # float32: half the time, the same accuracy
 
     train_counts = Counter(y_train.tolist())
     n_folds = max(2, min(folds, min(train_counts.values())))
     cv_scores = []
     oof = {}
     if min(train_counts.values()) >= 2:
-        splits = list(StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(z_train, y_train))
-        log_losses = []
-        for c in c_values:
-            predicted = np.empty_like(y_train)
-            loss = 0.0
-            for fit_idx, val_idx in splits:
-                model = LogisticRegression(C=c, max_iter=MAX_ITER).fit(z_train[fit_idx], y_train[fit_idx])
+        predicted = {c: np.empty_like(y_train) for c in c_values}
+        losses = dict.fromkeys(c_values, 0.0)
+        for fit_idx, val_idx in StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(z_train, y_train):
+            # C ascending, each fit starting from the previous solution (the same optimum, ~2x fewer iterations)
+            model = LogisticRegression(C=c_values[0], max_iter=MAX_ITER, warm_start=True)
+            truth = y_train[val_idx]
+            for c in c_values:
+                model.C = c
+                model.fit(z_train[fit_idx], y_train[fit_idx])
                 proba = model.predict_proba(z_train[val_idx])
-                predicted[val_idx] = model.classes_[np.argmax(proba, axis=1)]
-                truth_col = np.searchsorted(model.classes_, y_train[val_idx])
-                loss -= float(np.log(np.clip(proba[np.arange(len(val_idx)), truth_col], 1e-12, 1)).sum())
-            cv_scores.append(float(np.mean(predicted == y_train)))
-            log_losses.append(loss / len(y_train))
-            oof[c] = predicted
+                predicted[c][val_idx] = model.classes_[np.argmax(proba, axis=1)]
+                p_truth = proba[np.arange(len(val_idx)), np.searchsorted(model.classes_, truth)]
+                losses[c] -= float(np.log(np.clip(p_truth, 1e-12, 1)).sum())
+        cv_scores = [float(np.mean(predicted[c] == y_train)) for c in c_values]
+        log_losses = [losses[c] / len(y_train) for c in c_values]
+        oof = predicted
         # the best CV accuracy; among equals the best CV log-loss (better calibrated probabilities)
         best = max(range(len(c_values)), key=lambda i: (cv_scores[i], -log_losses[i]))
         c = c_values[best]
@@ -390,7 +395,12 @@ class ClassifierService:
             self._stamp = self.repo.stamp()
             self._next_check = time.monotonic() + RELOAD_CHECK_S
             version = self.repo.current_version()
-            if version is None or (self._active is not None and self._active.version == version):
+            if version is None:  # none trained, or the folder was removed: classify says NOT_FOUND
+                if self._active is not None:
+                    log.info("no stored classifier any more under %s", self.repo.root)
+                self._active = None
+                return None
+            if self._active is not None and self._active.version == version:
                 return self._active
             try:
                 head, meta = self.repo.load(version)
@@ -512,14 +522,16 @@ class ClassifierService:
                 ys.append(label)
             offset = page.next_offset
             if not offset:
-                return xs, ys, unlabeled
+                return xs, ys, unlabeled, False
+            if len(ys) >= MAX_TRAIN_POINTS:
+                return xs, ys, unlabeled, True
 
     def _train(self, field: str, kind: str, name: str | None, holdout: float, cs, minimum: int) -> dict:
         from threadpoolctl import threadpool_limits
 
         started = time.perf_counter()
         target = self.target()
-        xs, ys, unlabeled = self._read_embeddings(target.collection, kind, name, Deadline(TRAIN_TIMEOUT_S))
+        xs, ys, unlabeled, sampled = self._read_embeddings(target.collection, kind, name, Deadline(TRAIN_TIMEOUT_S))
         what = "a category" if kind == "category" else f"attribute {name!r}"
         if not ys:
             raise ApiError(grpc.StatusCode.FAILED_PRECONDITION,
@@ -549,7 +561,7 @@ class ClassifierService:
             "version": version, "model_id": target.model_id, "collection": target.collection,
             "label_field": field, "dim": head.dim,
             "created_at": now.isoformat(timespec="seconds").replace("+00:00", "Z"),
-            "skipped_labels": skipped, "unlabeled": unlabeled,
+            "skipped_labels": skipped, "unlabeled": unlabeled, "sampled": sampled,
             "seconds": round(time.perf_counter() - started, 3),
         })
         self.repo.save(head, report)
