@@ -97,7 +97,7 @@ class LookalikeServicer(lookalike_pb2_grpc.LookalikeServicer):
         except ApiError as exc:
             metrics.REQUESTS.labels(api="grpc", method="UpsertProducts", status=exc.code.name).inc()
             context.abort(exc.code, exc.message)
-        batch_timeout = self.gateway.settings.request_timeout_s
+        batch_timeout = self.gateway.settings.ingest_batch_timeout_s
         items = (IngestItem(request.product, request.image, request.skip_duplicates) for request in request_iterator)
         try:
             for result in self.gateway.ingest(items, lambda: Deadline(batch_timeout),
@@ -123,7 +123,7 @@ class LookalikeServicer(lookalike_pb2_grpc.LookalikeServicer):
         request_id.from_grpc(context)
         try:
             self.auth.check_grpc(context)
-            batch_timeout = self.gateway.settings.request_timeout_s
+            batch_timeout = self.gateway.settings.ingest_batch_timeout_s
             yield from self.gateway.catalogue.reindex(request, lambda: Deadline(batch_timeout),
                                                       cancelled=lambda: not context.is_active())
         except ApiError as exc:
