@@ -14,9 +14,10 @@ import urllib.parse
 
 import grpc
 import httpx
+import psutil
 import pytest
 
-from lookalike.stack import Stack, StackConfig
+from lookalike.stack import Stack, StackConfig, free_port
 from lookalike.torchserve import read_key_file
 from lookalike.v1 import lookalike_pb2, lookalike_pb2_grpc, types_pb2
 from tests.conftest import clothing_split
@@ -35,7 +36,8 @@ def rstack(tmp_path_factory):
     train = clothing_split("train")
     stack = Stack(StackConfig(data_dir=tmp_path_factory.mktemp("resilience"), http_port=0, grpc_port=0,
                               extra_gateway_env={"LOOKALIKE_GATEWAY_REQUEST_TIMEOUT_S": DEADLINE_S,
-                                                 "LOOKALIKE_GATEWAY_SHUTDOWN_DELAY_S": 1.0}))
+                                                 "LOOKALIKE_GATEWAY_SHUTDOWN_DELAY_S": 1.0},
+                              extra_search_env={"LOOKALIKE_SEARCH_METRICS_PORT": free_port()}))
     stack.start()
     try:
         with grpc.insecure_channel(stack.grpc_address) as channel:
@@ -248,6 +250,19 @@ def test_search_stalled_is_504(rstack, http, stub):
         rstack.search.signal(signal.SIGCONT)
     wait_until(lambda: healthz(rstack.http_url) == 200, 30, "healthy again after SIGCONT")
     assert rest_similar(http)[0].status_code == 200
+
+
+def test_search_service_exports_prometheus_metrics_on_loopback(rstack, http):
+    assert rest_similar(http)[0].status_code == 200
+    port = int(rstack.search.env["LOOKALIKE_SEARCH_METRICS_PORT"])
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("lookalike_search_")}
+    assert samples['lookalike_search_requests_total{code="OK",method="SearchById"}'] >= 1
+    assert 'lookalike_search_request_seconds_bucket{le="0.01",method="SearchById"}' in samples
+    listening = {c.laddr for c in psutil.Process(rstack.search.proc.pid).net_connections(kind="tcp")
+                 if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+    assert {a.ip for a in listening} == {"127.0.0.1"}
 
 
 # ---- the gateway itself --------------------------------------------------------------------------------
