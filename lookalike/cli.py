@@ -268,7 +268,8 @@ def cmd_train_classifier(args) -> int:
     for m in report.per_class:
         print(f"  {m.label:<{width}}  {m.precision:9.2f}  {m.recall:6.2f}  {m.support:8d}  {m.train_examples:7d}")
     if report.skipped_labels:
-        print("  left out (too few examples): " + ", ".join(f"{k} ({v})" for k, v in sorted(report.skipped_labels.items())))
+        skipped = sorted(report.skipped_labels.items())
+        print("  left out (too few examples): " + ", ".join(f"{k} ({v})" for k, v in skipped))
     return 0
 
 
@@ -370,7 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     classify = sub.add_parser("classify", help="the active classifier's labels for a photo")
     classify.add_argument("image")
-    classify.add_argument("--gateway", default=DEFAULT_GATEWAY, help=f"gateway gRPC address (default {DEFAULT_GATEWAY})")
+    classify.add_argument("--gateway", default=DEFAULT_GATEWAY,
+                          help=f"gateway gRPC address (default {DEFAULT_GATEWAY})")
     classify.add_argument("--top-k", type=int, default=5)
     classify.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds")
     classify.add_argument("--api-key", help="API key (or env LOOKALIKE_API_KEY)")

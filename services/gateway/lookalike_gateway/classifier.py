@@ -341,8 +341,8 @@ class ClassifierRepository:
             raise ValueError(f"bad version name {version!r}")
         folder = self.root / version
         with np.load(folder / "head.npz", allow_pickle=False) as data:
-            head = LinearHead(tuple(str(label) for label in data["labels"]),
-                              np.asarray(data["coef"], dtype=np.float64), np.asarray(data["intercept"], dtype=np.float64))
+            head = LinearHead(tuple(str(label) for label in data["labels"]), np.asarray(data["coef"], dtype=np.float64),
+                              np.asarray(data["intercept"], dtype=np.float64))
         meta = json.loads((folder / "meta.json").read_text())
         if list(head.labels) != list(meta.get("labels", head.labels)):
             raise ValueError(f"classifier {version}: head.npz and meta.json disagree on the labels")
@@ -435,7 +435,8 @@ class ClassifierService:
 
     # -- API -------------------------------------------------------------------------------------
 
-    def classify(self, image: bytes, top_k: int | None, deadline: Deadline) -> tuple[list[tuple[str, float]], bool, str]:
+    def classify(self, image: bytes, top_k: int | None,
+                 deadline: Deadline) -> tuple[list[tuple[str, float]], bool, str]:
         """(predictions best first, cache_hit, classifier version)."""
         if len(image) > self.gateway.settings.max_upload_bytes:
             self.gateway.check_image(image)  # the size error, before hashing a huge body
@@ -476,7 +477,8 @@ class ClassifierService:
             raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "c_values must be at most 20 positive finite numbers")
         minimum = DEFAULT_MIN_EXAMPLES if min_examples is None else int(min_examples)
         if minimum < 2:
-            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"min_examples_per_label must be at least 2, got {minimum}")
+            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"min_examples_per_label must be at least 2, got {minimum}")
         if not self._training.acquire(blocking=False):
             since = time.monotonic() - (self._training_since or time.monotonic())
             raise ApiError(grpc.StatusCode.ABORTED, f"a classifier is already training (for {since:.0f}s); "
