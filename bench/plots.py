@@ -40,7 +40,7 @@ def embedder_throughput(results: dict, path: Path) -> bool:
     ceiling = emb.get("ceiling_images_per_s")
     if ceiling:
         ax.axhline(ceiling, ls="--", color="red",
-                   label=f"physical limit: {emb['matmul_peak_gflops']['max']:.0f} GFLOP/s matmul peak / "
+                   label=f"physical limit: {emb['matmul_peak_gflops']['max']:.0f} GFLOP/s best matmul / "
                          f"{emb['flops_per_image_g']:.2f} GFLOP per image = {ceiling:.0f} img/s")
     ax.set_xscale("log", base=2)
     ax.set_xticks([1, 4, 8, 16, 32], ["1", "4", "8", "16", "32"])
