@@ -238,3 +238,27 @@ def test_acks_flow_while_the_client_waits_for_them(gateway):
         results.append(result)
         acked.set()
     assert [r.outcome for r in results] == [CREATED] * 3
+
+
+def test_repeated_images_in_one_stream_are_skipped_without_embedding(gateway):
+    items = [IngestItem(product(f"r{i}"), png(i % 3), skip_duplicates=True) for i in range(12)]
+    results = ingest(gateway, items, batch_size=12)
+    assert [r.outcome for r in results[:3]] == [CREATED] * 3
+    assert all(r.outcome == SKIPPED and r.exact_duplicate for r in results[3:])
+    assert [r.duplicate_of for r in results[3:6]] == ["r0", "r1", "r2"]
+    assert gateway.embedder.calls == 3  # one embedding per distinct image
+
+    # later in a stream, once the first is stored: skipped from the stream's own memory, no embedding
+    stored = threading.Event()
+
+    def stream():
+        yield IngestItem(product("x1"), png(50))
+        assert stored.wait(5)
+        yield IngestItem(product("x2"), png(50), skip_duplicates=True)
+
+    later = []
+    for result in gateway.ingestor.run(stream(), lambda: Deadline(10)):
+        later.append(result)
+        stored.set()
+    assert [r.outcome for r in later] == [CREATED, SKIPPED] and later[1].duplicate_of == "x1"
+    assert gateway.embedder.calls == 4

@@ -261,6 +261,14 @@ class Ingestor:
                 slot.vector = vectors.unpack(point.vector)  # metadata-only change: same image, same vector
                 continue
             slot.fresh_vector = True
+            first = stream.digests.get(slot.digest) if stream.detect else None
+            if slot.item.skip_duplicates and first is not None and first != slot.item.product.id:
+                # the same image as an earlier product of this stream: skipped without an embedding
+                metrics.DUPLICATES.labels(kind="exact").inc()
+                slot.finish(SKIPPED)
+                slot.result.duplicate_of, slot.result.exact_duplicate, slot.result.duplicate_similarity = \
+                    first, True, 1.0
+                continue
             cached = target.cache.get(slot.digest)
             if cached is not None:
                 slot.vector = cached
@@ -280,7 +288,18 @@ class Ingestor:
 
             # A burst waits in TorchServe's queue for its turn: a slow CPU needs more than a query's deadline.
             budget = max(new_deadline().remaining("embedding"), EMBED_BUDGET_PER_IMAGE_S * len(to_embed))
-            self._embed(to_embed, target, Deadline(budget))
+            distinct: dict[str, _Slot] = {}  # one embedding per distinct image of the batch
+            for slot in to_embed:
+                distinct.setdefault(slot.digest, slot)
+            self._embed(list(distinct.values()), target, Deadline(budget))
+            for slot in to_embed:
+                first = distinct[slot.digest]
+                if slot is first:
+                    continue
+                if first.result is not None:  # its embedding failed: so does this one's
+                    slot.finish(first.result.outcome, first.result.error)
+                else:
+                    slot.vector = first.vector
 
     def _embed(self, slots: list[_Slot], target: Target, deadline: Deadline) -> None:
         """One concurrent burst for the batch (TorchServe batches it); UNAVAILABLE items are retried
