@@ -57,6 +57,7 @@ def _assert_cluster(kwargs):
     assert kwargs["write_consistency_factor"] == 2
     assert kwargs["vectors_config"].size == 1280
     assert kwargs["quantization_config"] is not None  # int8 from the same environment
+    assert kwargs["vectors_config"].on_disk is True  # quantized copy in RAM, originals on disk
 
 
 def test_from_settings_passes_cluster_settings_to_create_collection(server_env):

@@ -156,7 +156,10 @@ class QdrantClientStore:
                             indexing_threshold=self._indexing_threshold_kb)
                 self.client.create_collection(
                     self.collection,
-                    vectors_config=models.VectorParams(size=self.vector_size, distance=models.Distance.COSINE),
+                    # With quantization the quantized copy serves searches from RAM and the originals
+                    # (only read to rescore) stay on disk; otherwise quantization would add memory.
+                    vectors_config=models.VectorParams(size=self.vector_size, distance=models.Distance.COSINE,
+                                                       on_disk=self._quantization != "none" or None),
                     hnsw_config=models.HnswConfigDiff(m=m, ef_construct=ef_construct, full_scan_threshold=full_scan),
                     quantization_config=self._quantization_config(), **kwargs)
                 log.info("created collection %r (size %d, cosine, quantization %s) on %s",
