@@ -154,6 +154,7 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=0, help="index only the first N training photos (a quick run)")
     parser.add_argument("--synthetic", type=int, default=50_000, help="rows of the synthetic manifest (0: skip)")
     parser.add_argument("--engine", default="qdrant-local", choices=["qdrant-local", "qdrant-edge"])
+    parser.add_argument("--train-only", action="store_true", help="steps 1-4 only (no 3.8k, no synthetic run)")
     parser.add_argument("--batch", type=int, default=16, help="model-only batch size (TorchServe's batchSize)")
     parser.add_argument("--model-images", type=int, default=192)
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "ingest.json")
@@ -202,14 +203,14 @@ def main() -> int:
             figures["rerun_train"] = again
             print(json.dumps(again), flush=True)
 
-            if not args.limit:
+            if not args.limit and not args.train_only:
                 print(f"ingest: lookalike index {args.dataset} (train+validation+test) ...", flush=True)
                 inferences = stack.torchserve.inference_count()
                 full = run_client([str(args.dataset), *common], tmp / "full.log")
                 full["embedder_requests"] = stack.torchserve.inference_count() - inferences
                 figures["ingest_3.8k"] = full
                 print(json.dumps(full), flush=True)
-            if args.synthetic:
+            if args.synthetic and not args.train_only:
                 photos = [item.image_path for item in iter_folder(args.dataset if not args.limit else train)]
                 manifest = tmp / "synthetic.csv"
                 write_manifest(manifest, photos, args.synthetic)
@@ -231,7 +232,7 @@ def main() -> int:
                                               "mean": round(model_cpu, 1)}
     figures["chain_cpu_ms_per_product"] = round(chain_cpu, 1)
     figures["cpu_ratio_model_only_to_chain"] = round(model_cpu / chain_cpu, 3)
-    if "ingest_3.8k" in figures and args.synthetic:
+    if "ingest_3.8k" in figures and f"ingest_synthetic_{args.synthetic}" in figures:
         small = figures["ingest_3.8k"]["client_peak_rss_mib"]
         large = figures[f"ingest_synthetic_{args.synthetic}"]["client_peak_rss_mib"]
         figures["client_peak_rss_ratio_synthetic_to_3.8k"] = round(large / small, 3)

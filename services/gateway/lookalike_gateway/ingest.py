@@ -49,6 +49,9 @@ Outcome = lookalike_pb2.UpsertProductsResponse.Outcome
 CREATED, UPDATED, UNCHANGED, FAILED, SKIPPED = (Outcome.Value(n) for n in (
     "CREATED", "UPDATED", "UNCHANGED", "FAILED", "SKIPPED_DUPLICATE"))
 BATCHES_IN_FLIGHT = 3
+# Embedding bursts queued at TorchServe at once: the next burst is there when the current one ends, so the
+# worker never waits for the gateway between batches (and always finds full batches of 16).
+BURSTS_IN_FLIGHT = 2
 EMBED_BUDGET_PER_IMAGE_S = 1.0  # an embedding burst's deadline: at least this per image (a hung embedder)  # prepared concurrently (embedding overlaps the previous batch's commit)
 SEEN_DIGESTS_MAX = 200_000  # per stream: exact duplicates among earlier items of the same stream
 PREDICTED, PROBABILITY = "_predicted", "_probability"  # attribute suffixes of predicted fields
@@ -127,7 +130,8 @@ class _Batch:
 
 @dataclass
 class _Turns:
-    """What a batch waits for: the previous batch's embedding, and its commit."""
+    """What a batch waits for: the end of the embedding burst BURSTS_IN_FLIGHT batches back, and the
+    previous batch's commit."""
     embed_after: threading.Event
     commit_after: threading.Event
 
@@ -154,17 +158,18 @@ class Ingestor:
         detect = self.settings.detect_duplicates if detect_duplicates is None else detect_duplicates
         stream = _Stream(detect, cancelled)
         size = batch_size or self.settings.upsert_batch_size
-        committed, embedded = threading.Event(), threading.Event()
+        committed = threading.Event()
         committed.set()
-        embedded.set()
+        embedded: deque = deque([committed] * BURSTS_IN_FLIGHT, maxlen=BURSTS_IN_FLIGHT)  # all set
         with ThreadPoolExecutor(BATCHES_IN_FLIGHT, thread_name_prefix="ingest") as pool:
             in_flight: deque = deque()
             rid = request_id.current.get()
             for raw in _batches((_item(i) for i in items), size, max_wait_s=0.02):
                 if raw is not None:
                     batch = _Batch([_Slot(item) for item in raw])
-                    turns = _Turns(embed_after=embedded, commit_after=committed)
-                    embedded, committed = batch.embedded, batch.committed
+                    turns = _Turns(embed_after=embedded[0], commit_after=committed)
+                    embedded.append(batch.embedded)
+                    committed = batch.committed
                     in_flight.append(pool.submit(self._process, batch, turns, deadline_for_batch, target,
                                                  stream, rid, gated))
                 # acknowledge finished batches also while the stream is quiet (a client may wait for them)
@@ -176,9 +181,10 @@ class Ingestor:
     def _process(self, batch: _Batch, turns: _Turns, new_deadline: Callable[[], Deadline],
                  target: Callable[[], Target], stream: _Stream, rid: str | None,
                  gated: bool) -> list[IngestResult]:
-        """Prepare (concurrently with the neighbouring batches), embed (after the previous batch's
-        embedding: each burst gets the whole deadline instead of queueing behind the others on it), commit
-        (after the previous batch's commit). Each step has its own deadline."""
+        """Prepare (concurrently with the neighbouring batches), embed (at most BURSTS_IN_FLIGHT bursts at
+        TorchServe at once, in order: each gets a deadline for its own images and the burst ahead, instead of
+        queueing behind every batch of the stream), commit (after the previous batch's commit). Each step has
+        its own deadline."""
         from .core import ApiError
 
         token = request_id.current.set(rid) if rid else None
@@ -287,7 +293,8 @@ class Ingestor:
             from .core import Deadline
 
             # A burst waits in TorchServe's queue for its turn: a slow CPU needs more than a query's deadline.
-            budget = max(new_deadline().remaining("embedding"), EMBED_BUDGET_PER_IMAGE_S * len(to_embed))
+            queued = len(to_embed) + (BURSTS_IN_FLIGHT - 1) * len(batch.slots)  # own + the burst ahead
+            budget = max(new_deadline().remaining("embedding"), EMBED_BUDGET_PER_IMAGE_S * queued)
             distinct: dict[str, _Slot] = {}  # one embedding per distinct image of the batch
             for slot in to_embed:
                 distinct.setdefault(slot.digest, slot)
