@@ -52,6 +52,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", type=Path, default=DEFAULT_DATASET)
     parser.add_argument("--catalogue-limit", type=int, default=0, help="index only the first N training photos")
+    parser.add_argument("--engine", default="qdrant-local", choices=["qdrant-local", "qdrant-edge"])
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "chain.json")
     args = parser.parse_args()
 
@@ -59,7 +60,7 @@ def main() -> int:
     from lookalike.stack import Stack, StackConfig
     from lookalike_embedder.bench import benchmark_model
 
-    figures: dict = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
+    figures: dict = {"engine": args.engine, "machine": {"platform": platform.platform(), "processor": platform.processor(),
                                  "cpus": __import__("os").cpu_count()}}
     print("model-only (eager PyTorch, forward pass):", flush=True)
     model = benchmark_model((1, 8, 16, 32), n_images=64)
@@ -71,8 +72,8 @@ def main() -> int:
     if args.catalogue_limit:
         items = items[:args.catalogue_limit]
     query_photos, query_labels = list_split(args.dataset, "test")
-    with tempfile.TemporaryDirectory() as tmp, Stack(StackConfig(data_dir=Path(tmp), http_port=0,
-                                                                 grpc_port=0)) as stack:
+    with tempfile.TemporaryDirectory() as tmp, Stack(StackConfig(data_dir=Path(tmp), http_port=0, grpc_port=0,
+                                                                 search_engine=args.engine)) as stack:
         print(f"ingest: {len(items)} photos through the gateway ...", flush=True)
         report = index_items(stack.grpc_address, items, progress=sys.stderr.isatty())
         figures["ingest"] = {"images": report.indexed, "failed": report.failed, "seconds": round(report.seconds, 2),
