@@ -93,7 +93,7 @@ def machine_line(info: dict) -> str:
     """One line for figure footers: CPU model, cores, load average at start."""
     load = info.get("load_average") or ["?"] * 3
     return (f"{info.get('cpu_model', '?')}, {info.get('cores', '?')} cores, "
-            f"load avg at start {load[0]}/{load[1]}/{load[2]}")
+            f"load avg (1/5/15 min) at start {load[0]}/{load[1]}/{load[2]}")
 
 
 def load_now() -> list[float]:

@@ -13,10 +13,15 @@ def _setup():
     return plt
 
 
-def _footer(fig, results: dict, extra: str = "") -> None:
+def _footer(fig, results: dict, extra: str = "", suite: str | None = None) -> None:
+    """Machine line with the load average at the start of the suite that measured the figure."""
+    machine = dict(results["machine"])
+    load = ((results["suites"].get(suite) or {}).get("load_at_start")) if suite else None
+    if load:
+        machine["load_average"] = load
     reps = results.get("repeats", 1)
     note = f"median of {reps} runs, bars = min..max" if reps > 1 else "1 run (quick mode: no spread)"
-    fig.text(0.01, 0.01, f"{machine_line(results['machine'])}; {note}{'; ' + extra if extra else ''}",
+    fig.text(0.01, 0.01, f"{machine_line(machine)}; {note}{'; ' + extra if extra else ''}",
              fontsize=7, color="#444")
 
 
@@ -36,7 +41,9 @@ def embedder_throughput(results: dict, path: Path) -> bool:
         meds = [per[str(b)]["median"] for b in sizes]
         lo = [per[str(b)]["median"] - per[str(b)]["min"] for b in sizes]
         hi = [per[str(b)]["max"] - per[str(b)]["median"] for b in sizes]
-        ax.errorbar(sizes, meds, yerr=[lo, hi], marker="o", capsize=3, label=name)
+        cos = (emb.get("cosine_to_eager") or {}).get(name, {}).get("min")
+        label = name + (f" (min cosine {cos:.2f}: rejected)" if cos is not None and cos < 0.999 else "")
+        ax.errorbar(sizes, meds, yerr=[lo, hi], marker="o", capsize=3, label=label)
     ceiling = emb.get("ceiling_images_per_s")
     if ceiling:
         ax.axhline(ceiling, ls="--", color="red",
@@ -48,9 +55,10 @@ def embedder_throughput(results: dict, path: Path) -> bool:
     ax.set_ylabel("images / s (model only, 224x224)")
     ax.set_ylim(bottom=0)
     ax.set_title("Embedder throughput vs batch size (EfficientNet-Lite0, final cut, CPU)")
-    ax.legend(fontsize=8)
+    ax.set_ylim(top=(ceiling or ax.get_ylim()[1]) * 1.6)
+    ax.legend(fontsize=7, loc="upper left", ncol=1)
     ax.grid(alpha=0.3)
-    _footer(fig, results)
+    _footer(fig, results, suite="embedder")
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -86,7 +94,7 @@ def embedder_serving(results: dict, path: Path) -> bool:
     ax.set_title("Embedder through TorchServe: throughput vs concurrency (server batching)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    _footer(fig, results)
+    _footer(fig, results, suite="embedder")
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -128,7 +136,8 @@ def gateway_latency(results: dict, path: Path) -> bool:
     ax2.set_ylabel("queries / s")
     ax2.set_title("Gateway throughput (miss: new photo, hit: cached embedding)")
     ingest = results["suites"]["gateway"].get("ingest", {})
-    _footer(fig, results, f"catalogue {ingest.get('images', '?')} photos, engine {ingest.get('engine', '?')}")
+    _footer(fig, results, f"catalogue {ingest.get('images', '?')} photos, engine {ingest.get('engine', '?')}",
+            suite="gateway")
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -151,8 +160,9 @@ def search_tradeoff(results: dict, path: Path) -> bool:
             xerr = [[sweep[e]["p50_ms"]["median"] - sweep[e]["p50_ms"]["min"] for e in efs],
                     [sweep[e]["p50_ms"]["max"] - sweep[e]["p50_ms"]["median"] for e in efs]]
             ax.errorbar(xs, ys, xerr=xerr, marker="o", capsize=3, label=cfg.get("label"))
-            for e, x, y in zip(efs, xs, ys):
-                ax.annotate(f"ef={e}", (x, y), textcoords="offset points", xytext=(3, -9), fontsize=6)
+            if cfg["n"] >= max(c["n"] for c in configs):  # label the largest size only (readability)
+                for e, x, y in zip(efs, xs, ys):
+                    ax.annotate(f"ef={e}", (x, y), textcoords="offset points", xytext=(3, -9), fontsize=6)
         ax.axhline(0.95, color="green", ls="--", lw=0.8)
         ax.axvline(10, color="green", ls="--", lw=0.8)
         ax.set_xscale("log")
@@ -163,7 +173,7 @@ def search_tradeoff(results: dict, path: Path) -> bool:
     axes[0].set_ylabel("recall@10 vs exact")
     fig.suptitle("qdrant-edge HNSW: recall vs latency over the query-time ef (green: target recall >= 0.95, "
                  "p50 <= 10 ms)", fontsize=10)
-    _footer(fig, results, "clustered 1280-d unit vectors (lookalike_search.bench)")
+    _footer(fig, results, "clustered 1280-d unit vectors (lookalike_search.bench)", suite="store")
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -192,7 +202,7 @@ def quality_bars(results: dict, path: Path) -> bool:
     ax.set_title("Retrieval quality" + (f" (served P@1 on its query set: {served['served']['p@1']:.3f})"
                                         if served else ""))
     ax.legend(fontsize=8)
-    _footer(fig, results, "deterministic: no repeats needed")
+    _footer(fig, results, "deterministic: no repeats needed", suite="quality")
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
