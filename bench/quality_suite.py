@@ -353,8 +353,8 @@ def run(dataset: Path, quick: bool) -> dict:
     stages = [
         ("views", view_options),
         ("cut", [c for c in CUTS if c != "final"]),
-        ("whiten", [(d, p) for d in (128, 256, 512) for p in (0.5, 0.25)]),
-        ("qe", [1, 2, 3, 5]),
+        ("whiten", [(d, p) for d in ((256,) if quick else (128, 256, 512)) for p in (0.5, 0.25)]),
+        ("qe", [1, 3] if quick else [1, 2, 3, 5]),
     ]
     for stage, options in stages:
         stage_best, stage_choice = best, None
