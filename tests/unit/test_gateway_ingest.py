@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 import threading
+import time
 import zlib
 
 import numpy as np
@@ -262,3 +263,19 @@ def test_repeated_images_in_one_stream_are_skipped_without_embedding(gateway):
         stored.set()
     assert [r.outcome for r in later] == [CREATED, SKIPPED] and later[1].duplicate_of == "x1"
     assert gateway.embedder.calls == 4
+
+
+def test_a_switch_made_elsewhere_is_picked_up_in_the_background(gateway, monkeypatch):
+    import lookalike_gateway.catalogue as catalogue_module
+
+    monkeypatch.setattr(catalogue_module, "ALIAS_REFRESH_S", 0.05)
+    assert gateway.catalogue.active().collection == "products__lookalike-lite0"
+    gateway.search.CreateCollection(type("R", (), {"name": "products__other.2", "vector_size": 8})())
+    gateway.search.active = "products__other.2"  # another gateway switched the alias
+    deadline = time.monotonic() + 5
+    while gateway.catalogue.active().collection != "products__other.2":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    active = gateway.catalogue.active()
+    assert active.model_id == "other.2" and active.embedder.model_name == "other"  # queries use its model
+    assert active.embedder.model_version == "2"

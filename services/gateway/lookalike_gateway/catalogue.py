@@ -19,12 +19,14 @@ import io
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import grpc
 
 from lookalike import collections as naming
+from lookalike import request_id
 from lookalike.torchserve import EmbedderClient
 from lookalike.v1 import lookalike_pb2, search_pb2
 
@@ -99,7 +101,8 @@ class Catalogue:
         self._models: dict[str, tuple[EmbedderClient, EmbeddingCache]] = {}
         self._active: Target | None = None
         self._read_at = float("-inf")
-        self._refreshing = threading.Lock()
+        self._refreshing = threading.RLock()
+        self._refresher: threading.Thread | None = None
         self._reindexing = threading.Lock()
 
     # ---- models and targets -------------------------------------------------------------------------
@@ -129,27 +132,52 @@ class Catalogue:
     # ---- the active collection ----------------------------------------------------------------------
 
     def active(self) -> Target:
-        """The active collection (re-read every ALIAS_REFRESH_S; the last known one if that fails)."""
+        """The active collection as last read. A background thread re-reads the alias every
+        ALIAS_REFRESH_S, so requests never wait for it (only the first, once, for at most a second)."""
         active = self._active
-        if active is not None and time.monotonic() - self._read_at < ALIAS_REFRESH_S:
-            return active
-        if self._refreshing.acquire(blocking=active is None):
-            try:
-                return self.refresh()
-            except Exception as exc:  # noqa: BLE001 - keep serving with what we know
-                if active is None:
-                    log.warning("cannot read the active collection yet (%s); using the alias", exc)
-                    return Target("", self.default_model, *self._model(self.default_model))
-                self._read_at = time.monotonic() - ALIAS_REFRESH_S / 2  # try again soon
-            finally:
-                self._refreshing.release()
-        return self._active or active
+        if active is None:
+            with self._refreshing:
+                if self._active is None:
+                    try:
+                        self.refresh(timeout=1.0)
+                    except Exception as exc:  # noqa: BLE001 - the search service is not there yet
+                        log.warning("cannot read the active collection yet (%s); using the alias", exc)
+                        self._start_refresher()
+                        return Target("", self.default_model, *self._model(self.default_model))
+            active = self._active
+        self._start_refresher()
+        return active
 
-    def refresh(self) -> Target:
-        from .core import Deadline
+    def _start_refresher(self) -> None:
+        if self._refresher is not None:
+            return
+        with self._refreshing:
+            if self._refresher is not None:
+                return
+            me = weakref.ref(self)
 
-        response = self.gateway._call_search("ListCollections", search_pb2.ListStoredCollectionsRequest(),
-                                             Deadline(2.0))
+            def loop():
+                while True:
+                    time.sleep(ALIAS_REFRESH_S)
+                    catalogue = me()
+                    if catalogue is None:
+                        return
+                    try:
+                        catalogue.refresh(timeout=1.0)
+                    except Exception as exc:  # noqa: BLE001 - keep the last known one; retry next time
+                        log.debug("alias refresh failed: %s", exc)
+                    del catalogue
+
+            self._refresher = threading.Thread(target=loop, daemon=True, name="alias-refresh")
+            self._refresher.start()
+
+    def refresh(self, timeout: float = 2.0) -> Target:
+        """Reads the alias now (one call, no retries); ApiError when the search service does not answer."""
+        try:
+            response = self.gateway.search.ListCollections(search_pb2.ListStoredCollectionsRequest(),
+                                                           timeout=timeout, metadata=request_id.metadata())
+        except grpc.RpcError as exc:
+            raise self.gateway._dependency_error("search service", exc) from None
         self.alias, self.previous = response.alias, response.previous
         target = self.target(response.active)
         if self._active is None or self._active.collection != target.collection:
