@@ -301,9 +301,12 @@ class Catalogue:
         try:
             return target.embedder.embed(buffer.getvalue(), timeout=deadline.remaining("probing the model"))
         except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND:
+            details = exc.details() or ""
+            # TorchServe 0.12 answers INTERNAL "Model version: X does not exist" (ModelVersionNotFoundException)
+            if exc.code() == grpc.StatusCode.NOT_FOUND or "does not exist" in details or "NotFound" in details:
+                first_line = details.splitlines()[0] if details else exc.code().name
                 raise ApiError(grpc.StatusCode.FAILED_PRECONDITION,
-                               f"the embedder does not serve model {target.model_id}: {exc.details()}") from None
+                               f"the embedder does not serve model {target.model_id}: {first_line}") from None
             raise self.gateway._dependency_error("embedder (TorchServe)", exc) from None
 
     def _pass(self, run: _Run, source: Target, target: Target, deadline_for_batch):
