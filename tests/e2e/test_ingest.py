@@ -107,17 +107,28 @@ def small_batch_gateway(stack, tmp_path, batch_size: int = 4):
         gateway.stop()
 
 
-def test_kill9_mid_run_resumes_and_every_product_is_indexed_once(stack, stub, tmp_path):
+@pytest.fixture
+def leave_no_products(stub):
+    """Ids the test indexed into the shared stack; deleted afterwards (other tests assume a price-free
+    catalogue)."""
+    ids: list[str] = []
+    yield ids
+    if ids:
+        stub.DeleteProducts(lookalike_pb2.DeleteProductsRequest(product_ids=ids), timeout=60)
+
+
+def test_kill9_mid_run_resumes_and_every_product_is_indexed_once(stack, stub, tmp_path, leave_no_products):
     with small_batch_gateway(stack, tmp_path / "gw") as address:
-        kill9_mid_run_then_resume(stack, address, stub, tmp_path)
+        kill9_mid_run_then_resume(stack, address, stub, tmp_path, leave_no_products)
 
 
-def kill9_mid_run_then_resume(stack, address, stub, tmp_path):
+def kill9_mid_run_then_resume(stack, address, stub, tmp_path, created: list[str]):
     photos = validation_photos(4)  # 40 photos, ten categories
     assert len(photos) == 40
     prefix = f"kill9-{uuid.uuid4().hex[:8]}"
     manifest = write_manifest(tmp_path / "catalogue.csv", photos, prefix)
     ids = [f"{prefix}/{p.parent.name}/{p.name}" for p in photos]
+    created.extend(ids)
     baseline = active_count(stub)
 
     command, env = index_cli(address, manifest, tmp_path)
@@ -157,11 +168,12 @@ def kill9_mid_run_then_resume(stack, address, stub, tmp_path):
     assert active_count(stub) == baseline + 40
 
 
-def test_changed_metadata_is_updated_in_place_without_embedding(stack, stub, tmp_path):
+def test_changed_metadata_is_updated_in_place_without_embedding(stack, stub, tmp_path, leave_no_products):
     address = stack.grpc_address
     photos = validation_photos(1, skip=6)
     prefix = f"update-{uuid.uuid4().hex[:8]}"
     manifest = write_manifest(tmp_path / "catalogue.csv", photos, prefix)
+    leave_no_products.extend(f"{prefix}/{p.parent.name}/{p.name}" for p in photos)
     assert run_index(address, manifest, tmp_path) == (10, 0, 0, 0)
     text = manifest.read_text().replace(",e2e\n", ",e2e-v2\n", 3)  # three products change an attribute
     manifest.write_text(text)
