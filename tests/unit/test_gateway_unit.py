@@ -12,7 +12,8 @@ import pytest
 from lookalike.settings import ConfigError, load_settings
 from lookalike.status import GRPC_TO_HTTP, grpc_status, http_status
 from lookalike_gateway.cache import EmbeddingCache
-from lookalike_gateway.core import ApiError, Deadline, _micro_batches, validate_product_id, validate_top_k
+from lookalike_gateway.core import ApiError, Deadline, validate_product_id, validate_top_k
+from lookalike_gateway.ingest import _batches
 from lookalike_gateway.image_store import ImageStore
 from lookalike_gateway.settings import GatewaySettings
 
@@ -118,7 +119,7 @@ def test_micro_batches_flush_when_the_stream_pauses():
         time.sleep(0.2)
         yield from range(5, 7)
 
-    batches = list(_micro_batches(slow_stream(), size=4, max_wait_s=0.02))
+    batches = [b for b in _batches(slow_stream(), size=4, max_wait_s=0.02) if b is not None]
     assert [x for b in batches for x in b] == list(range(7))
     assert batches[0] == [0, 1, 2, 3] and [4] in batches and batches[-1] == [5, 6]
 

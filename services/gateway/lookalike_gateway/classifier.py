@@ -42,7 +42,7 @@ from lookalike import vectors
 from lookalike.v1 import classifier_pb2, classifier_pb2_grpc, search_pb2
 
 from .core import ApiError, Deadline, Gateway, validate_top_k
-from .grpc_api import _unary
+from .grpc_api import GatewayServicer, _unary
 
 log = logging.getLogger(__name__)
 
@@ -616,23 +616,12 @@ def report_proto(report: dict) -> classifier_pb2.TrainClassifierResponse:
         confusion=[int(v) for row in report.get("confusion", []) for v in row])
 
 
-class ClassificationServicer(classifier_pb2_grpc.ClassificationServicer):
+class ClassificationServicer(GatewayServicer, classifier_pb2_grpc.ClassificationServicer):
     """lookalike.v1.Classification over a ClassifierService."""
 
     def __init__(self, service: ClassifierService, auth, draining: threading.Event | None = None):
+        super().__init__(service.gateway, auth, draining)
         self.service = service
-        self.gateway = service.gateway
-        self.auth = auth
-        self.draining = draining  # set on SIGTERM: new calls get UNAVAILABLE while in-flight ones finish
-
-    def refuse_when_draining(self) -> None:
-        if self.draining is not None and self.draining.is_set():
-            raise ApiError(grpc.StatusCode.UNAVAILABLE, "the gateway is shutting down; retry elsewhere")
-
-    def deadline(self, context: grpc.ServicerContext) -> Deadline:
-        default = self.gateway.settings.request_timeout_s
-        remaining = context.time_remaining()
-        return Deadline(default if remaining is None else min(remaining, default))
 
     @_unary
     def Classify(self, request, context, deadline):

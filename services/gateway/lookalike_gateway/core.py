@@ -6,8 +6,6 @@ Every method takes a `Deadline`; each outbound call gets what remains of it. Fai
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -293,39 +291,3 @@ class Gateway:
         except grpc.RpcError:
             search_ok = False
         return Dependencies(embedder=embedder_ok, search=search_ok, cache=self.cache.ping())
-
-
-def _micro_batches(items: Iterable, size: int, max_wait_s: float) -> Iterator[list]:
-    """Groups a (possibly slow, blocking) stream into batches of at most `size`, without holding an item
-    longer than `max_wait_s` once the stream pauses."""
-    q: queue.Queue = queue.Queue(maxsize=size * 2)
-    done = object()
-    failure: list[BaseException] = []
-
-    def read():
-        try:
-            for item in items:
-                q.put(item)
-        except BaseException as exc:  # the client went away: end the stream, report after the items read
-            failure.append(exc)
-        finally:
-            q.put(done)
-
-    threading.Thread(target=read, daemon=True, name="upsert-reader").start()
-    finished = False
-    while not finished:
-        batch = [q.get()]
-        if batch[0] is done:
-            break
-        while len(batch) < size:
-            try:
-                item = q.get(timeout=max_wait_s)
-            except queue.Empty:
-                break
-            if item is done:
-                finished = True
-                break
-            batch.append(item)
-        yield batch
-    if failure and not isinstance(failure[0], grpc.RpcError):
-        raise failure[0]

@@ -50,8 +50,8 @@ def _top_k(request) -> int | None:
     return request.top_k if request.HasField("top_k") else None
 
 
-class LookalikeServicer(lookalike_pb2_grpc.LookalikeServicer):
-    """Implements lookalike.v1.Lookalike."""
+class GatewayServicer:
+    """What every gateway gRPC servicer shares: auth, drain refusal and the caller's deadline (see `_unary`)."""
 
     def __init__(self, gateway: Gateway, auth: ApiKeyCheck, draining: threading.Event | None = None):
         self.gateway = gateway
@@ -67,6 +67,10 @@ class LookalikeServicer(lookalike_pb2_grpc.LookalikeServicer):
         default = self.gateway.settings.request_timeout_s
         remaining = context.time_remaining()
         return Deadline(default if remaining is None else min(remaining, default))
+
+
+class LookalikeServicer(GatewayServicer, lookalike_pb2_grpc.LookalikeServicer):
+    """Implements lookalike.v1.Lookalike."""
 
     @_unary
     def SearchByImage(self, request, context, deadline):
