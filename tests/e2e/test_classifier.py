@@ -71,7 +71,7 @@ def test_training_report(trained, http):
     assert len(trained["labels"]) >= 2 and "shoes" in trained["labels"]
     assert trained["label_field"] == "category" and trained["version"]
     assert trained["train_size"] >= 10 * 9 and trained["test_size"] >= 10
-    assert 0 < trained["accuracy"] <= 1 and trained["c"] > 0 and trained["seconds"] < 60
+    assert 0 < trained["accuracy"] <= 1 and trained["c"] > 0 and trained["seconds"] > 0  # speed: bench/classify_eval.py
     assert {m["label"] for m in trained["per_class"]} == set(trained["labels"])
     current = http.get("/v1/classifiers/current").json()
     assert current["version"] == trained["version"] and current["model_id"]
