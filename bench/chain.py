@@ -90,7 +90,7 @@ def main() -> int:
         cat_labels = [item.product.category for item in items]
         counts = {label: cat_labels.count(label) for label in set(cat_labels)}
         ranked = [[r["category"] for r in body["results"]] for body in bodies]
-        figures["served_quality"] = retrieval_metrics(ranked, query_labels, [counts[lab] for lab in query_labels])
+        figures["served_quality"] = retrieval_metrics(ranked, query_labels, [counts.get(lab, 0) for lab in query_labels])
     print(json.dumps(figures, indent=2))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(figures, indent=2))
