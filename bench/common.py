@@ -145,14 +145,7 @@ def timed(fn, *args, **kwargs):
 
 # ----------------------------------------------------------------------------- data
 
-def list_split(dataset: Path, split: str) -> tuple[list[Path], list[str]]:
-    """Image paths and their category labels of one split, in a stable order (= bench/quality.py)."""
-    paths, labels = [], []
-    for category in sorted(p for p in (dataset / split).iterdir() if p.is_dir()):
-        for photo in sorted(category.iterdir()):
-            paths.append(photo)
-            labels.append(category.name)
-    return paths, labels
+from quality import list_split  # noqa: E402,F401  (one definition, re-exported for the suites)
 
 
 def every_nth(items: list, n_wanted: int) -> list[int]:
