@@ -121,6 +121,33 @@ def served_quality(querier: Querier, cat_items, query_paths, query_labels) -> di
             "query_seconds": round(seconds, 1), "rest_sequential_miss": latency_stats(lat)}
 
 
+def served_category_rerank(querier: Querier, cat_items, query_paths, query_labels) -> dict:
+    """Trains the category classifier through the service (POST /v1/classifiers, its defaults), then
+    measures the queries again through REST with the default category boost (lookalike_gateway.ranking).
+    The query embeddings are cached by then, so this costs searches, not embeddings."""
+    import httpx
+
+    with httpx.Client(base_url=querier.http_url, timeout=600) as client:
+        started = time.perf_counter()
+        response = client.post("/v1/classifiers", json={})
+        response.raise_for_status()
+        report = response.json()
+        train_s = time.perf_counter() - started
+    cat_labels = [item.product.category for item in cat_items]
+    counts = {label: cat_labels.count(label) for label in set(cat_labels)}
+    ranked, boosts = [], set()
+    for path in query_paths:
+        _elapsed, _hit, results = querier.rest_one(path.read_bytes(), min(RANK_DEPTH, len(cat_items)))
+        ranked.append([r["category"] for r in results])
+    with httpx.Client(base_url=querier.http_url, timeout=60) as client:  # the boost the server applied
+        path = query_paths[0]
+        boosts.add(client.post("/v1/search", files={"image": (path.name, path.read_bytes(), "image/jpeg")},
+                               data={"top_k": "1"}).json()["category_boost"])
+    return {"classifier_accuracy_holdout": round(report["accuracy"], 4), "classifier_c": report["c"],
+            "train_seconds": round(train_s, 1), "category_boost": sorted(boosts),
+            "served": retrieval_metrics(ranked, query_labels, [counts[label] for label in query_labels])}
+
+
 def run(dataset: Path, quick: bool, repeats: int) -> dict:
     from lookalike.ingest import index_items, scan_folder
     from lookalike.stack import Stack, StackConfig
@@ -169,6 +196,9 @@ def run(dataset: Path, quick: bool, repeats: int) -> dict:
                         log(f"rep {rep + 1} {proto} c={conc}: miss p50 {miss['p50_ms']} ms {miss['qps']} qps "
                             f"(hits {miss['cache_hits']}/{n}); hit p50 {hit['p50_ms']} ms {hit['qps']} qps "
                             f"(hits {hit['cache_hits']}/{len(hit_images)})")
+            # last: a trained classifier changes the order (and the work) of every later image search
+            result["served_category_rerank"] = served_category_rerank(querier, items, test_paths, test_labels)
+            log(f"category re-ranking served: {result['served_category_rerank']}")
             querier.close()
         finally:
             stack.stop()

@@ -96,6 +96,13 @@ def gateway_md(g: dict, figures: list[str]) -> list[str]:
         out += [_t(rows, ["metric", "served", "brute force", "difference"]), "",
                 f"Match to 3 decimals: **{sq['match_3_decimals']}**; same top-1 product "
                 f"{100 * sq['top1_same_product']:.1f}%, top-10 overlap {100 * sq['top10_overlap']:.1f}%.", ""]
+    cr = g.get("served_category_rerank")
+    if cr:
+        sv = cr["served"]
+        out += [f"With the category classifier trained through the service (held-out accuracy "
+                f"{cr['classifier_accuracy_holdout']:.3f}, {cr['train_seconds']} s) and the default category boost "
+                f"{cr['category_boost']}, the same REST queries give P@1 **{sv['p@1']:.4f}**, P@5 {sv['p@5']:.4f}, "
+                f"P@10 {sv['p@10']:.4f}, mAP@100 {sv['map@100']:.4f}.", ""]
     out += _img(figures, "gateway_latency_vs_concurrency.png")
     return out
 
@@ -176,6 +183,20 @@ def quality_md(q: dict, figures: list[str]) -> list[str]:
             for t in q["selection_trials"]]
     out += ["<details><summary>every option tried (validation P@1)</summary>", "",
             _t(rows, ["stage", "option", "validation P@1", "kept"]), "", "</details>", ""]
+    cr = q.get("category_rerank")
+    if cr:
+        ch = cr["chosen"]
+        rows = [["plain features", "validation"] + [_f(q["brute_force_validation"][m]) for m in metrics],
+                ["plain features", "test"] + [_f(q["brute_force_test"][m]) for m in metrics],
+                [f"category re-ranking, boost {ch['boost']:g}", "validation"] + [_f(ch["validation"][m]) for m in metrics],
+                [f"category re-ranking, boost {ch['boost']:g}", "test"] + [_f(ch["test"][m]) for m in metrics]]
+        out += ["### Category re-ranking (served by the gateway once a category classifier is trained)", "",
+                "The category classifier trained as the service trains it (catalogue only; C "
+                f"{cr['classifier']['c']:g}, held-out accuracy {cr['classifier']['holdout_accuracy']:.3f}, "
+                f"{cr['classifier']['train_seconds']} s), the top 100 re-ranked by cosine + boost x P(category | "
+                "query) (lookalike_gateway.ranking); boost chosen on validation P@1 ("
+                + ", ".join(f"{t['boost']:g}: {t['validation_p@1']:.4f}" for t in cr["trials"]) + "):", "",
+                _t(rows, ["features", "queries", "P@1", "P@5", "P@10", "mAP@100"]), ""]
     if q.get("onnxruntime_check"):
         o = q["onnxruntime_check"]
         out += [f"ONNX Runtime features vs eager: min cosine {o['cosine_min']}, validation P@1 "

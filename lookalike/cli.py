@@ -230,13 +230,18 @@ def cmd_search(args) -> int:
     with grpc.insecure_channel(args.gateway) as channel:
         stub = lookalike_pb2_grpc.LookalikeStub(channel)
         try:
-            response = stub.SearchByImage(lookalike_pb2.SearchByImageRequest(image=image, top_k=args.top_k,
-                                                                            filter=flt),
+            request = lookalike_pb2.SearchByImageRequest(image=image, top_k=args.top_k, filter=flt)
+            if args.category_boost is not None:
+                request.category_boost = args.category_boost
+            response = stub.SearchByImage(request,
                                           timeout=args.timeout, metadata=[("x-api-key", key)] if key else None)
         except grpc.RpcError as exc:
             print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return 1
-    print(f"{len(response.results)} results{' (cached query embedding)' if response.cache_hit else ''}")
+    notes = [note for note, on in (("cached query embedding", response.cache_hit),
+                                   (f"ordered with category boost {response.category_boost:g}",
+                                    response.category_boost > 0)) if on]
+    print(f"{len(response.results)} results{f' ({chr(44).join(notes)})' if notes else ''}")
     for rank, result in enumerate(response.results, 1):
         price = f"{result.product.price:.2f}" if result.product.HasField("price") else "-"
         print(f"{rank:3d}. {result.score:.4f}  {result.product.id}  [{result.product.category}]  {price}")
@@ -356,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--category")
     search.add_argument("--min-price", type=float)
     search.add_argument("--max-price", type=float)
+    search.add_argument("--category-boost", type=float,
+                        help="weight of the category classifier in the order (server default 0.2; 0 = plain similarity)")
     search.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds")
     search.add_argument("--api-key", help="API key (or env LOOKALIKE_API_KEY)")
     search.set_defaults(func=cmd_search)

@@ -9,22 +9,26 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SearchByImageRequest(_message.Message):
-    __slots__ = ("image", "top_k", "filter")
+    __slots__ = ("image", "top_k", "filter", "category_boost")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_BOOST_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     top_k: int
     filter: _types_pb2.Filter
-    def __init__(self, image: _Optional[bytes] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Union[_types_pb2.Filter, _Mapping]] = ...) -> None: ...
+    category_boost: float
+    def __init__(self, image: _Optional[bytes] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Union[_types_pb2.Filter, _Mapping]] = ..., category_boost: _Optional[float] = ...) -> None: ...
 
 class SearchByImageResponse(_message.Message):
-    __slots__ = ("results", "cache_hit")
+    __slots__ = ("results", "cache_hit", "category_boost")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     CACHE_HIT_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_BOOST_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[_types_pb2.SearchResult]
     cache_hit: bool
-    def __init__(self, results: _Optional[_Iterable[_Union[_types_pb2.SearchResult, _Mapping]]] = ..., cache_hit: _Optional[bool] = ...) -> None: ...
+    category_boost: float
+    def __init__(self, results: _Optional[_Iterable[_Union[_types_pb2.SearchResult, _Mapping]]] = ..., cache_hit: _Optional[bool] = ..., category_boost: _Optional[float] = ...) -> None: ...
 
 class SearchSimilarRequest(_message.Message):
     __slots__ = ("product_id", "top_k", "filter")

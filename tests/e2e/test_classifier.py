@@ -158,3 +158,38 @@ def test_cli(indexed_stack, trained, clothing_test_photos, capsys):
     with pytest.raises(SystemExit) as done:
         main(["train-classifier", "--label-field", "nope", "--gateway", indexed_stack.grpc_address])
     assert done.value.code == 1 and "FAILED_PRECONDITION" in capsys.readouterr().err
+
+
+def test_search_is_reranked_by_the_category_classifier(trained, http, channel, clothing_test_photos):
+    """With a category classifier trained, image search orders candidates by cosine + 0.2 * P(category)
+    (lookalike_gateway.ranking); category_boost 0 gives the plain similarity order. Over photos of every
+    category, the re-ranked top 5 hold at least as many products of the photo's category."""
+    from lookalike.v1 import lookalike_pb2, lookalike_pb2_grpc
+
+    def top5(photo, **fields):
+        with open(photo, "rb") as f:
+            response = http.post("/v1/search", files={"image": (photo.name, f, "image/jpeg")},
+                                 data={"top_k": "5", **{k: str(v) for k, v in fields.items()}})
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    same_plain = same_boosted = 0
+    for category, photos in clothing_test_photos.items():
+        for photo in photos[5:8]:
+            plain, boosted = top5(photo, category_boost=0), top5(photo)
+            assert plain["category_boost"] == 0 and boosted["category_boost"] == pytest.approx(0.2)
+            scores = [r["score"] for r in plain["results"]]
+            assert scores == sorted(scores, reverse=True)
+            same_plain += sum(r["category"] == category for r in plain["results"])
+            same_boosted += sum(r["category"] == category for r in boosted["results"])
+    assert same_boosted >= same_plain, (same_boosted, same_plain)
+
+    stub = lookalike_pb2_grpc.LookalikeStub(channel)
+    image = clothing_test_photos["shoes"][5].read_bytes()
+    reply = stub.SearchByImage(lookalike_pb2.SearchByImageRequest(image=image, top_k=5), timeout=30)
+    assert reply.category_boost == pytest.approx(0.2) and len(reply.results) == 5
+    plain = stub.SearchByImage(lookalike_pb2.SearchByImageRequest(image=image, top_k=5, category_boost=0), timeout=30)
+    assert plain.category_boost == 0
+    with pytest.raises(grpc.RpcError) as err:
+        stub.SearchByImage(lookalike_pb2.SearchByImageRequest(image=image, category_boost=-1), timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

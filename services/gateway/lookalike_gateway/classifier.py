@@ -575,18 +575,26 @@ class ClassifierService:
 
     # -- ingest ----------------------------------------------------------------------------------
 
+    def category_head(self, model_id: str, dim: int) -> LinearHead | None:
+        """The active classifier's head when it predicts ``category`` from `dim`-d embeddings of
+        `model_id` (the active collection's model); else None."""
+        active = self.active()
+        if active is None or active.meta.get("label_field") != "category" or dim != active.head.dim:
+            return None
+        trained_on = active.meta.get("model_id")
+        if trained_on and trained_on != model_id:
+            return None
+        return active.head
+
     def annotate(self, product, vector: np.ndarray) -> None:
         """Gives a product stored without a category the active category classifier's prediction,
         marked `category_predicted=true` and `category_probability` in its attributes."""
         if product.category:
             return
-        active = self.active()
-        if active is None or active.meta.get("label_field") != "category" or vector.shape[0] != active.head.dim:
+        head = self.category_head(self.target().model_id, vector.shape[0])
+        if head is None:
             return
-        trained_on = active.meta.get("model_id")
-        if trained_on and trained_on != self.target().model_id:
-            return
-        label, probability = active.head.top(vector, 1)[0]
+        label, probability = head.top(vector, 1)[0]
         product.category = label
         product.attributes["category" + PREDICTED_SUFFIX] = "true"
         product.attributes["category" + PROBABILITY_SUFFIX] = f"{probability:.2f}"

@@ -9,6 +9,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import grpc
 import numpy as np
@@ -18,7 +19,7 @@ from lookalike import images, request_id, vectors
 from lookalike.torchserve import EmbedderClient, EmbedderImageError
 from lookalike.v1 import search_pb2, search_pb2_grpc, types_pb2
 
-from . import metrics
+from . import metrics, ranking
 from .cache import EmbeddingCache, image_digest
 from .catalogue import Catalogue
 from .image_store import ImageStore
@@ -107,6 +108,25 @@ def validate_filter(flt: types_pb2.Filter) -> types_pb2.Filter:
     return flt
 
 
+class ImageSearch(NamedTuple):
+    """What search_by_image found: results best first, whether the query embedding was cached, and the
+    category boost applied to their order (0: plain similarity order)."""
+
+    results: list[types_pb2.SearchResult]
+    cache_hit: bool
+    category_boost: float
+
+
+def validate_category_boost(boost: float | None, default: float) -> float:
+    """boost or the default when unset (None); 0..ranking.MAX_BOOST."""
+    if boost is None:
+        return default
+    if not np.isfinite(boost) or boost < 0 or boost > ranking.MAX_BOOST:
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                       f"category_boost must be between 0 and {ranking.MAX_BOOST:g}, got {boost}")
+    return float(boost)
+
+
 class Gateway:
     """Search, similar-by-id, upsert, delete and get over the embedder, the search service and the cache."""
 
@@ -119,6 +139,7 @@ class Gateway:
         self.cache = cache
         self.images = image_store
         self.catalogue = Catalogue(self)  # the active collection and its model; reindex
+        self.classifier = None  # a classifier.ClassifierService, set by the server: category re-ranking
         self.ingestor = Ingestor(self)
 
     # -- helpers -------------------------------------------------------------------------------------
@@ -220,18 +241,30 @@ class Gateway:
     # -- API -----------------------------------------------------------------------------------------
 
     def search_by_image(self, image: bytes, top_k: int | None, flt: types_pb2.Filter,
-                        deadline: Deadline) -> tuple[list[types_pb2.SearchResult], bool]:
+                        deadline: Deadline, category_boost: float | None = None) -> ImageSearch:
+        """Products that look like `image`. With a category classifier trained on the active collection
+        and no category filter, candidates are re-ranked by category (see lookalike_gateway.ranking);
+        `category_boost` None = the configured default, 0 = plain similarity order."""
         if len(image) > self.settings.max_upload_bytes:
             self.check_image(image)  # raises the size error before hashing a huge body
         top_k = validate_top_k(top_k, self.settings.default_top_k)
         validate_filter(flt)
+        boost = validate_category_boost(category_boost, self.settings.category_boost)
         if not image:
             raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "image is empty")
         target = self.catalogue.active()  # one snapshot: embed with the model of the collection searched
         vector, cache_hit = self.query_embedding(image, deadline, target)
+        classifier = self.classifier
+        head = (classifier.category_head(target.model_id, vector.shape[0])
+                if classifier is not None and boost > 0 and not flt.category else None)
+        limit = min(max(top_k, self.settings.category_rerank_depth), MAX_TOP_K) if head else top_k
         response = self._call_search("SearchByVector", search_pb2.SearchByVectorRequest(
-            vector=vectors.pack(vector), top_k=top_k, filter=flt, collection=target.collection), deadline)
-        return list(response.results), cache_hit
+            vector=vectors.pack(vector), top_k=limit, filter=flt, collection=target.collection), deadline)
+        results = list(response.results)
+        if head is None:
+            return ImageSearch(results, cache_hit, 0.0)
+        ranked = ranking.rerank_by_category(results, head.probabilities(vector), head.labels, boost)
+        return ImageSearch(ranked[:top_k], cache_hit, boost)
 
     def search_similar(self, product_id: str, top_k: int | None, flt: types_pb2.Filter,
                        deadline: Deadline) -> list[types_pb2.SearchResult]:

@@ -74,8 +74,10 @@ class LookalikeServicer(GatewayServicer, lookalike_pb2_grpc.LookalikeServicer):
 
     @_unary
     def SearchByImage(self, request, context, deadline):
-        results, cache_hit = self.gateway.search_by_image(request.image, _top_k(request), request.filter, deadline)
-        return lookalike_pb2.SearchByImageResponse(results=results, cache_hit=cache_hit)
+        boost = request.category_boost if request.HasField("category_boost") else None
+        found = self.gateway.search_by_image(request.image, _top_k(request), request.filter, deadline, boost)
+        return lookalike_pb2.SearchByImageResponse(results=found.results, cache_hit=found.cache_hit,
+                                                   category_boost=found.category_boost)
 
     @_unary
     def SearchSimilar(self, request, context, deadline):

@@ -158,14 +158,18 @@ def create_app(gateway: Gateway, auth: ApiKeyCheck, readiness, draining: threadi
 
     @app.post("/v1/search", tags=["search"])
     async def search(image: UploadFile | None = File(None), top_k: int | None = Form(None), category: str | None = Form(None),
-                     min_price: float | None = Form(None), max_price: float | None = Form(None)):
-        """Products that look like the uploaded photo (multipart field `image`)."""
+                     min_price: float | None = Form(None), max_price: float | None = Form(None),
+                     category_boost: float | None = Form(None)):
+        """Products that look like the uploaded photo (multipart field `image`). With a category
+        classifier trained, results are ordered by score + category_boost * P(category | photo)
+        (default 0.2; 0 = plain similarity order)."""
         data = await read_image(image)
         started = time.perf_counter()
-        results, cache_hit = await run_in_threadpool(
-            gateway.search_by_image, data, top_k, make_filter(category, min_price, max_price), deadline())
-        return {"results": [result_json(r) for r in results], "cache_hit": cache_hit,
-                "took_ms": round((time.perf_counter() - started) * 1000, 2)}
+        found = await run_in_threadpool(
+            gateway.search_by_image, data, top_k, make_filter(category, min_price, max_price), deadline(),
+            category_boost)
+        return {"results": [result_json(r) for r in found.results], "cache_hit": found.cache_hit,
+                "category_boost": found.category_boost, "took_ms": round((time.perf_counter() - started) * 1000, 2)}
 
     @app.get("/v1/products/{product_id:path}/similar", tags=["search"])
     def similar(product_id: str, top_k: int | None = Query(None), category: str | None = None,

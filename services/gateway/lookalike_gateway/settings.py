@@ -37,6 +37,10 @@ class GatewaySettings(BaseSettings):
     max_image_pixels: int = Field(40_000_000, ge=1)
     default_top_k: int = Field(10, ge=1, le=1000)
     upsert_batch_size: int = Field(32, ge=1, le=1024)
+    # Image search re-ranks by category when a category classifier is trained (lookalike_gateway.ranking):
+    # order = cosine + category_boost * P(result's category | query); 0 = plain similarity order.
+    category_boost: float = Field(0.2, ge=0, le=10)
+    category_rerank_depth: int = Field(100, ge=1, le=1000)  # candidates re-ranked
     # Ingest reports products whose image is byte-identical to another product's, or whose embedding is
     # within this cosine distance (1 - similarity) of another product's; 0 = exact duplicates only.
     # On clothing-small, 0.03 flags the one near-identical pair among 3,068 training photos.
