@@ -83,6 +83,11 @@ def default_config_template() -> Path:
     return embedder_dir() / "config.properties"
 
 
+def default_metrics_config() -> Path:
+    """The shipped TorchServe metrics declaration: services/embedder/metrics.yaml."""
+    return embedder_dir() / "metrics.yaml"
+
+
 def build_embedder_mar(model_store: str | os.PathLike, **kwargs) -> Path:
     """Builds (or reuses) <model_store>/lookalike-lite0.mar with services/embedder/build_mar.py.
 
@@ -161,7 +166,9 @@ class TorchServeProcess:
     (or reused if up to date) in <data_dir>/model-store with build_mar.py and `mar_options`
     (cut, batch_size, max_batch_delay, workers). Ports given as 0 are picked free. The inference
     endpoints (gRPC, REST) bind `inference_host` (127.0.0.1 by default; "0.0.0.0" to publish);
-    management, gRPC management and metrics always bind 127.0.0.1. `properties` are extra
+    management, gRPC management and metrics always bind 127.0.0.1. The metrics API is on, in
+    Prometheus mode, with the metrics of services/embedder/metrics.yaml (`metrics_url` + "/metrics",
+    or `metrics_text()`). `properties` are extra
     config.properties entries (None removes one); `env` extra environment for java and the worker
     (e.g. LOOKALIKE_EMBEDDER_CUT, LOOKALIKE_EMBEDDER_THREADS).
     Everything the run writes is under `data_dir`: config.properties, key_file.json,
@@ -285,6 +292,9 @@ class TorchServeProcess:
             "inference_address": f"http://{self.inference_host}:{self.ports['http']}",
             "management_address": f"http://127.0.0.1:{self.ports['management']}",
             "metrics_address": f"http://127.0.0.1:{self.ports['metrics']}",
+            "enable_metrics_api": "true",
+            "metrics_mode": "prometheus",
+            "metrics_config": str(default_metrics_config()),
             "grpc_inference_address": self.inference_host,
             "grpc_inference_port": self.ports["grpc"],
             "grpc_management_address": "127.0.0.1",
@@ -378,6 +388,11 @@ class TorchServeProcess:
                                          headers={"Authorization": f"Bearer {self.management_key}"})
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return json.loads(response.read().decode("utf-8"))
+
+    def metrics_text(self, timeout: float = 5.0) -> str:
+        """The metrics API's Prometheus text (GET <metrics_url>/metrics; loopback, no token)."""
+        with urllib.request.urlopen(self.metrics_url + "/metrics", timeout=timeout) as response:
+            return response.read().decode("utf-8")
 
     def describe_model(self, timeout: float = 5.0) -> dict:
         """Management API GET /models/<model> (first version): workers, batchSize, maxBatchDelay..."""
@@ -764,6 +779,7 @@ class EmbedderClient:
 
 __all__ = [
     "MODEL_NAME", "ERROR_PREFIX", "DEFAULT_PORTS", "RECONNECT_OPTIONS", "embedder_dir", "default_config_template",
+    "default_metrics_config",
     "build_embedder_mar", "free_port", "read_properties", "render_properties", "read_key_file",
     "allowed_urls_property",
     "TorchServeError", "TorchServeProcess", "EmbedderImageError", "EmbedderProtocolError",

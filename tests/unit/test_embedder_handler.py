@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -165,3 +166,105 @@ def test_module_defines_exactly_one_class():
     classes = [c for _, c in inspect.getmembers(handler_module, inspect.isclass)
                if c.__module__ == handler_module.__name__]
     assert classes == [EmbedderHandler]
+
+
+# ---- metrics: the batch-size histogram -----------------------------------------------------------------
+
+EMBEDDER_DIR = Path(handler_module.__file__).resolve().parents[1]
+#: How TorchServe 0.12's frontend parses a worker's metric line (org.pytorch.serve.metrics.Metric, from its jar).
+FRONTEND_METRIC_LINE = re.compile(r"\s*([\w\s]+)\.([\w\s]+):([0-9\-,.e]+)\|#([^|]*)(\|#type:([^|,]+))?"
+                                  r"\|#hostname:([^,]+),([^,]+)(,(.*))?")
+
+
+class RecordingMetrics:
+    """The part of TorchServe's metrics cache the handler uses, recording calls (or failing them all)."""
+
+    def __init__(self, declared: bool = True, broken: bool = False):
+        self.declared, self.broken = declared, broken
+        self.observed: list[tuple[str, str, list, float]] = []
+        self.added: list[tuple] = []
+        self.times: list[str] = []
+
+    def _metric(self, name, metric_type):
+        outer = self
+
+        class _Metric:
+            def add_or_update(self, value, dimension_values=(), request_id=""):
+                outer.observed.append((name, metric_type.name, list(dimension_values), value))
+        return _Metric()
+
+    def get_metric(self, name, metric_type):
+        if self.broken:
+            raise RuntimeError("metrics cache broken")
+        if not self.declared:
+            raise KeyError(name)
+        return self._metric(name, metric_type)
+
+    def add_metric_to_cache(self, name, unit, dimension_names, metric_type):
+        self.added.append((name, unit, tuple(dimension_names), metric_type.name))
+        return self._metric(name, metric_type)
+
+    def add_time(self, name, value, idx=None, unit="ms", dimensions=None):
+        if self.broken:
+            raise RuntimeError("metrics cache broken")
+        self.times.append(name)
+
+
+def metrics_context(metrics) -> FakeContext:
+    context = FakeContext()
+    context.metrics = metrics
+    return context
+
+
+def test_every_batch_records_its_size(handler, images):
+    metrics = RecordingMetrics()
+    batch = [{"data": images[0]}, {"data": b"not an image"}, {"data": images[1]}]
+    out = handler.handle(batch, metrics_context(metrics))
+    assert len(out) == 3 and out[1].startswith(ERROR_PREFIX)
+    # one observation per batch: every request TorchServe handed over, the rejected one included
+    assert metrics.observed == [("lookalike_embedder_batch_size", "HISTOGRAM", ["lookalike-lite0", "Model"], 3)]
+    assert metrics.added == [] and metrics.times == ["HandlerTime"]
+    handler.handle([{"data": images[0]}], metrics_context(metrics))
+    assert [o[3] for o in metrics.observed] == [3, 1]
+
+
+def test_batch_size_metric_is_declared_when_the_config_lacks_it(handler, images):
+    metrics = RecordingMetrics(declared=False)
+    handler.handle([{"data": images[0]}, {"data": images[1]}], metrics_context(metrics))
+    assert metrics.added == [("lookalike_embedder_batch_size", "count", ("ModelName", "Level"), "HISTOGRAM")]
+    assert [o[3] for o in metrics.observed] == [2]
+
+
+def test_a_broken_metrics_cache_never_fails_the_batch(handler, images):
+    out = handler.handle([{"data": images[0]}, {"data": b"x"}], metrics_context(RecordingMetrics(broken=True)))
+    assert len(out[0]) == 4 * 1280 and out[1].startswith(ERROR_PREFIX)
+
+
+def test_shipped_metrics_yaml_declares_the_histogram_the_handler_emits(handler, images, caplog):
+    """The real TorchServe metrics cache, loaded from services/embedder/metrics.yaml like the worker does:
+    the line the handler makes it print is one TorchServe's frontend parses into the declared histogram."""
+    pytest.importorskip("ts")
+    import yaml
+    from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
+
+    config = EMBEDDER_DIR / "metrics.yaml"
+    declared = yaml.safe_load(config.read_text())["model_metrics"]["histogram"]
+    spec = next(m for m in declared if m["name"] == handler_module.BATCH_SIZE_METRIC)
+    assert spec["dimensions"] == list(handler_module.BATCH_SIZE_DIMENSIONS)
+    cache = MetricsCacheYamlImpl(config_file_path=str(config))
+    cache.initialize_cache()
+    cache.model_name = "lookalike-lite0"
+    cache.request_ids = {0: "req-a", 1: "req-b"}
+    with caplog.at_level("INFO", logger="ts.metrics.caching_metric"):
+        handler.handle([{"data": images[0]}, {"data": images[1]}], metrics_context(cache))
+    lines = [r.getMessage() for r in caplog.records if "[METRICS]lookalike_embedder_batch_size" in r.getMessage()]
+    assert len(lines) == 1, [r.getMessage() for r in caplog.records]
+    match = FRONTEND_METRIC_LINE.fullmatch(lines[0].split("[METRICS]", 1)[1])
+    assert match, lines[0]
+    name, unit, value, dims, _, kind = match.groups()[:6]
+    assert (name, unit, float(value), kind) == ("lookalike_embedder_batch_size", "Count", 2.0, "HISTOGRAM")
+    assert dims == "ModelName:lookalike-lite0,Level:Model"
+    config_props = (EMBEDDER_DIR / "config.properties").read_text()
+    assert "metrics_config=/home/model-server/metrics.yaml" in config_props  # the Dockerfile copies it there
+    assert "COPY --chown=root:root services/embedder/metrics.yaml /home/model-server/metrics.yaml" in \
+        (EMBEDDER_DIR / "Dockerfile").read_text()

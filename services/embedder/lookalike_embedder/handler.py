@@ -42,6 +42,15 @@ threads:    $LOOKALIKE_EMBEDDER_THREADS, then ``handler.threads``, then the CPUs
             use (CPU only).
 device:     cuda:<gpu_id> when TorchServe assigned a GPU and CUDA is available, else CPU.
 
+METRICS
+=======
+Every batch records its size (requests TorchServe handed over, rejected images included) in the
+histogram ``lookalike_embedder_batch_size`` (dimensions ModelName, Level="Model"), through
+``context.metrics`` (TorchServe's metrics cache). It is declared in services/embedder/metrics.yaml,
+which config.properties names as ``metrics_config``: in metrics_mode=prometheus the frontend serves it
+on the loopback metrics API (``lookalike_embedder_batch_size_bucket/_sum/_count``). Plus
+``HandlerTime`` (gauge, ms) as before. A metrics failure never fails the batch.
+
 This module must define exactly one class: TorchServe instantiates the only class of the handler
 module.
 """
@@ -63,6 +72,10 @@ try:  # TorchServe present (inside the server): inherit its handler base for the
     from ts.torch_handler.base_handler import BaseHandler
 except ImportError:  # unit tests / tools without TorchServe
     BaseHandler = object
+try:
+    from ts.metrics.metric_type_enum import MetricTypes
+except ImportError:  # without TorchServe there is no metrics cache to record into
+    MetricTypes = None
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +87,11 @@ VECTOR_CONTENT_TYPE = "application/octet-stream"
 BATCH_LOG_TAG = "lookalike-embedded-batch"
 #: Input keys looked up, in order, for the image bytes of one request.
 INPUT_KEYS = ("data", "body", "image", "file")
+#: Histogram of the requests per batch (declared in services/embedder/metrics.yaml, model_metrics).
+BATCH_SIZE_METRIC = "lookalike_embedder_batch_size"
+BATCH_SIZE_UNIT = "count"
+#: Its dimensions, in the order of metrics.yaml (values: the model name, "Model").
+BATCH_SIZE_DIMENSIONS = ("ModelName", "Level")
 
 
 def error_payload(reason: str, message: str, code: str = "INVALID_ARGUMENT") -> bytes:
@@ -227,8 +245,27 @@ class EmbedderHandler(BaseHandler):
                         (time.perf_counter() - started) * 1000)
         metrics = getattr(context, "metrics", None)
         if metrics is not None:
+            self.record_batch_size(metrics, prepared["n"], context)
             try:
                 metrics.add_time("HandlerTime", round((time.perf_counter() - started) * 1000, 2), None, "ms")
             except Exception:
                 pass
         return output
+
+    def record_batch_size(self, metrics, size: int, context=None) -> None:
+        """Observes `size` in the BATCH_SIZE_METRIC histogram of TorchServe's metrics cache `metrics`
+        (the metric from metrics.yaml; declared here if the config lacks it, which log mode still
+        records). Never raises: metrics must not fail a batch."""
+        if MetricTypes is None:
+            return
+        try:
+            try:
+                metric = metrics.get_metric(BATCH_SIZE_METRIC, MetricTypes.HISTOGRAM)
+            except Exception:  # ts.metrics.metric_cache_errors.MetricsCacheKeyError: not in metrics_config
+                metric = metrics.add_metric_to_cache(BATCH_SIZE_METRIC, BATCH_SIZE_UNIT,
+                                                     list(BATCH_SIZE_DIMENSIONS), MetricTypes.HISTOGRAM)
+            manifest_name = (((getattr(context, "manifest", None) or {}).get("model") or {}).get("modelName"))
+            model_name = getattr(context, "model_name", None) or manifest_name or lk_model.MODEL_NAME
+            metric.add_or_update(int(size), [str(model_name), "Model"])
+        except Exception:
+            logger.debug("could not record %s", BATCH_SIZE_METRIC, exc_info=True)
