@@ -220,6 +220,8 @@ class Stack:
             "LOOKALIKE_GATEWAY_PORT_FILE": self.data_dir / "gateway.port",
             "LOOKALIKE_GATEWAY_EMBEDDER_ADDRESS": f"127.0.0.1:{self.torchserve.grpc_inference_port}",
             "LOOKALIKE_GATEWAY_EMBEDDER_TOKEN_FILE": self.torchserve.key_file,
+            # everything is on this machine: the gateway's /metrics re-exports TorchServe's (loopback) metrics
+            "LOOKALIKE_GATEWAY_EMBEDDER_METRICS_URL": f"{self.torchserve.metrics_url}/metrics",
             "LOOKALIKE_GATEWAY_SEARCH_ADDRESS": f"127.0.0.1:{self.search_port}",
             "LOOKALIKE_GATEWAY_REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/0",
             "LOOKALIKE_GATEWAY_DATA_DIR": self.data_dir / "gateway",

@@ -619,12 +619,15 @@ class EmbedderClient:
     server answers PERMISSION_DENIED/UNAUTHENTICATED (key rotation by restart).
     `model_version`: "" = the model's default version.
     `dim`: expected dimension (checked when given).
+    `interceptors`: gRPC client interceptors wrapped around the channel (e.g. to count requests in
+    flight); `self.channel` is then the intercepted channel, so clients sharing it are intercepted too.
     Thread-safe; one channel shared by all calls.
     """
 
     def __init__(self, target: str, token: str | None = None, *, model_name: str = MODEL_NAME,
                  model_version: str = "", token_file: str | os.PathLike | None = None, dim: int | None = None,
-                 channel: grpc.Channel | None = None, options: Sequence[tuple[str, object]] | None = None):
+                 channel: grpc.Channel | None = None, options: Sequence[tuple[str, object]] | None = None,
+                 interceptors: Sequence[grpc.UnaryUnaryClientInterceptor] = ()):
         self.target = target
         self.model_name = model_name
         self.model_version = model_version or ""
@@ -642,6 +645,8 @@ class EmbedderClient:
                            ("grpc.max_send_message_length", 64 * 1024 * 1024),
                            *RECONNECT_OPTIONS]
         self.channel = channel or grpc.insecure_channel(target, options=list(options or default_options))
+        if interceptors:
+            self.channel = grpc.intercept_channel(self.channel, *interceptors)
         self.stub = inference_pb2_grpc.InferenceAPIsServiceStub(self.channel)
 
     # ------------------------------------------------------------------ plumbing

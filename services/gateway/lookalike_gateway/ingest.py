@@ -319,6 +319,7 @@ class Ingestor:
         backoff = RETRY_BACKOFF_S
         todo = slots
         while todo:
+            metrics.EMBEDDER_BATCH_SIZE.observe(len(todo))  # one burst (in flight: EMBEDDER_QUEUE_DEPTH)
             results = target.embedder.embed_many([s.item.image for s in todo],
                                                  timeout=deadline.remaining("calling the embedder"))
             retry = []

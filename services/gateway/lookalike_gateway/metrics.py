@@ -1,5 +1,9 @@
-"""Prometheus metrics of the gateway."""
-from prometheus_client import Counter, Histogram
+"""Prometheus metrics of the gateway.
+
+The embedder's own metrics (batch sizes, queue time) come from TorchServe's loopback metrics API; with
+LOOKALIKE_GATEWAY_EMBEDDER_METRICS_URL set, /metrics re-exports them (lookalike_gateway.embedder_metrics).
+"""
+from prometheus_client import Counter, Gauge, Histogram
 
 REQUESTS = Counter("lookalike_gateway_requests_total", "Requests by API, method and status",
                    ["api", "method", "status"])
@@ -16,3 +20,14 @@ INGESTED = Counter("lookalike_gateway_ingest_items_total",
 DUPLICATES = Counter("lookalike_gateway_duplicates_total", "Duplicates found at ingest (exact: same image hash; "
                      "near: embedding within the duplicate distance)", ["kind"])
 REINDEXED = Counter("lookalike_gateway_reindexed_total", "Products re-embedded into another collection")
+EMBEDDER_QUEUE_DEPTH = Gauge("lookalike_gateway_embedder_queue_depth",
+                             "Embed requests (one per image) this gateway has sent to the embedder and not had "
+                             "answered yet: queries, ingest and reindex bursts together")
+EMBEDDER_BATCH_SIZE = Histogram("lookalike_gateway_embedder_batch_size",
+                                "Images sent to the embedder in one ingest burst (one concurrent burst per ingest "
+                                "micro-batch, retries included; TorchServe re-batches them by its batchSize)",
+                                buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024))
+EMBEDDER_METRICS_SCRAPES = Counter("lookalike_gateway_embedder_metrics_scrapes_total",
+                                   "Reads of TorchServe's metrics API for re-export on /metrics, by outcome "
+                                   "(ok, error: the embedder's metrics are then missing from that scrape)",
+                                   ["outcome"])

@@ -19,6 +19,7 @@ from lookalike.settings import load_settings
 from lookalike.torchserve import RECONNECT_OPTIONS, EmbedderClient
 from lookalike.v1 import lookalike_pb2, lookalike_pb2_grpc
 
+from . import embedder_metrics
 from .auth import ApiKeyCheck, RateLimiter
 from .cache import EmbeddingCache
 from .classifier import ClassifierService
@@ -71,11 +72,14 @@ class ReadinessMonitor(threading.Thread):
 
 
 def build_gateway(settings: GatewaySettings) -> Gateway:
-    """Wires the embedder client, the search channel, the cache and the image store."""
+    """Wires the embedder client, the search channel, the cache and the image store (and the embedder's
+    metrics: requests in flight on the embedder channel, TorchServe's metrics re-exported when configured)."""
     embedder = EmbedderClient(settings.embedder_address, model_name=settings.embedder_model,
                               model_version=settings.embedder_model_version,
                               token=settings.embedder_token.get_secret_value() if settings.embedder_token else None,
-                              token_file=settings.embedder_token_file)
+                              token_file=settings.embedder_token_file,
+                              interceptors=[embedder_metrics.InFlightInterceptor()])
+    embedder_metrics.install(settings.embedder_metrics_url)
     search_channel = grpc.insecure_channel(settings.search_address, options=[
         ("grpc.max_receive_message_length", 64 * 1024 * 1024),
         ("grpc.max_send_message_length", 64 * 1024 * 1024), *RECONNECT_OPTIONS])

@@ -22,6 +22,9 @@ class GatewaySettings(BaseSettings):
     embedder_model_version: str = ""  # part of the cache key; empty = the model's default version
     embedder_token: SecretStr | None = None
     embedder_token_file: Path | None = None  # TorchServe's key_file.json
+    # TorchServe's metrics API (loopback only, e.g. http://127.0.0.1:8082/metrics): when set, /metrics also
+    # re-exports the embedder's batch-size and queue metrics (lookalike_gateway.embedder_metrics); empty = off.
+    embedder_metrics_url: str = ""
     search_address: str = "127.0.0.1:50052"
 
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -62,6 +65,13 @@ class GatewaySettings(BaseSettings):
         if not sep or not host or not port.isdigit():
             raise ValueError("must be HOST:PORT")
         return value
+
+    @field_validator("embedder_metrics_url")
+    @classmethod
+    def _embedder_metrics_url(cls, value: str) -> str:
+        from .embedder_metrics import check_metrics_url
+
+        return check_metrics_url(value.strip())
 
     @field_validator("redis_url")
     @classmethod
