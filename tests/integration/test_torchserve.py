@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -17,6 +18,7 @@ import numpy as np
 import psutil
 import pytest
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from lookalike.images import decode_image
 from lookalike.torchserve import EmbedderClient, EmbedderImageError, TorchServeProcess, read_properties
@@ -143,7 +145,8 @@ def test_management_and_metrics_on_loopback_only(server):
     config = read_properties(server.config_path)
     assert config["management_address"] == f"http://127.0.0.1:{server.management_port}"
     assert config["grpc_management_address"] == "127.0.0.1"
-    assert config["metrics_address"].startswith("http://127.0.0.1:")
+    assert config["metrics_address"] == f"http://127.0.0.1:{server.ports['metrics']}"
+    assert (config["enable_metrics_api"], config["metrics_mode"]) == ("true", "prometheus")
     assert config["enable_model_api"] == "false"
     assert "disable_token_authorization" not in config
     listening = {}
@@ -156,11 +159,78 @@ def test_management_and_metrics_on_loopback_only(server):
             continue
     assert listening.get(server.management_port) == "127.0.0.1", listening
     assert listening.get(server.ports["grpc_management"]) == "127.0.0.1", listening
-    assert listening.get(server.ports["metrics"], "127.0.0.1") == "127.0.0.1", listening
+    assert listening.get(server.ports["metrics"]) == "127.0.0.1", listening  # the metrics API is on, on loopback
     assert server.ports["grpc"] in listening and server.ports["http"] in listening
     # nothing else of ours listens on a non-loopback address except the two inference endpoints
     public = {port for port, ip in listening.items() if not ip.startswith("127.")}
     assert public <= {server.ports["grpc"], server.ports["http"]}, listening
+    # and the metrics port answers on loopback only: not on any other address of this machine
+    assert "# TYPE QueueTime gauge" in server.metrics_text()
+    others = [a.address for addrs in psutil.net_if_addrs().values() for a in addrs
+              if a.family == socket.AF_INET and not a.address.startswith("127.")]
+    for address in others:
+        with pytest.raises(OSError), socket.create_connection((address, server.ports["metrics"]), timeout=2):
+            pass
+
+
+def prometheus_samples(text: str) -> dict[tuple[str, frozenset], float]:
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_batch_size_and_queue_metrics_on_the_loopback_metrics_api(server, client, photos):
+    """A concurrent burst shows up in the handler's batch-size histogram (served by TorchServe's
+    Prometheus metrics API from services/embedder/metrics.yaml) with plausible counts, next to
+    TorchServe's queue metrics; the gateway's re-export reads the same page."""
+    model = {"ModelName": "lookalike-lite0", "Level": "Model"}
+
+    def batch_histogram(samples) -> dict[str, float]:
+        found = {}
+        for (name, labels), value in samples.items():
+            labels = dict(labels)
+            if name.startswith("lookalike_embedder_batch_size") and labels.items() >= model.items():
+                found[name.removeprefix("lookalike_embedder_batch_size") + labels.get("le", "")] = value
+        return found
+
+    before = batch_histogram(prometheus_samples(server.metrics_text()))
+    burst = list(photos) + list(photos[:4]) + [b"not an image"]  # 13 concurrent requests
+    results = client.embed_many(burst, timeout=120, max_in_flight=len(burst))
+    assert sum(isinstance(r, np.ndarray) for r in results) == len(burst) - 1
+    headers = {"Authorization": f"Bearer {server.inference_key}", "Content-Type": "application/octet-stream"}
+    rest = urllib.request.Request(f"{server.http_url}/predictions/lookalike-lite0", data=photos[2], headers=headers)
+    with urllib.request.urlopen(rest, timeout=60) as answer:
+        assert answer.status == 200
+    sent = len(burst) + 1
+
+    def delta() -> dict[str, float]:
+        after = batch_histogram(prometheus_samples(server.metrics_text()))
+        return {k: v - before.get(k, 0.0) for k, v in after.items()}
+
+    deadline = time.monotonic() + 15  # worker metric lines reach the frontend a little after the answers
+    while delta().get("_sum", 0.0) < sent and time.monotonic() < deadline:
+        time.sleep(0.2)
+    d = delta()
+    assert d["_sum"] == sent, d  # every request went through exactly one batch (the rejected one too)
+    # the REST request is a batch of its own; the burst (batchSize 16) was merged into fewer batches than requests
+    assert 2 <= d["_count"] < sent, d
+    assert d["_bucket+Inf"] == d["_count"] and d["_bucket1.0"] < d["_count"], d  # some batch had several
+
+    samples = prometheus_samples(server.metrics_text())
+    names = {name for name, _ in samples}
+    queue_time = [v for (name, _), v in samples.items() if name == "QueueTime"]
+    assert queue_time and all(v >= 0 for v in queue_time)  # updated by gRPC and REST jobs
+    assert {"ts_queue_latency_microseconds_total", "ts_inference_requests_total"} <= names, names
+    requests = sum(v for (name, _), v in samples.items() if name == "ts_inference_requests_total")
+    assert requests >= sent
+
+    from lookalike_gateway.embedder_metrics import TorchServeMetrics
+
+    reexported = {f.name: f for f in TorchServeMetrics(server.metrics_url).collect()}
+    assert {"lookalike_embedder_batch_size", "lookalike_embedder_queue_time_ms",
+            "lookalike_embedder_queue_latency_microseconds", "lookalike_embedder_requests"} <= set(reexported)
+    count = sum(s.value for s in reexported["lookalike_embedder_batch_size"].samples
+                if s.name == "lookalike_embedder_batch_size_count")
+    assert count >= before.get("_count", 0.0) + d["_count"]
 
 
 def test_stop_leaves_no_process(server):
