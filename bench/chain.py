@@ -52,7 +52,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", type=Path, default=DEFAULT_DATASET)
     parser.add_argument("--catalogue-limit", type=int, default=0, help="index only the first N training photos")
-    parser.add_argument("--engine", default="qdrant-local", choices=["qdrant-local", "qdrant-edge"])
+    parser.add_argument("--engine", default="qdrant-edge", choices=["qdrant-edge", "qdrant-local"])
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "chain.json")
     args = parser.parse_args()
 

@@ -170,7 +170,7 @@ def run(dataset: Path, quick: bool, repeats: int) -> dict:
             log(f"stack up in {result['stack_start_s']} s; indexing {len(items)} photos")
             report = index_items(stack.grpc_address, items, progress=False)
             result["ingest"] = {"images": report.indexed, "failed": report.failed, "seconds": round(report.seconds, 1),
-                                "images_per_s": round(report.rate, 2), "engine": stack.config.search_engine}
+                                "images_per_s": round(report.rate, 2), "engine": stack.search_engine}
             log(f"ingest {report.rate:.1f} images/s; served quality on {len(test_paths)} test photos")
             querier = Querier(stack)
             result["served_quality"] = served_quality(querier, items, test_paths, test_labels)

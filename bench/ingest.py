@@ -2,7 +2,7 @@
 the ingest client's peak memory for catalogues of 3.1k, 3.8k and 50k products. All figures from one run
 (the machine is shared and noisy: compare the ratios, which are measured side by side).
 
-    python bench/ingest.py [--dataset DIR] [--limit N] [--synthetic 50000] [--engine qdrant-local]
+    python bench/ingest.py [--dataset DIR] [--limit N] [--synthetic 50000] [--engine qdrant-edge|qdrant-local]
                            [--json bench/results/ingest.json]
 
 1. model-only images/s at the TorchServe batch size (16), lookalike_embedder.bench.benchmark_model,
@@ -153,7 +153,7 @@ def main() -> int:
     parser.add_argument("--dataset", type=Path, default=DEFAULT_DATASET)
     parser.add_argument("--limit", type=int, default=0, help="index only the first N training photos (a quick run)")
     parser.add_argument("--synthetic", type=int, default=50_000, help="rows of the synthetic manifest (0: skip)")
-    parser.add_argument("--engine", default="qdrant-local", choices=["qdrant-local", "qdrant-edge"])
+    parser.add_argument("--engine", default="qdrant-edge", choices=["qdrant-edge", "qdrant-local"])
     parser.add_argument("--train-only", action="store_true", help="steps 1-4 only (no 3.8k, no synthetic run)")
     parser.add_argument("--batch", type=int, default=16, help="model-only batch size (TorchServe's batchSize)")
     parser.add_argument("--model-images", type=int, default=192)

@@ -313,8 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--http-port", type=int, default=8080, help="gateway REST/web port (default 8080)")
     serve.add_argument("--grpc-port", type=int, default=50051, help="gateway gRPC port (default 50051)")
     serve.add_argument("--host", default="127.0.0.1", help="address the gateway binds (default 127.0.0.1)")
-    serve.add_argument("--engine", default="qdrant-local", choices=["qdrant-local", "qdrant-edge"],
-                       help="embedded Qdrant engine (default qdrant-local)")
+    serve.add_argument("--engine", default="", choices=["", "qdrant-edge", "qdrant-local"],
+                       help="embedded Qdrant engine (default qdrant-edge; a data dir holding only qdrant-local "
+                            "data keeps qdrant-local)")
     serve.add_argument("--index", metavar="PATH", help="index this catalogue folder once the chain is ready")
     serve.set_defaults(func=cmd_serve)
 

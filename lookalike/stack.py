@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lookalike.torchserve import TorchServeProcess, free_port
+from lookalike_search.settings import default_engine
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ class StackConfig:
     http_port: int = 8080
     grpc_port: int = 50051
     host: str = "127.0.0.1"
-    search_engine: str = "qdrant-local"
+    search_engine: str = ""  # "" = the search service's default (lookalike_search.settings.default_engine)
     api_keys: str = ""
     extra_gateway_env: dict = field(default_factory=dict)
     extra_search_env: dict = field(default_factory=dict)
@@ -129,6 +130,7 @@ class Stack:
         self.config = config
         self.data_dir = Path(config.data_dir).resolve()
         self.logs = self.data_dir / "logs"
+        self.search_engine = config.search_engine or default_engine(self.data_dir / "search")
         self.redis: ManagedProcess | None = None
         self.torchserve: TorchServeProcess | None = None
         self.search: ManagedProcess | None = None
@@ -196,7 +198,7 @@ class Stack:
         port_file.unlink(missing_ok=True)
         env = self._python_env({
             "LOOKALIKE_SEARCH_HOST": "127.0.0.1", "LOOKALIKE_SEARCH_PORT": 0,
-            "LOOKALIKE_SEARCH_PORT_FILE": port_file, "LOOKALIKE_SEARCH_ENGINE": self.config.search_engine,
+            "LOOKALIKE_SEARCH_PORT_FILE": port_file, "LOOKALIKE_SEARCH_ENGINE": self.search_engine,
             "LOOKALIKE_SEARCH_DATA_DIR": self.data_dir / "search", **self.config.extra_search_env})
         self.search = ManagedProcess("search service", [sys.executable, "-m", "lookalike_search"],
                                      self.logs / "search.log", env=env)

@@ -17,11 +17,24 @@ def clean_env(monkeypatch):
             monkeypatch.delenv(key)
 
 
-def test_defaults():
+def test_defaults(monkeypatch, tmp_path):
+    monkeypatch.setenv("LOOKALIKE_SEARCH_DATA_DIR", str(tmp_path))
     s = load_settings(SearchSettings)
-    assert (s.host, s.port, s.engine, s.collection, s.vector_size) == ("127.0.0.1", 50052, "qdrant-local",
+    assert (s.host, s.port, s.engine, s.collection, s.vector_size) == ("127.0.0.1", 50052, "qdrant-edge",
                                                                       "products", 1280)
+    assert s.edge_index_threshold_points == 20_000
     assert s.quantization == "none" and s.qdrant_url is None and s.bind_address == "127.0.0.1:50052"
+
+
+def test_a_data_dir_with_only_qdrant_local_data_keeps_its_engine(monkeypatch, tmp_path):
+    """qdrant-edge became the default; a catalogue indexed before must not silently vanish."""
+    monkeypatch.setenv("LOOKALIKE_SEARCH_DATA_DIR", str(tmp_path))
+    (tmp_path / "qdrant-local").mkdir()
+    assert load_settings(SearchSettings).engine == "qdrant-local"
+    (tmp_path / "qdrant-edge").mkdir()
+    assert load_settings(SearchSettings).engine == "qdrant-edge"
+    monkeypatch.setenv("LOOKALIKE_SEARCH_ENGINE", "qdrant-local")
+    assert load_settings(SearchSettings).engine == "qdrant-local"  # an explicit choice wins
 
 
 def test_url_makes_server_the_default_engine(monkeypatch):

@@ -440,3 +440,24 @@ def test_edge_hnsw_segments_after_optimize(tmp_path, quantization):
         assert store.count(SearchFilter(category="bags")) == n // 4
     finally:
         store.close()
+
+
+def test_edge_builds_hnsw_only_past_the_index_threshold(tmp_path):
+    """Below edge_index_threshold_points the shard stays exact (no stalling optimize); at or above it,
+    the next quiet period (here: an explicit optimize_if_needed) builds the HNSW segments."""
+    rng = np.random.default_rng(5)
+    n = 600
+    vectors = unit(rng.standard_normal((n, DIM))).astype(np.float32)
+    points = [(f"p{i}", vectors[i], {"category": CATEGORIES[i % 4], "price": float(i)}) for i in range(n)]
+    store = open_store("qdrant-edge", tmp_path, indexing_threshold_kb=1, full_scan_threshold_kb=1,
+                       index_threshold_points=n + 1)
+    try:
+        store.upsert(points)
+        assert store.unindexed_points() == n
+        assert store.optimize_if_needed() is False and store.info()["indexed_vectors"] == 0
+        assert store.search(vectors[3], 1)[0].product_id == "p3"  # exact search meanwhile
+        store.index_threshold_points = n
+        assert store.optimize_if_needed() is True and store.info()["indexed_vectors"] > 0
+        assert store.unindexed_points() < n
+    finally:
+        store.close()

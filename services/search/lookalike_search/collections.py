@@ -184,7 +184,8 @@ class EdgeEngine(Engine):
                                  indexing_threshold_kb=s.indexing_threshold_kb, quantization=s.quantization,
                                  quantization_rescore=s.quantization_rescore,
                                  quantization_oversampling=s.quantization_oversampling,
-                                 optimize_idle_s=s.edge_optimize_idle_s, flush_each_write=s.edge_flush_each_write)
+                                 optimize_idle_s=s.edge_optimize_idle_s, flush_each_write=s.edge_flush_each_write,
+                                 index_threshold_points=s.edge_index_threshold_points)
 
     def close(self) -> None:
         pass
