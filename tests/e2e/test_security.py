@@ -112,7 +112,14 @@ def test_api_key_required_on_rest(secure, photo):
             assert response.json()["error"]["code"] == "UNAUTHENTICATED"
         assert http.get("/v1/products/anything").status_code == 401
         assert http.post("/v1/search", files=files, headers={"X-API-Key": KEYS[0]}).status_code == 200
+        assert http.post("/v1/search", files=files, headers={"Authorization": f"Bearer {KEYS[0]}"}).status_code == 200
         assert http.get("/healthz").status_code == 200  # probes need no key
+        # the metrics describe the traffic: a key, as Prometheus sends one (bearer or ?api_key=)
+        assert http.get("/metrics").status_code == 401
+        assert http.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        scraped = http.get("/metrics", headers={"Authorization": f"Bearer {KEYS[0]}"})
+        assert scraped.status_code == 200 and "lookalike_gateway_requests_total" in scraped.text
+        assert http.get("/metrics", params={"api_key": KEYS[0]}).status_code == 200
 
 
 def test_api_key_required_on_grpc(secure, photo):

@@ -171,3 +171,11 @@ def test_rest_listener_accepts_connections_with_nodelay():
 
     asyncio.run(accept_one())
     assert nodelay and nodelay[0] != 0
+
+
+@pytest.mark.parametrize("header, token", [
+    ("Bearer abc", "abc"), ("bearer  abc ", "abc"), ("Basic abc", None), ("Bearer", None), ("", None), (None, None)])
+def test_bearer_token(header, token):
+    from lookalike_gateway.auth import bearer_token
+
+    assert bearer_token(header) == token

@@ -13,6 +13,12 @@ GRPC_METADATA_KEY = "x-api-key"
 HTTP_HEADER = "X-API-Key"
 
 
+def bearer_token(header: str | None) -> str | None:
+    """The token of an `authorization: Bearer <token>` header or metadata value, else None."""
+    scheme, _, token = (header or "").partition(" ")
+    return (token.strip() or None) if scheme.lower() == "bearer" else None
+
+
 class ApiKeyCheck:
     """Accepts a request when keys are off, or when it carries one of the configured keys; then applies
     the caller's rate limit."""
@@ -45,10 +51,7 @@ class ApiKeyCheck:
     def check_grpc(self, context: grpc.ServicerContext) -> str | None:
         """Checks the key in metadata `x-api-key` (or `authorization: Bearer ...`)."""
         metadata = dict(context.invocation_metadata() or ())
-        presented = metadata.get(GRPC_METADATA_KEY)
-        bearer = metadata.get("authorization", "")
-        if not presented and bearer.lower().startswith("bearer "):
-            presented = bearer[7:]
+        presented = metadata.get(GRPC_METADATA_KEY) or bearer_token(metadata.get("authorization"))
         peer = context.peer() or ""
         return self.check(presented, caller=peer.rsplit(":", 1)[0])
 

@@ -21,7 +21,7 @@ from lookalike.status import http_status
 from lookalike.v1 import types_pb2
 
 from . import metrics
-from .auth import HTTP_HEADER, ApiKeyCheck
+from .auth import HTTP_HEADER, ApiKeyCheck, bearer_token
 from .core import ApiError, Deadline, Gateway
 
 log = logging.getLogger(__name__)
@@ -101,9 +101,12 @@ def create_app(gateway: Gateway, auth: ApiKeyCheck, readiness, draining: threadi
         elif request.url.path.startswith("/v1/") and draining is not None and draining.is_set():
             response = error_response(grpc.StatusCode.UNAVAILABLE, "the gateway is shutting down; retry elsewhere")
             response.headers["Connection"] = "close"
-        elif request.url.path.startswith("/v1/") and request.method != "OPTIONS":  # CORS preflights carry no key
+        elif (route.startswith("/v1/") or route == "/metrics") and request.method != "OPTIONS":
+            # with API keys configured, the metrics need one too (they describe the traffic); CORS
+            # preflights carry none. Prometheus sends a key as `authorization: Bearer` or `?api_key=`.
             try:
-                auth.check(request.headers.get(HTTP_HEADER) or request.query_params.get("api_key"),
+                auth.check(request.headers.get(HTTP_HEADER) or bearer_token(request.headers.get("authorization"))
+                           or request.query_params.get("api_key"),
                            caller=request.client.host if request.client else "")
                 response = await call_next(request)
             except ApiError as exc:
