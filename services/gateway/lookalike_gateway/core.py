@@ -145,7 +145,11 @@ class Gateway:
     # -- helpers -------------------------------------------------------------------------------------
 
     def check_image(self, image: bytes) -> None:
-        """Rejects empty, oversized, undecodable or disallowed images with INVALID_ARGUMENT/RESOURCE_EXHAUSTED."""
+        """Rejects empty, oversized, non-image, disallowed-format and decompression-bomb uploads with
+        INVALID_ARGUMENT/RESOURCE_EXHAUSTED from the header alone (images.probe_image, ~0.05 ms). The
+        pixels are decoded once, by the embedder, which answers a corrupt or truncated body with
+        INVALID_ARGUMENT too (EmbedderImageError): decoding here as well cost ~1.6 ms per query and up to
+        the whole bitmap in memory (120 MB for a 40 MP photo)."""
         if not image:
             raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "image is empty")
         if len(image) > self.settings.max_upload_bytes:
@@ -153,7 +157,7 @@ class Gateway:
                            f"image is {len(image)} bytes, above the limit of {self.settings.max_upload_bytes}",
                            http_status=413)
         try:
-            images.decode_image(image, max_pixels=self.settings.max_image_pixels)
+            images.probe_image(image, max_pixels=self.settings.max_image_pixels)
         except images.ImageRejected as exc:
             http = 415 if exc.reason == "unsupported_format" else None
             raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid image: {exc}", http_status=http) from None
