@@ -47,6 +47,24 @@ class SearchByVectorResponse(_message.Message):
     results: _containers.RepeatedCompositeFieldContainer[_types_pb2.SearchResult]
     def __init__(self, results: _Optional[_Iterable[_Union[_types_pb2.SearchResult, _Mapping]]] = ...) -> None: ...
 
+class SearchByVectorsRequest(_message.Message):
+    __slots__ = ("vectors", "top_k", "filter", "collection")
+    VECTORS_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    vectors: _containers.RepeatedScalarFieldContainer[bytes]
+    top_k: int
+    filter: _types_pb2.Filter
+    collection: str
+    def __init__(self, vectors: _Optional[_Iterable[bytes]] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Union[_types_pb2.Filter, _Mapping]] = ..., collection: _Optional[str] = ...) -> None: ...
+
+class SearchByVectorsResponse(_message.Message):
+    __slots__ = ("searches",)
+    SEARCHES_FIELD_NUMBER: _ClassVar[int]
+    searches: _containers.RepeatedCompositeFieldContainer[SearchByVectorResponse]
+    def __init__(self, searches: _Optional[_Iterable[_Union[SearchByVectorResponse, _Mapping]]] = ...) -> None: ...
+
 class SearchByIdRequest(_message.Message):
     __slots__ = ("product_id", "top_k", "filter", "collection")
     PRODUCT_ID_FIELD_NUMBER: _ClassVar[int]

@@ -45,6 +45,11 @@ class SearchServiceStub:
                 request_serializer=lookalike_dot_v1_dot_search__pb2.SearchByVectorRequest.SerializeToString,
                 response_deserializer=lookalike_dot_v1_dot_search__pb2.SearchByVectorResponse.FromString,
                 _registered_method=True)
+        self.SearchByVectors = channel.unary_unary(
+                '/lookalike.v1.SearchService/SearchByVectors',
+                request_serializer=lookalike_dot_v1_dot_search__pb2.SearchByVectorsRequest.SerializeToString,
+                response_deserializer=lookalike_dot_v1_dot_search__pb2.SearchByVectorsResponse.FromString,
+                _registered_method=True)
         self.SearchById = channel.unary_unary(
                 '/lookalike.v1.SearchService/SearchById',
                 request_serializer=lookalike_dot_v1_dot_search__pb2.SearchByIdRequest.SerializeToString,
@@ -100,6 +105,14 @@ class SearchServiceServicer:
 
     def SearchByVector(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SearchByVectors(self, request, context):
+        """SearchByVector for several vectors in one call (same top_k, filter and collection): what ingest's
+        duplicate check sends for a whole micro-batch instead of one call per product.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -171,6 +184,11 @@ def add_SearchServiceServicer_to_server(servicer, server):
                     servicer.SearchByVector,
                     request_deserializer=lookalike_dot_v1_dot_search__pb2.SearchByVectorRequest.FromString,
                     response_serializer=lookalike_dot_v1_dot_search__pb2.SearchByVectorResponse.SerializeToString,
+            ),
+            'SearchByVectors': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchByVectors,
+                    request_deserializer=lookalike_dot_v1_dot_search__pb2.SearchByVectorsRequest.FromString,
+                    response_serializer=lookalike_dot_v1_dot_search__pb2.SearchByVectorsResponse.SerializeToString,
             ),
             'SearchById': grpc.unary_unary_rpc_method_handler(
                     servicer.SearchById,
@@ -268,6 +286,33 @@ class SearchService:
             '/lookalike.v1.SearchService/SearchByVector',
             lookalike_dot_v1_dot_search__pb2.SearchByVectorRequest.SerializeToString,
             lookalike_dot_v1_dot_search__pb2.SearchByVectorResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchByVectors(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lookalike.v1.SearchService/SearchByVectors',
+            lookalike_dot_v1_dot_search__pb2.SearchByVectorsRequest.SerializeToString,
+            lookalike_dot_v1_dot_search__pb2.SearchByVectorsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -241,3 +241,21 @@ def test_port_file_is_written_only_when_ready(tmp_path):
         assert not list(tmp_path.glob(".search.port.*"))  # no temp file left behind
     finally:
         assert proc.terminate() == 0
+
+
+def test_search_by_vectors_answers_each_vector_like_search_by_vector(stub, catalogue):
+    rng = np.random.default_rng(11)
+    queries = [pack(unit(rng.standard_normal(DIM))) for _ in range(5)]
+    flt = types_pb2.Filter(category="shoes")
+    batch = stub.SearchByVectors(search_pb2.SearchByVectorsRequest(vectors=queries, top_k=3, filter=flt), timeout=10)
+    assert len(batch.searches) == len(queries)
+    for query, search in zip(queries, batch.searches):
+        one = stub.SearchByVector(search_pb2.SearchByVectorRequest(vector=query, top_k=3, filter=flt), timeout=10)
+        assert [r.product.id for r in search.results] == [r.product.id for r in one.results]
+        assert [r.score for r in search.results] == pytest.approx([r.score for r in one.results])
+    C = grpc.StatusCode.INVALID_ARGUMENT
+    expect_error(lambda: stub.SearchByVectors(search_pb2.SearchByVectorsRequest(top_k=3)), C, "no vectors")
+    expect_error(lambda: stub.SearchByVectors(search_pb2.SearchByVectorsRequest(
+        vectors=[queries[0], b"abc"], top_k=3)), C, r"vectors\[1\]")
+    expect_error(lambda: stub.SearchByVectors(search_pb2.SearchByVectorsRequest(
+        vectors=[queries[0]] * 1025, top_k=3)), C, "at most 1024")

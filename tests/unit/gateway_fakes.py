@@ -141,6 +141,14 @@ class FakeSearch:
             return search_pb2.SearchByVectorResponse(results=[
                 types_pb2.SearchResult(product=col[pid].product, score=score) for score, pid in scored[:request.top_k]])
 
+    def SearchByVectors(self, request, timeout=None, metadata=()):
+        with self.lock:
+            self._count("SearchByVectors")
+        searches = [self.SearchByVector(search_pb2.SearchByVectorRequest(
+            vector=v, top_k=request.top_k, filter=request.filter, collection=request.collection), timeout, metadata)
+            for v in request.vectors]
+        return search_pb2.SearchByVectorsResponse(searches=searches)
+
     def DeletePoints(self, request, timeout=None, metadata=()):
         with self.lock:
             self._count("DeletePoints")

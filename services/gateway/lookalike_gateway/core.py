@@ -37,8 +37,8 @@ MIN_ATTEMPT_S = 0.05  # a retry needs at least this much of the deadline left af
 EMBEDDER_NAME = "embedder (TorchServe)"
 # Search-service requests scoped to a collection: without one named, they get the active collection
 # (as the gateway last read it, so a query embeds with the model of the collection it searches).
-COLLECTION_SCOPED = frozenset({"UpsertPoints", "SearchByVector", "SearchById", "GetPoints", "DeletePoints",
-                               "CountPoints", "ScrollPoints"})
+COLLECTION_SCOPED = frozenset({"UpsertPoints", "SearchByVector", "SearchByVectors", "SearchById", "GetPoints",
+                               "DeletePoints", "CountPoints", "ScrollPoints"})
 
 
 class ApiError(Exception):

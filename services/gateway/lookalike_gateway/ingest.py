@@ -389,6 +389,13 @@ class Ingestor:
         """Sets slot.duplicate = (product id, exact, similarity) for fresh vectors that duplicate another
         product; marks SKIPPED those whose item asked to skip duplicates."""
         max_distance = self.settings.duplicate_max_distance
+        fresh = [slot for slot in slots if slot.fresh_vector]
+        stored_neighbours = {}  # id(slot) -> its nearest stored points: one search call for the whole batch
+        if fresh:
+            response = self.gateway._call_search("SearchByVectors", search_pb2.SearchByVectorsRequest(
+                vectors=[vectors.pack(slot.vector) for slot in fresh], top_k=DUPLICATE_CANDIDATES,
+                collection=target.collection), deadline)
+            stored_neighbours = {id(slot): search.results for slot, search in zip(fresh, response.searches)}
         earlier: list[_Slot] = []
         for slot in slots:
             slot.duplicate = None
@@ -400,10 +407,7 @@ class Ingestor:
             if seen is not None and seen != pid:
                 found = (seen, True, 1.0)
             if found is None:
-                response = self.gateway._call_search("SearchByVector", search_pb2.SearchByVectorRequest(
-                    vector=vectors.pack(slot.vector), top_k=DUPLICATE_CANDIDATES, collection=target.collection),
-                    deadline)
-                for hit in response.results:
+                for hit in stored_neighbours.get(id(slot), ()):
                     if hit.product.id == pid:
                         continue
                     exact = hit.product.image_sha256 == slot.digest

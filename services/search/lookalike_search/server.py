@@ -29,6 +29,7 @@ SERVICE_NAME = search_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name
 MAX_TOP_K = 1000
 MAX_POINTS_PER_UPSERT = 10_000
 MAX_IDS_PER_REQUEST = 10_000
+MAX_VECTORS_PER_SEARCH = 1024
 MAX_ID_LENGTH = 1024
 DEFAULT_SCROLL_LIMIT = 256
 MAX_SCROLL_LIMIT = 1000  # 1000 x 1280-d float32 = 5 MB per page
@@ -181,6 +182,20 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         top_k = check_top_k(request.top_k)
         flt = to_filter(request.filter) if request.HasField("filter") else None
         return search_pb2.SearchByVectorResponse(results=self._results(store.search(vector, top_k, flt)))
+
+    @rpc
+    def SearchByVectors(self, request, context):
+        store = self._store(request)
+        if not request.vectors:
+            raise InvalidArgument("no vectors given")
+        if len(request.vectors) > MAX_VECTORS_PER_SEARCH:
+            raise InvalidArgument(f"{len(request.vectors)} vectors in one request; at most {MAX_VECTORS_PER_SEARCH}")
+        dim = self._dim(store)
+        queries = [check_vector(raw, dim, f"vectors[{i}]") for i, raw in enumerate(request.vectors)]
+        top_k = check_top_k(request.top_k)
+        flt = to_filter(request.filter) if request.HasField("filter") else None
+        return search_pb2.SearchByVectorsResponse(searches=[
+            search_pb2.SearchByVectorResponse(results=self._results(store.search(q, top_k, flt))) for q in queries])
 
     @rpc
     def SearchById(self, request, context):
