@@ -133,6 +133,24 @@ def test_bad_items_do_not_fail_the_batch(handler, images):
     np.testing.assert_allclose(unpack(out[1]), expected, atol=1e-5)
 
 
+def test_parallel_decoding_gives_the_serial_batch_in_order(handler, images):
+    """preprocess decodes on decode_workers threads; order, tensors and per-item errors are those of the
+    one-by-one path."""
+    batch = [{"data": d} for d in images] + [{"data": b"not an image"}, {"data": images[0][:200]}]
+    saved = handler.decode_workers
+    try:
+        handler.decode_workers = 1
+        serial = handler.preprocess(batch)
+        handler.decode_workers = 4
+        parallel = handler.preprocess(batch)
+        assert handler._pool is not None and handler._pool._max_workers >= 2
+    finally:
+        handler.decode_workers = saved
+    assert parallel["index"] == serial["index"] == list(range(len(images)))
+    assert parallel["errors"] == serial["errors"] and parallel["n"] == serial["n"] == len(batch)
+    assert torch.equal(parallel["batch"], serial["batch"])
+
+
 def test_all_bad_batch(handler):
     out = handler.handle([{"data": b"x"}, {"data": b"y"}], FakeContext())
     assert all(o.startswith(ERROR_PREFIX) for o in out)

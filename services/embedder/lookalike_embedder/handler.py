@@ -40,6 +40,8 @@ cut:        $LOOKALIKE_EMBEDDER_CUT, then ``handler.cut`` in model-config.yaml, 
 max_pixels: $LOOKALIKE_EMBEDDER_MAX_PIXELS, then ``handler.max_pixels``, then 40_000_000.
 threads:    $LOOKALIKE_EMBEDDER_THREADS, then ``handler.threads``, then the CPUs this process may
             use (CPU only).
+decode_workers: $LOOKALIKE_EMBEDDER_DECODE_WORKERS, then ``handler.decode_workers``, then the CPUs
+            this process may use: threads that decode and resize a batch's images in parallel.
 device:     cuda:<gpu_id> when TorchServe assigned a GPU and CUDA is available, else CPU.
 
 METRICS
@@ -60,6 +62,7 @@ import json
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -129,6 +132,8 @@ class EmbedderHandler(BaseHandler):
         self.cut = lk_model.DEFAULT_CUT
         self.dim = lk_model.FINAL_DIM
         self.model_version = lk_model.MODEL_VERSION
+        self.decode_workers = 1
+        self._pool: ThreadPoolExecutor | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def initialize(self, context):
@@ -147,6 +152,8 @@ class EmbedderHandler(BaseHandler):
 
         self.cut = lk_model.normalize_cut(_setting(lk_model.CUT_ENV, config, "cut", lk_model.DEFAULT_CUT))
         self.max_pixels = int(_setting("LOOKALIKE_EMBEDDER_MAX_PIXELS", config, "max_pixels", DEFAULT_MAX_PIXELS))
+        self.decode_workers = max(1, int(_setting("LOOKALIKE_EMBEDDER_DECODE_WORKERS", config, "decode_workers", 0)
+                                         or 0) or _cpu_count())
         weights = _setting("LOOKALIKE_EMBEDDER_WEIGHTS", config, "weights", None)
         if weights is None:
             # an optional --serialized-file in the archive
@@ -161,46 +168,61 @@ class EmbedderHandler(BaseHandler):
         # Warm-up: the first forward pass is several times slower than the next ones.
         self.extractor.embed_batch(torch.zeros((1, 3, lk_model.IMAGE_SIZE, lk_model.IMAGE_SIZE)))
         self.initialized = True
-        logger.info("lookalike embedder ready: %s dim=%d device=%s threads=%d max_pixels=%d (%.1fs)",
-                    self.model_version, self.dim, self.device, torch.get_num_threads(), self.max_pixels,
-                    time.perf_counter() - started)
+        logger.info("lookalike embedder ready: %s dim=%d device=%s threads=%d decode_workers=%d max_pixels=%d "
+                    "(%.1fs)", self.model_version, self.dim, self.device, torch.get_num_threads(),
+                    self.decode_workers, self.max_pixels, time.perf_counter() - started)
 
     # ------------------------------------------------------------------ steps
     def preprocess(self, data):
         """TorchServe batch (list of dicts) -> {"batch": tensor [k,3,224,224] | None,
-        "index": positions of the k good items, "errors": per item None or error bytes, "n": len}."""
+        "index": positions of the k good items, "errors": per item None or error bytes, "n": len}.
+        Items are decoded and resized on `decode_workers` threads (PIL and torch release the GIL): done
+        one after the other, they left all but one core idle between forward passes."""
+        rows = list(data or [])
+        prepare = self._prepare_item
+        pool = self._decode_pool()
+        prepared = list(pool.map(prepare, rows)) if pool is not None and len(rows) > 1 else [
+            prepare(row) for row in rows]
         tensors, index, errors, request_ids = [], [], [], []
-        for i, row in enumerate(data or []):
-            row = row if isinstance(row, dict) else {"data": row}
-            request_id = row.get("request_id")
-            if isinstance(request_id, (bytes, bytearray)):
-                request_id = bytes(request_id).decode("utf-8", "replace")
+        for i, (request_id, tensor, error) in enumerate(prepared):
             request_ids.append(request_id)
-            payload = next((row[k] for k in INPUT_KEYS if row.get(k) is not None), None)
-            if payload is None:
-                # e.g. a multipart form field with another name: accept a single unambiguous value
-                others = [v for k, v in row.items() if k != "request_id" and v is not None]
-                payload = others[0] if len(others) == 1 else None
-            if payload is None:
-                errors.append(error_payload("missing_input", "the request has no image: send it as input "
-                                            "'data' (gRPC) or as the request body (HTTP)"))
-                continue
-            if isinstance(payload, str):
-                payload = payload.encode("latin-1", "replace")
-            elif not isinstance(payload, (bytes, bytearray, memoryview)):
-                errors.append(error_payload("not_an_image", "the request input is not binary image data"))
-                continue
-            try:
-                img = decode_image(payload, self.max_pixels)
-                tensors.append(lk_model.preprocess(img))
-            except ImageRejected as exc:
-                logger.info("rejected image (request_id=%s): %s: %s", request_id, exc.reason, exc.message)
-                errors.append(error_payload(exc.reason, exc.message))
-                continue
-            index.append(i)
-            errors.append(None)
+            errors.append(error)
+            if tensor is not None:
+                tensors.append(tensor)
+                index.append(i)
         batch = torch.stack(tensors) if tensors else None
         return {"batch": batch, "index": index, "errors": errors, "n": len(errors), "request_ids": request_ids}
+
+    def _decode_pool(self) -> ThreadPoolExecutor | None:
+        if self.decode_workers <= 1:
+            return None
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.decode_workers, thread_name_prefix="decode")
+        return self._pool
+
+    def _prepare_item(self, row) -> tuple[str | None, torch.Tensor | None, bytes | None]:
+        """One request item -> (request_id, the preprocessed tensor or None, None or the error payload)."""
+        row = row if isinstance(row, dict) else {"data": row}
+        request_id = row.get("request_id")
+        if isinstance(request_id, (bytes, bytearray)):
+            request_id = bytes(request_id).decode("utf-8", "replace")
+        payload = next((row[k] for k in INPUT_KEYS if row.get(k) is not None), None)
+        if payload is None:
+            # e.g. a multipart form field with another name: accept a single unambiguous value
+            others = [v for k, v in row.items() if k != "request_id" and v is not None]
+            payload = others[0] if len(others) == 1 else None
+        if payload is None:
+            return request_id, None, error_payload("missing_input", "the request has no image: send it as input "
+                                                   "'data' (gRPC) or as the request body (HTTP)")
+        if isinstance(payload, str):
+            payload = payload.encode("latin-1", "replace")
+        elif not isinstance(payload, (bytes, bytearray, memoryview)):
+            return request_id, None, error_payload("not_an_image", "the request input is not binary image data")
+        try:
+            return request_id, lk_model.preprocess(decode_image(payload, self.max_pixels)), None
+        except ImageRejected as exc:
+            logger.info("rejected image (request_id=%s): %s: %s", request_id, exc.reason, exc.message)
+            return request_id, None, error_payload(exc.reason, exc.message)
 
     def inference(self, data, *args, **kwargs):
         """Runs the model on the good items only; adds "vectors" (float32 [k, dim])."""
