@@ -69,7 +69,7 @@ def reference():
 
 def test_model_registered_with_batching(server, client):
     info = server.describe_model()
-    assert info["batchSize"] == 16 and info["maxBatchDelay"] == 5
+    assert info["batchSize"] == 16 and info["maxBatchDelay"] == 1
     assert [w["status"] for w in info["workers"]] == ["READY"]
     assert client.ping() is True
     assert client.model_ready() is True

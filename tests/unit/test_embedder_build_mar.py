@@ -24,7 +24,7 @@ def test_build_contents_and_idempotence(tmp_path):
     assert manifest["model"]["handler"] == "handler.py"
     assert manifest["model"]["configFile"] == "model-config.yaml"
     assert "serializedFile" not in manifest["model"]  # no weights in the archive
-    assert config["batchSize"] == 16 and config["maxBatchDelay"] == 5
+    assert config["batchSize"] == 16 and config["maxBatchDelay"] == 1
     assert config["minWorkers"] == config["maxWorkers"] == 1
     assert config["handler"]["cut"] == "final"
     assert mar.stat().st_size < 100_000
