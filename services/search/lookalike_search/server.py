@@ -21,7 +21,7 @@ from lookalike.vectors import pack, unpack
 from .collections import Active, CollectionNotFound, Collections
 from .observability import ObservabilityInterceptor, start_metrics_server
 from .settings import SearchSettings
-from .store import CollectionMismatch, Hit, NotFound, SearchFilter, StoreError, VectorStore, make_store
+from .store import CollectionMismatch, Hit, NotFound, SearchFilter, StoreError, VectorStore
 
 log = logging.getLogger("lookalike_search")
 

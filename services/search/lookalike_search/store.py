@@ -204,6 +204,15 @@ def check_scroll_limit(limit: int) -> int:
     return limit
 
 
+def stored_vector(raw) -> np.ndarray | None:
+    """A vector as an engine returns it (a list, the named-vector dict form, or None) as float32."""
+    if raw is None:
+        return None
+    if isinstance(raw, dict):  # named-vector form
+        raw = raw.get("", next(iter(raw.values()), None))
+    return None if raw is None else np.asarray(raw, dtype=np.float32)
+
+
 def clamp_score(score: float) -> float:
     """Cosine similarity clipped to [-1, 1] (float rounding can step just outside)."""
     return min(1.0, max(-1.0, float(score)))

@@ -19,7 +19,7 @@ import numpy as np
 
 from .store import (PAYLOAD_INDEXES, CollectionMismatch, Hit, NotFound, PointIn, Record, SearchFilter,
                     StoreError, check_scroll_limit, check_vector, clamp_score, dedupe_points, ef_for,
-                    payload_product_id, point_uuid, scroll_offset, unique)
+                    payload_product_id, point_uuid, scroll_offset, stored_vector, unique)
 
 log = logging.getLogger(__name__)
 
@@ -198,14 +198,6 @@ class QdrantClientStore:
             quant = models.QuantizationSearchParams(rescore=self._rescore, oversampling=self._oversampling)
         return models.SearchParams(hnsw_ef=ef_for(top_k, self.search_ef), quantization=quant)
 
-    @staticmethod
-    def _vector(raw) -> np.ndarray | None:
-        if raw is None:
-            return None
-        if isinstance(raw, dict):  # named-vector form
-            raw = raw.get("", next(iter(raw.values()), None))
-        return None if raw is None else np.asarray(raw, dtype=np.float32)
-
     # ---- operations ------------------------------------------------------------------------------
 
     def upsert(self, points: Sequence[PointIn]) -> int:
@@ -250,7 +242,7 @@ class QdrantClientStore:
         for rec in found:
             payload = dict(rec.payload or {})
             by_pid[payload_product_id(payload)] = Record(payload_product_id(payload), payload,
-                                                         self._vector(rec.vector) if with_vectors else None)
+                                                         stored_vector(rec.vector) if with_vectors else None)
         return [by_pid[i] for i in ids if i in by_pid]
 
     def delete(self, product_ids: Sequence[str]) -> int:
@@ -283,7 +275,7 @@ class QdrantClientStore:
         for rec in found:
             payload = dict(rec.payload or {})
             records.append(Record(payload_product_id(payload), payload,
-                                  self._vector(rec.vector) if with_vectors else None))
+                                  stored_vector(rec.vector) if with_vectors else None))
         return records, None if next_id is None else str(next_id)
 
     def close(self) -> None:
