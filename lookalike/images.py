@@ -132,6 +132,47 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def _open_checked(data, max_pixels: int, max_bytes: int | None, allowed_formats) -> tuple[str, Image.Image]:
+    """Every check that needs no pixel data (size of the upload, format by magic bytes, allow-list,
+    readable header, dimensions, pixel limit), then the opened but not yet decoded image and its
+    format. The caller closes the image."""
+    if data is None or len(data) == 0:
+        raise ImageRejected("empty", "the upload is empty (0 bytes)")
+    if max_bytes is not None and len(data) > max_bytes:
+        raise ImageRejected("too_large", f"the upload has {len(data)} bytes, the limit is {max_bytes}")
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise ImageRejected("not_an_image", "the upload is not a recognised image "
+                            f"(accepted: {', '.join(sorted(allowed_formats))})")
+    if fmt not in allowed_formats:
+        raise ImageRejected("unsupported_format", f"{fmt} images are not accepted "
+                            f"(accepted: {', '.join(sorted(allowed_formats))})")
+    with warnings.catch_warnings():
+        # We enforce our own (lower) pixel limit; PIL's warning would only be noise.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(io.BytesIO(bytes(data)), formats=[fmt])
+        except Image.DecompressionBombError as exc:
+            raise ImageRejected("too_many_pixels", f"the image is too large: {exc}") from None
+        except UnidentifiedImageError:
+            raise ImageRejected("not_an_image", f"the upload starts like {fmt} but its header cannot be "
+                                "read (damaged or truncated file)") from None
+        except (SyntaxError, ValueError, OSError, EOFError, struct.error) as exc:
+            raise ImageRejected("not_an_image", f"the upload starts like {fmt} but cannot be read: "
+                                f"{_short(exc)}") from None
+    width, height = img.size
+    problem = None
+    if width <= 0 or height <= 0:
+        problem = ImageRejected("corrupt", f"the image has an invalid size {width}x{height}")
+    elif width * height > max_pixels:
+        problem = ImageRejected("too_many_pixels", f"the image is {width}x{height} = {width * height} "
+                                f"pixels, the limit is {max_pixels}")
+    if problem is not None:
+        img.close()
+        raise problem
+    return fmt, img
+
+
 def decode_image(
     data: bytes | bytearray | memoryview,
     max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -144,40 +185,11 @@ def decode_image(
 
     Raises `ImageRejected` (a ValueError) with `.reason` in `REASONS`.
     """
-    if data is None or len(data) == 0:
-        raise ImageRejected("empty", "the upload is empty (0 bytes)")
-    if max_bytes is not None and len(data) > max_bytes:
-        raise ImageRejected("too_large", f"the upload has {len(data)} bytes, the limit is {max_bytes}")
-    fmt = sniff_format(data)
-    if fmt is None:
-        raise ImageRejected("not_an_image", "the upload is not a recognised image "
-                            f"(accepted: {', '.join(sorted(allowed_formats))})")
-    if fmt not in allowed_formats:
-        raise ImageRejected("unsupported_format", f"{fmt} images are not accepted "
-                            f"(accepted: {', '.join(sorted(allowed_formats))})")
-
-    buf = io.BytesIO(bytes(data))
-    with warnings.catch_warnings():
-        # We enforce our own (lower) pixel limit; PIL's warning would only be noise.
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            src = Image.open(buf, formats=[fmt])
-        except Image.DecompressionBombError as exc:
-            raise ImageRejected("too_many_pixels", f"the image is too large: {exc}") from None
-        except UnidentifiedImageError:
-            raise ImageRejected("not_an_image", f"the upload starts like {fmt} but its header cannot be "
-                                "read (damaged or truncated file)") from None
-        except (SyntaxError, ValueError, OSError, EOFError, struct.error) as exc:
-            raise ImageRejected("not_an_image", f"the upload starts like {fmt} but cannot be read: "
-                                f"{_short(exc)}") from None
-        img = src
-        try:
-            width, height = img.size
-            if width <= 0 or height <= 0:
-                raise ImageRejected("corrupt", f"the image has an invalid size {width}x{height}")
-            if width * height > max_pixels:
-                raise ImageRejected("too_many_pixels", f"the image is {width}x{height} = {width * height} "
-                                    f"pixels, the limit is {max_pixels}")
+    fmt, src = _open_checked(data, max_pixels, max_bytes, allowed_formats)
+    img = src
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             if getattr(img, "n_frames", 1) > 1:
                 img.seek(0)  # animated GIF/WEBP: first frame only
             try:
@@ -190,17 +202,17 @@ def decode_image(
                         or "premature end" in text or "unexpected end" in text:
                     raise ImageRejected("truncated", f"the {fmt} file is truncated: {_short(exc)}") from None
                 raise ImageRejected("corrupt", f"the {fmt} data cannot be decoded: {_short(exc)}") from None
-            if apply_exif_orientation:
-                try:
-                    img = ImageOps.exif_transpose(img)
-                except Exception:  # a broken EXIF block must not reject an otherwise fine image
-                    pass
-            rgb = to_rgb(img)
-            if rgb is src:
-                rgb = src.copy()  # detach from the file object
-            return rgb
-        finally:
-            src.close()
+        if apply_exif_orientation:
+            try:
+                img = ImageOps.exif_transpose(img)
+            except Exception:  # a broken EXIF block must not reject an otherwise fine image
+                pass
+        rgb = to_rgb(img)
+        if rgb is src:
+            rgb = src.copy()  # detach from the file object
+        return rgb
+    finally:
+        src.close()
 
 
 def probe_image(
@@ -214,39 +226,12 @@ def probe_image(
     except that the pixel data is not decoded (so a truncated or corrupt body is not detected here).
 
     For a service that hands the bytes on to one that decodes them with `decode_image` anyway (the
-    gateway's ingest path before the embedder): refuses non-images, other formats and decompression
-    bombs for a fraction of a millisecond. Raises `ImageRejected`.
+    gateway, before the embedder): refuses non-images, other formats and decompression bombs for a
+    fraction of a millisecond. Raises `ImageRejected`.
     """
-    if data is None or len(data) == 0:
-        raise ImageRejected("empty", "the upload is empty (0 bytes)")
-    if max_bytes is not None and len(data) > max_bytes:
-        raise ImageRejected("too_large", f"the upload has {len(data)} bytes, the limit is {max_bytes}")
-    fmt = sniff_format(data)
-    if fmt is None:
-        raise ImageRejected("not_an_image", "the upload is not a recognised image "
-                            f"(accepted: {', '.join(sorted(allowed_formats))})")
-    if fmt not in allowed_formats:
-        raise ImageRejected("unsupported_format", f"{fmt} images are not accepted "
-                            f"(accepted: {', '.join(sorted(allowed_formats))})")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            with Image.open(io.BytesIO(bytes(data)), formats=[fmt]) as img:
-                width, height = img.size
-        except Image.DecompressionBombError as exc:
-            raise ImageRejected("too_many_pixels", f"the image is too large: {exc}") from None
-        except UnidentifiedImageError:
-            raise ImageRejected("not_an_image", f"the upload starts like {fmt} but its header cannot be "
-                                "read (damaged or truncated file)") from None
-        except (SyntaxError, ValueError, OSError, EOFError, struct.error) as exc:
-            raise ImageRejected("not_an_image", f"the upload starts like {fmt} but cannot be read: "
-                                f"{_short(exc)}") from None
-    if width <= 0 or height <= 0:
-        raise ImageRejected("corrupt", f"the image has an invalid size {width}x{height}")
-    if width * height > max_pixels:
-        raise ImageRejected("too_many_pixels", f"the image is {width}x{height} = {width * height} "
-                            f"pixels, the limit is {max_pixels}")
-    return fmt, width, height
+    fmt, img = _open_checked(data, max_pixels, max_bytes, allowed_formats)
+    img.close()
+    return fmt, *img.size
 
 
 def decode_image_file(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, **kwargs) -> Image.Image:
