@@ -224,15 +224,7 @@ def evaluate(cat: np.ndarray, cat_labels: list[str], queries: np.ndarray, query_
              qe: int = 0) -> dict:
     """P@1/5/10 and mAP@100 of exact cosine search; qe > 0: average each query with its top-qe results
     (query expansion) and search again."""
-    cat = cat / np.linalg.norm(cat, axis=1, keepdims=True)
-    queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
-    scores = queries @ cat.T
-    if qe:
-        top = np.argsort(-scores, axis=1, kind="stable")[:, :qe]
-        expanded = queries + cat[top].sum(axis=1)
-        expanded /= np.linalg.norm(expanded, axis=1, keepdims=True)
-        scores = expanded @ cat.T
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :RANK_DEPTH]
+    order = evaluate_order(cat, queries, qe)
     labels = np.array(cat_labels)
     ranked = [list(labels[row]) for row in order]
     counts = {label: cat_labels.count(label) for label in set(cat_labels)}
