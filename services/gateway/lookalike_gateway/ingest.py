@@ -361,7 +361,7 @@ class Ingestor:
             product = types_pb2.Product()
             product.CopyFrom(slot.item.product)
             product.image_sha256 = slot.digest
-            classifier = getattr(gateway, "classifier", None)
+            classifier = gateway.classifier
             if classifier is not None:  # a category predicted for products sent without one
                 classifier.annotate(product, slot.vector)
             gateway.images.put(slot.digest, slot.item.image)
