@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything Lookalike needs on a fresh Debian machine; idempotent and quick when up to date.
-#   system: Java 17 (TorchServe), redis-server, Chromium (browser tests)
+#   system: Java 17 (TorchServe), redis-server, Chromium (browser tests), stress-ng (make test-stress)
 #   python: .venv with the project (editable) and its serve/dev extras; the TorchServe model archive
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 apt_packages=()
 command -v java >/dev/null 2>&1 || apt_packages+=(openjdk-17-jre-headless)
 command -v redis-server >/dev/null 2>&1 || apt_packages+=(redis-server)
+command -v stress-ng >/dev/null 2>&1 || apt_packages+=(stress-ng)  # make test-stress (CPU hog)
 if [ "${LOOKALIKE_SKIP_BROWSER:-0}" != 1 ]; then
   command -v chromium >/dev/null 2>&1 || apt_packages+=(chromium)
 fi

@@ -301,17 +301,17 @@ def test_one_training_at_a_time(service, catalogue, monkeypatch):
 
     def slow(*args):
         started.set()
-        release.wait(10)
+        release.wait(60)
         return real(*args)
 
     monkeypatch.setattr(service, "_train", slow)
     results = []
     first = threading.Thread(target=lambda: results.append(service.train()))
     first.start()
-    assert started.wait(5)
+    assert started.wait(60)
     assert code_of(service.train)[0] == grpc.StatusCode.ABORTED
     release.set()
-    first.join(30)
+    first.join(120)
     assert results and results[0]["labels"] == LABELS
     assert service.train(c_values=[1.0])["version"] != results[0]["version"]  # free again
     assert len(service.repo.versions()) == 2
@@ -319,14 +319,16 @@ def test_one_training_at_a_time(service, catalogue, monkeypatch):
 
 def test_deadline_while_training_goes_on(service, catalogue, monkeypatch):
     real = service._train
-    monkeypatch.setattr(service, "_train", lambda *a: (time.sleep(0.5), real(*a))[1])
+    release = threading.Event()
+    monkeypatch.setattr(service, "_train", lambda *a: (release.wait(60), real(*a))[1])
     code, message = code_of(lambda: service.train(wait_s=0.05))
     assert code == grpc.StatusCode.DEADLINE_EXCEEDED and "goes on" in message
-    for _ in range(400):  # the training finishes on its own
-        if service._training.acquire(blocking=False):
-            service._training.release()
-            break
+    release.set()
+    deadline = time.monotonic() + 60
+    while not service._training.acquire(blocking=False):  # the training finishes on its own
+        assert time.monotonic() < deadline, "the training never finished"
         time.sleep(0.05)
+    service._training.release()
     assert service.current_report()["labels"] == LABELS
 
 

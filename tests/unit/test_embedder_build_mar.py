@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import time
 import zipfile
 
 import pytest
@@ -30,9 +29,7 @@ def test_build_contents_and_idempotence(tmp_path):
     assert mar.stat().st_size < 100_000
 
     mtime = mar.stat().st_mtime_ns
-    started = time.perf_counter()
     assert build_embedder_mar(store) == mar
-    assert time.perf_counter() - started < 1.0
     assert mar.stat().st_mtime_ns == mtime  # up to date: not rebuilt
     assert [p.name for p in store.iterdir() if p.name.startswith("lk-mar-")] == []  # no temp leftovers
 

@@ -32,6 +32,9 @@ class FakeTorchServe(inference_pb2_grpc.InferenceAPIsServiceServicer):
         self.concurrent = 0
         self.max_concurrent = 0
         self.lock = threading.Lock()
+        self.together = 1  # requests wait (up to 30 s) until this many have been in flight at once
+        self.reached = threading.Event()
+        self.hold = threading.Event()  # requests for b"hold" wait for it (released at teardown)
 
     def _check(self, context):
         md = dict(context.invocation_metadata())
@@ -49,7 +52,12 @@ class FakeTorchServe(inference_pb2_grpc.InferenceAPIsServiceServicer):
             self.requests.append((dict(request.input), md))
             self.concurrent += 1
             self.max_concurrent = max(self.max_concurrent, self.concurrent)
+            if self.max_concurrent >= self.together:
+                self.reached.set()
         try:
+            self.reached.wait(30)  # a handshake, not a sleep: proves requests overlap on a loaded machine
+            if request.input["data"] == b"hold":
+                self.hold.wait(60)
             time.sleep(0.05)
             if request.model_name != "lookalike-lite0":
                 context.abort(grpc.StatusCode.NOT_FOUND, "Model not found")
@@ -74,6 +82,7 @@ def fake():
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     yield servicer, f"127.0.0.1:{port}"
+    servicer.hold.set()
     server.stop(0)
 
 
@@ -127,6 +136,7 @@ def test_token_file_is_reread_on_permission_denied(fake, tmp_path):
 
 def test_embed_many_concurrent_and_isolated(fake):
     servicer, target = fake
+    servicer.together = 2
     client = EmbedderClient(target, token="s3cret")
     images = [b"a" * n for n in range(1, 11)] + [b"bad", b""]
     results = client.embed_many(images, timeout=5, request_ids=[f"r{i}" for i in range(12)])
@@ -189,13 +199,12 @@ def test_embed_many_window_and_overall_deadline(fake):
     results = client.embed_many([b"x" * n for n in range(1, 9)], timeout=10, max_in_flight=2)
     assert all(isinstance(r, np.ndarray) for r in results)
     assert servicer.max_concurrent <= 2
-    # 12 sequential requests of 50 ms cannot fit in 0.2 s: the late ones fail as DEADLINE_EXCEEDED
-    started = time.monotonic()
-    results = client.embed_many([b"y" * n for n in range(1, 13)], timeout=0.2, max_in_flight=1)
-    assert time.monotonic() - started < 1.0
-    failed = [r for r in results if isinstance(r, Exception)]
-    assert isinstance(results[0], np.ndarray) and failed
-    assert all(isinstance(r, grpc.RpcError) and r.code() == grpc.StatusCode.DEADLINE_EXCEEDED for r in failed)
+    # one at a time: the first is answered, the second is held by the server past the call's deadline, the
+    # others are never sent: all late ones fail as DEADLINE_EXCEEDED, and the call returns at its deadline
+    results = client.embed_many([b"y", b"hold"] + [b"y" * n for n in range(2, 12)], timeout=3, max_in_flight=1)
+    assert isinstance(results[0], np.ndarray)
+    assert all(isinstance(r, grpc.RpcError) and r.code() == grpc.StatusCode.DEADLINE_EXCEEDED for r in results[1:])
+    assert [r[0]["data"] for r in servicer.requests][-2:] == [b"y", b"hold"]  # the rest were never sent
 
 
 def test_ping_rereads_the_token_file_after_a_restart(fake):

@@ -77,13 +77,19 @@ def _closed_port() -> int:
 
 
 def test_dead_redis_is_skipped_quickly():
-    cache = EmbeddingCache(f"redis://127.0.0.1:{_closed_port()}/0", "m", ttl_s=60, timeout_s=0.05, retry_after_s=5)
-    started = time.perf_counter()
+    from prometheus_client import REGISTRY
+
+    def events(name):
+        return REGISTRY.get_sample_value("lookalike_gateway_cache_events_total", {"event": name}) or 0.0
+
+    errors, skipped = events("error"), events("skipped")
+    cache = EmbeddingCache(f"redis://127.0.0.1:{_closed_port()}/0", "m", ttl_s=60, timeout_s=0.05,
+                           retry_after_s=600)
     assert cache.get("ab" * 32) is None
     cache.put("ab" * 32, np.ones(4, dtype=np.float32))
-    for _ in range(100):  # skipped without touching the socket again
+    for _ in range(100):  # skipped without touching the socket again (counted, not timed)
         assert cache.get("cd" * 32) is None
-    assert time.perf_counter() - started < 1.0
+    assert events("error") - errors == 1 and events("skipped") - skipped == 100
     assert cache.ping() is False
 
 
@@ -98,7 +104,7 @@ def test_slow_redis_is_skipped_within_its_timeout():
     cache = EmbeddingCache(f"redis://127.0.0.1:{port}/0", "m", ttl_s=60, timeout_s=0.1, retry_after_s=5)
     started = time.perf_counter()
     assert cache.get("ef" * 32) is None
-    assert time.perf_counter() - started < 1.0
+    assert time.perf_counter() - started < 10.0  # gave up (a generous bound: the machine may be loaded)
     server.close()
 
 
@@ -114,14 +120,21 @@ def test_image_store_refuses_traversal(tmp_path):
 
 
 def test_micro_batches_flush_when_the_stream_pauses():
-    def slow_stream():
+    flushed = threading.Event()
+
+    def paused_stream():  # pauses until the consumer saw the lone item flushed: no sleep, no race
         yield from range(5)
-        time.sleep(0.2)
+        assert flushed.wait(30), "a lone item was not flushed while the stream paused"
         yield from range(5, 7)
 
-    batches = [b for b in _batches(slow_stream(), size=4, max_wait_s=0.02) if b is not None]
+    batches = []
+    for batch in _batches(paused_stream(), size=4, max_wait_s=0.02):
+        if batch is not None:
+            batches.append(batch)
+            if batch == [4]:
+                flushed.set()
     assert [x for b in batches for x in b] == list(range(7))
-    assert batches[0] == [0, 1, 2, 3] and [4] in batches and batches[-1] == [5, 6]
+    assert batches == [[0, 1, 2, 3], [4], [5, 6]]
 
 
 def test_api_keys_and_rate_limit():

@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
+import threading
 from concurrent import futures
 
 import grpc
@@ -19,7 +19,7 @@ from lookalike.v1 import lookalike_pb2_grpc
 from lookalike_gateway.auth import ApiKeyCheck
 from lookalike_gateway.grpc_api import LookalikeServicer
 
-from .gateway_fakes import FakeEmbedder, make_gateway, png
+from .gateway_fakes import FakeSearch, NotFoundError, make_gateway, png
 
 
 @pytest.fixture
@@ -139,43 +139,57 @@ def test_index_rerun_resume_and_reports(photos, tmp_path, gateway_address):
     assert gateway.embedder.calls == embedded + 1
 
 
-class SlowEmbedder(FakeEmbedder):
-    def embed_many(self, images, timeout=30.0, request_ids=None, max_in_flight=64):
-        time.sleep(0.1 * len(images))
-        return super().embed_many(images, timeout, request_ids, max_in_flight)
+class GatedSearch(FakeSearch):
+    """The first UpsertPoints stores at once; later ones wait until the test opens the gate (`opened`); calls
+    that arrived before it opened stay blocked until `release` and then fail, so they store nothing."""
+
+    def __init__(self):
+        super().__init__()
+        self.first_stored = threading.Event()
+        self.opened = threading.Event()
+        self.release = threading.Event()
+
+    def UpsertPoints(self, request, timeout=None, metadata=()):
+        if self.first_stored.is_set() and not self.opened.is_set():
+            self.release.wait(120)
+            raise NotFoundError("gate released at the end of the test")
+        response = super().UpsertPoints(request, timeout, metadata)
+        self.first_stored.set()
+        return response
 
 
 def test_ctrl_c_stops_and_the_same_command_resumes(tmp_path):
     """SIGINT to `lookalike index`: exit 130 after a summary; what was acknowledged stays stored, the rest is
-    not; running the same command again reports the stored ones unchanged and adds the others once."""
+    not; running the same command again reports the stored ones unchanged and adds the others once.
+    Deterministic on a loaded machine: the search service stores the first batch, then holds every later
+    write until SIGINT has landed (no timing assumption)."""
     root = tmp_path / "catalogue" / "things"
     root.mkdir(parents=True)
     for i in range(24):
         (root / f"{i:02d}.png").write_bytes(png(300 + i))
-    gateway = make_gateway(tmp_path / "gw", embedder=SlowEmbedder(), upsert_batch_size=4)
+    search = GatedSearch()
+    gateway = make_gateway(tmp_path / "gw", search=search, upsert_batch_size=4)
     server = grpc.server(futures.ThreadPoolExecutor(8))
     lookalike_pb2_grpc.add_LookalikeServicer_to_server(LookalikeServicer(gateway, ApiKeyCheck(frozenset())), server)
     address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
     server.start()
-    stored = gateway.search.collections["products__lookalike-lite0"]
+    stored = search.collections["products__lookalike-lite0"]
     command = [sys.executable, "-m", "lookalike.cli", "index", str(tmp_path / "catalogue"), "--gateway", address,
                "-q", "--failures", str(tmp_path / "failures.jsonl")]
     try:
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        deadline = time.monotonic() + 60
-        while not stored:
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.01)
+        assert search.first_stored.wait(120), "the first batch was never stored"
         proc.send_signal(signal.SIGINT)
-        output = proc.communicate(timeout=60)[0]
+        output = proc.communicate(timeout=120)[0]
         assert proc.returncode == 130, output
         assert "interrupted" in output
-        time.sleep(1.0)  # batches the gateway was committing finish; the others are dropped
-        kept = len(stored)
+        kept = len(stored)  # the first batch; every later write of that run is held at the gate
         assert 0 < kept < 24
+        search.opened.set()
         again = subprocess.run(command, capture_output=True, text=True, timeout=120)
         assert again.returncode == 0, again.stdout + again.stderr
         assert f"{24 - kept} new, 0 updated, {kept} unchanged, 0 failed" in again.stdout
         assert sorted(stored) == sorted(f"things/{i:02d}.png" for i in range(24))
     finally:
+        search.release.set()
         server.stop(0)
