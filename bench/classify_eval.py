@@ -149,7 +149,7 @@ def classification(x_train, y_train, x_test, y_test) -> dict:
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-    from lookalike_gateway.classifier import fit_head
+    from lookalike_gateway.classifier_head import fit_head
 
     from threadpoolctl import threadpool_limits
 

@@ -407,7 +407,7 @@ def category_rerank(plain: dict, cat_labels: list[str], val_labels: list[str], t
     boost chosen on validation P@1, then measured once on test."""
     from types import SimpleNamespace
 
-    from lookalike_gateway.classifier import fit_head
+    from lookalike_gateway.classifier_head import fit_head
     from lookalike_gateway.ranking import rerank_by_category
 
     started = time.perf_counter()

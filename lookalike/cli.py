@@ -248,23 +248,35 @@ def cmd_search(args) -> int:
     return 0
 
 
+def _client(args):
+    from lookalike.client import LookalikeClient
+    return LookalikeClient(args.gateway, api_key=_api_key(args), timeout=args.timeout)
+
+
 def cmd_train_classifier(args) -> int:
-    import grpc
+    """Starts a training job and follows it with a progress bar (gRPC StartClassifierTraining, then
+    GetClassifierTraining until it is done)."""
+    from tqdm import tqdm
 
-    from lookalike.v1 import classifier_pb2, classifier_pb2_grpc
+    from lookalike.client import LookalikeError
 
-    request = classifier_pb2.TrainClassifierRequest(label_field=args.label_field)
-    if args.holdout is not None:
-        request.holdout_fraction = args.holdout
-    key = _api_key(args)
-    with grpc.insecure_channel(args.gateway) as channel:
-        stub = classifier_pb2_grpc.ClassificationStub(channel)
+    bar = tqdm(total=100, unit="%", desc="training", disable=args.quiet,
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed} {postfix}")
+
+    def show(job) -> None:
+        bar.n = round(job.progress * 100)
+        bar.set_postfix_str(job.stage, refresh=False)
+        bar.refresh()
+
+    with _client(args) as client:
         try:
-            report = stub.TrainClassifier(request, timeout=args.timeout,
-                                          metadata=[("x-api-key", key)] if key else None)
-        except grpc.RpcError as exc:
-            print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            report = client.train_classifier(args.label_field, holdout_fraction=args.holdout, on_progress=show,
+                                             wait_s=args.timeout)
+        except LookalikeError as exc:
+            bar.close()
+            print(f"error: {exc.code.name}: {exc.message}", file=sys.stderr)
             return 1
+    bar.close()
     print(f"classifier {report.version} on {report.label_field} ({report.model_id}): {len(report.labels)} labels, "
           f"{report.train_size} train / {report.test_size} held out, accuracy {report.accuracy:.3f} "
           f"(3-fold CV {report.cv_accuracy:.3f}, C={report.c:g}), {report.seconds:.1f}s")
@@ -279,23 +291,18 @@ def cmd_train_classifier(args) -> int:
 
 
 def cmd_classify(args) -> int:
-    import grpc
-
-    from lookalike.v1 import classifier_pb2, classifier_pb2_grpc
+    from lookalike.client import LookalikeError
 
     try:
         image = Path(args.image).read_bytes()
     except OSError as exc:
         print(f"error: cannot read {args.image}: {exc.strerror or exc}", file=sys.stderr)
         return 2
-    key = _api_key(args)
-    with grpc.insecure_channel(args.gateway) as channel:
-        stub = classifier_pb2_grpc.ClassificationStub(channel)
+    with _client(args) as client:
         try:
-            response = stub.Classify(classifier_pb2.ClassifyRequest(image=image, top_k=args.top_k),
-                                     timeout=args.timeout, metadata=[("x-api-key", key)] if key else None)
-        except grpc.RpcError as exc:
-            print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            response = client.classify(image, top_k=args.top_k)
+        except LookalikeError as exc:
+            print(f"error: {exc.code.name}: {exc.message}", file=sys.stderr)
             return 1
     print(f"classifier {response.classifier_version}{' (cached query embedding)' if response.cache_hit else ''}")
     for prediction in response.predictions:
@@ -373,7 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--label-field", default="category", help="category (default) or attributes.<name>")
     train.add_argument("--holdout", type=float, help="held-out fraction for the accuracy report (default 0.2)")
     train.add_argument("--gateway", default=DEFAULT_GATEWAY, help=f"gateway gRPC address (default {DEFAULT_GATEWAY})")
-    train.add_argument("--timeout", type=float, default=600.0, help="deadline in seconds")
+    train.add_argument("--timeout", type=float, default=600.0, help="how long to wait for the training, in seconds "
+                       "(it goes on on the gateway after that)")
+    train.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     train.add_argument("--api-key", help="API key (or env LOOKALIKE_API_KEY)")
     train.set_defaults(func=cmd_train_classifier)
 

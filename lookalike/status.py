@@ -42,3 +42,82 @@ def grpc_status(http: int) -> grpc.StatusCode:
     if http in HTTP_TO_GRPC:
         return HTTP_TO_GRPC[http]
     return grpc.StatusCode.INTERNAL if http >= 500 else grpc.StatusCode.INVALID_ARGUMENT
+
+
+# ---- structured error details (google.rpc.Status) ---------------------------------------------------
+#
+# An error's details travel as a list of plain dicts, the same on both transports:
+#   {"type": "BadRequest", "field_violations": [{"field": "top_k", "description": "..."}]}
+#   {"type": "ResourceInfo", "resource_type": "product", "resource_name": "sku-1", "description": "..."}
+#   {"type": "RetryInfo", "retry_delay_s": 1.0}
+# REST puts them in the error body's `details`; gRPC packs them into the google.rpc.Status it sends in
+# the `grpc-status-details-bin` trailer (grpcio-status), where any gRPC client library can read them.
+
+RETRY_CODES = frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE})
+
+
+def bad_request(field: str, description: str) -> dict:
+    return {"type": "BadRequest", "field_violations": [{"field": field, "description": description}]}
+
+
+def resource_info(resource_type: str, resource_name: str, description: str = "") -> dict:
+    return {"type": "ResourceInfo", "resource_type": resource_type, "resource_name": resource_name,
+            "description": description}
+
+
+def retry_info(delay_s: float) -> dict:
+    return {"type": "RetryInfo", "retry_delay_s": round(float(delay_s), 3)}
+
+
+def to_rpc_status(code: grpc.StatusCode, message: str, details: list[dict]) -> grpc.Status:
+    """A grpc.Status for `context.abort_with_status`, carrying the details as google.rpc messages."""
+    from google.rpc import error_details_pb2, status_pb2
+    from grpc_status import rpc_status
+
+    packed = status_pb2.Status(code=code.value[0], message=message)
+    for detail in details:
+        kind = detail.get("type")
+        if kind == "BadRequest":
+            msg = error_details_pb2.BadRequest(field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=v["field"], description=v["description"])
+                for v in detail["field_violations"]])
+        elif kind == "ResourceInfo":
+            msg = error_details_pb2.ResourceInfo(resource_type=detail["resource_type"],
+                                                 resource_name=detail["resource_name"],
+                                                 description=detail.get("description", ""))
+        elif kind == "RetryInfo":
+            msg = error_details_pb2.RetryInfo()
+            msg.retry_delay.FromMilliseconds(int(detail["retry_delay_s"] * 1000))
+        else:
+            continue
+        packed.details.add().Pack(msg)
+    return rpc_status.to_status(packed)
+
+
+def rpc_error_details(exc: grpc.RpcError) -> list[dict]:
+    """The details of a failed call (from its google.rpc.Status trailer) as dicts; [] when none."""
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    try:
+        packed = rpc_status.from_call(exc)
+    except (ValueError, AttributeError):  # no trailer, or a status that disagrees with the call's
+        return []
+    if packed is None:
+        return []
+    details = []
+    for any_msg in packed.details:
+        if any_msg.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            msg = error_details_pb2.BadRequest()
+            any_msg.Unpack(msg)
+            details.append({"type": "BadRequest", "field_violations": [
+                {"field": v.field, "description": v.description} for v in msg.field_violations]})
+        elif any_msg.Is(error_details_pb2.ResourceInfo.DESCRIPTOR):
+            msg = error_details_pb2.ResourceInfo()
+            any_msg.Unpack(msg)
+            details.append(resource_info(msg.resource_type, msg.resource_name, msg.description))
+        elif any_msg.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            msg = error_details_pb2.RetryInfo()
+            any_msg.Unpack(msg)
+            details.append(retry_info(msg.retry_delay.ToMilliseconds() / 1000))
+    return details

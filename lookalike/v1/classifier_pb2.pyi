@@ -1,3 +1,4 @@
+from lookalike.v1 import types_pb2 as _types_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -108,3 +109,29 @@ class GetClassifierResponse(_message.Message):
     CLASSIFIER_FIELD_NUMBER: _ClassVar[int]
     classifier: TrainClassifierResponse
     def __init__(self, classifier: _Optional[_Union[TrainClassifierResponse, _Mapping]] = ...) -> None: ...
+
+class StartClassifierTrainingRequest(_message.Message):
+    __slots__ = ("training",)
+    TRAINING_FIELD_NUMBER: _ClassVar[int]
+    training: TrainClassifierRequest
+    def __init__(self, training: _Optional[_Union[TrainClassifierRequest, _Mapping]] = ...) -> None: ...
+
+class StartClassifierTrainingResponse(_message.Message):
+    __slots__ = ("job",)
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    job: _types_pb2.JobStatus
+    def __init__(self, job: _Optional[_Union[_types_pb2.JobStatus, _Mapping]] = ...) -> None: ...
+
+class GetClassifierTrainingRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class GetClassifierTrainingResponse(_message.Message):
+    __slots__ = ("job", "report")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    REPORT_FIELD_NUMBER: _ClassVar[int]
+    job: _types_pb2.JobStatus
+    report: TrainClassifierResponse
+    def __init__(self, job: _Optional[_Union[_types_pb2.JobStatus, _Mapping]] = ..., report: _Optional[_Union[TrainClassifierResponse, _Mapping]] = ...) -> None: ...

@@ -46,6 +46,16 @@ class ClassificationStub:
                 request_serializer=lookalike_dot_v1_dot_classifier__pb2.TrainClassifierRequest.SerializeToString,
                 response_deserializer=lookalike_dot_v1_dot_classifier__pb2.TrainClassifierResponse.FromString,
                 _registered_method=True)
+        self.StartClassifierTraining = channel.unary_unary(
+                '/lookalike.v1.Classification/StartClassifierTraining',
+                request_serializer=lookalike_dot_v1_dot_classifier__pb2.StartClassifierTrainingRequest.SerializeToString,
+                response_deserializer=lookalike_dot_v1_dot_classifier__pb2.StartClassifierTrainingResponse.FromString,
+                _registered_method=True)
+        self.GetClassifierTraining = channel.unary_unary(
+                '/lookalike.v1.Classification/GetClassifierTraining',
+                request_serializer=lookalike_dot_v1_dot_classifier__pb2.GetClassifierTrainingRequest.SerializeToString,
+                response_deserializer=lookalike_dot_v1_dot_classifier__pb2.GetClassifierTrainingResponse.FromString,
+                _registered_method=True)
         self.GetClassifier = channel.unary_unary(
                 '/lookalike.v1.Classification/GetClassifier',
                 request_serializer=lookalike_dot_v1_dot_classifier__pb2.GetClassifierRequest.SerializeToString,
@@ -70,6 +80,22 @@ class ClassificationServicer:
         """Trains a multinomial logistic regression on the stored embeddings, labels from a payload field;
         C chosen by cross-validation, accuracy measured on a stratified held-out part. One training at a
         time (ABORTED while another runs). FAILED_PRECONDITION: unknown field, fewer than 2 labels.
+        Waits for the training and answers with its report; StartClassifierTraining does not wait.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartClassifierTraining(self, request, context):
+        """Starts the same training as a job and answers at once (ABORTED while one runs; the arguments are
+        checked first: INVALID_ARGUMENT / FAILED_PRECONDITION). Read it with GetClassifierTraining.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetClassifierTraining(self, request, context):
+        """A training job's state and progress, and its report once it succeeded (NOT_FOUND: unknown id).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -94,6 +120,16 @@ def add_ClassificationServicer_to_server(servicer, server):
                     servicer.TrainClassifier,
                     request_deserializer=lookalike_dot_v1_dot_classifier__pb2.TrainClassifierRequest.FromString,
                     response_serializer=lookalike_dot_v1_dot_classifier__pb2.TrainClassifierResponse.SerializeToString,
+            ),
+            'StartClassifierTraining': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartClassifierTraining,
+                    request_deserializer=lookalike_dot_v1_dot_classifier__pb2.StartClassifierTrainingRequest.FromString,
+                    response_serializer=lookalike_dot_v1_dot_classifier__pb2.StartClassifierTrainingResponse.SerializeToString,
+            ),
+            'GetClassifierTraining': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetClassifierTraining,
+                    request_deserializer=lookalike_dot_v1_dot_classifier__pb2.GetClassifierTrainingRequest.FromString,
+                    response_serializer=lookalike_dot_v1_dot_classifier__pb2.GetClassifierTrainingResponse.SerializeToString,
             ),
             'GetClassifier': grpc.unary_unary_rpc_method_handler(
                     servicer.GetClassifier,
@@ -157,6 +193,60 @@ class Classification:
             '/lookalike.v1.Classification/TrainClassifier',
             lookalike_dot_v1_dot_classifier__pb2.TrainClassifierRequest.SerializeToString,
             lookalike_dot_v1_dot_classifier__pb2.TrainClassifierResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartClassifierTraining(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lookalike.v1.Classification/StartClassifierTraining',
+            lookalike_dot_v1_dot_classifier__pb2.StartClassifierTrainingRequest.SerializeToString,
+            lookalike_dot_v1_dot_classifier__pb2.StartClassifierTrainingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetClassifierTraining(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lookalike.v1.Classification/GetClassifierTraining',
+            lookalike_dot_v1_dot_classifier__pb2.GetClassifierTrainingRequest.SerializeToString,
+            lookalike_dot_v1_dot_classifier__pb2.GetClassifierTrainingResponse.FromString,
             options,
             channel_credentials,
             insecure,

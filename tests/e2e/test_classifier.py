@@ -63,8 +63,16 @@ def trained(http, stub, clothing_test_photos):
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
     response = http.post("/v1/classifiers", json={})
-    assert response.status_code == 200, response.text
-    return response.json()
+    assert response.status_code == 202, response.text  # a job: the request is not held for the training
+    job = response.json()
+    assert response.headers["location"] == f"/v1/classifiers/jobs/{job['id']}"
+    deadline = time.monotonic() + 300
+    while job["state"] not in ("succeeded", "failed") and time.monotonic() < deadline:
+        time.sleep(0.2)
+        job = http.get(response.headers["location"]).json()
+        assert 0 <= job["progress"] <= 1
+    assert job["state"] == "succeeded", job
+    return job["report"]
 
 
 def test_training_report(trained, http):
@@ -158,6 +166,11 @@ def test_cli(indexed_stack, trained, clothing_test_photos, capsys):
     with pytest.raises(SystemExit) as done:
         main(["train-classifier", "--label-field", "nope", "--gateway", indexed_stack.grpc_address])
     assert done.value.code == 1 and "FAILED_PRECONDITION" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as done:  # a job followed with a progress bar (on stderr) to its report
+        main(["train-classifier", "--gateway", indexed_stack.grpc_address])
+    assert done.value.code == 0
+    captured = capsys.readouterr()
+    assert "training: 100%" in captured.err and "accuracy" in captured.out and "shoes" in captured.out
 
 
 def test_search_is_reranked_by_the_category_classifier(trained, http, channel, clothing_test_photos):

@@ -15,8 +15,10 @@ import pytest
 from lookalike.v1 import classifier_pb2, search_pb2, types_pb2
 from lookalike.vectors import pack
 from lookalike_gateway.auth import ApiKeyCheck
-from lookalike_gateway.classifier import (ClassificationServicer, ClassifierRepository, ClassifierService,
-                                          LinearHead, TrainingError, fit_head, report_proto, softmax)
+from lookalike_gateway.classifier import ClassifierService
+from lookalike_gateway.classifier_api import ClassificationServicer, report_proto
+from lookalike_gateway.classifier_head import LinearHead, TrainingError, fit_head, softmax
+from lookalike_gateway.classifier_store import ClassifierRepository
 from lookalike_gateway.core import ApiError, Deadline
 from lookalike_gateway.settings import GatewaySettings
 from lookalike_search.server import SearchServicer
@@ -322,13 +324,11 @@ def test_deadline_while_training_goes_on(service, catalogue, monkeypatch):
     release = threading.Event()
     monkeypatch.setattr(service, "_train", lambda *a: (release.wait(60), real(*a))[1])
     code, message = code_of(lambda: service.train(wait_s=0.05))
-    assert code == grpc.StatusCode.DEADLINE_EXCEEDED and "goes on" in message
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED and "goes on as job" in message
+    job = service.jobs.running()
+    assert job is not None and job.id in message
     release.set()
-    deadline = time.monotonic() + 60
-    while not service._training.acquire(blocking=False):  # the training finishes on its own
-        assert time.monotonic() < deadline, "the training never finished"
-        time.sleep(0.05)
-    service._training.release()
+    assert service.jobs.wait(job.id, 60).state.value == "succeeded"  # the training finishes on its own
     assert service.current_report()["labels"] == LABELS
 
 
@@ -390,7 +390,7 @@ def test_grpc_service_over_a_real_server(service, catalogue):
 
     from lookalike.grpc_server import ServiceHost
     from lookalike.v1 import classifier_pb2_grpc
-    from lookalike_gateway.classifier import add_to_host
+    from lookalike_gateway.classifier_api import add_to_host
 
     host = ServiceHost("127.0.0.1:0", max_workers=4, grace=1)
     draining = threading.Event()
@@ -418,6 +418,23 @@ def test_grpc_service_over_a_real_server(service, catalogue):
             assert response.classifier_version == report.version and not response.cache_hit
             current = stub.GetClassifier(classifier_pb2.GetClassifierRequest(), timeout=5)
             assert current.classifier.version == report.version
+
+            started = stub.StartClassifierTraining(classifier_pb2.StartClassifierTrainingRequest(
+                training=classifier_pb2.TrainClassifierRequest(c_values=[0.1])), timeout=5)
+            assert started.job.id and started.job.kind == "classifier-training"
+            assert started.job.state == types_pb2.JOB_STATE_RUNNING and started.job.started_at
+            service.jobs.wait(started.job.id, 60)
+            read = stub.GetClassifierTraining(classifier_pb2.GetClassifierTrainingRequest(job_id=started.job.id),
+                                              timeout=5)
+            assert read.job.state == types_pb2.JOB_STATE_SUCCEEDED and read.job.progress == 1.0
+            assert read.report.c == 0.1 and read.report.version != report.version and read.job.finished_at
+            with pytest.raises(grpc.RpcError) as err:
+                stub.StartClassifierTraining(classifier_pb2.StartClassifierTrainingRequest(
+                    training=classifier_pb2.TrainClassifierRequest(label_field="nope")), timeout=5)
+            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION  # checked before a job starts
+            with pytest.raises(grpc.RpcError) as err:
+                stub.GetClassifierTraining(classifier_pb2.GetClassifierTrainingRequest(job_id="nope"), timeout=5)
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
             draining.set()
             with pytest.raises(grpc.RpcError) as err:
                 stub.Classify(classifier_pb2.ClassifyRequest(image=b"hat"), timeout=5)
@@ -448,11 +465,26 @@ def test_rest_routes(service, catalogue, http):
     assert bad.status_code == 400 and "nope" in bad.json()["error"]["message"]
     assert http.post("/v1/classifiers", json={"holdout": 0.1}).status_code == 400  # unknown key
 
-    report = http.post("/v1/classifiers")  # no body at all: the defaults
-    assert report.status_code == 200, report.text
-    body = report.json()
+    started = http.post("/v1/classifiers")  # no body at all: the defaults
+    assert started.status_code == 202, started.text
+    job = started.json()
+    assert started.headers["location"] == f"/v1/classifiers/jobs/{job['id']}"
+    assert job["state"] in ("queued", "running", "succeeded") and job["kind"] == "classifier-training"
+    service.jobs.wait(job["id"], 60)
+    done = http.get(started.headers["location"]).json()
+    assert done["state"] == "succeeded" and done["progress"] == 1.0 and done["error"] is None
+    body = done["report"]
     assert body["labels"] == LABELS and body["label_field"] == "category" and body["accuracy"] >= 0.9
-    assert http.post("/v1/classifiers", json={}).status_code == 200
+    again = http.post("/v1/classifiers", json={})
+    assert again.status_code == 202
+    service.jobs.wait(again.json()["id"], 60)
+    failing = http.post("/v1/classifiers", json={"label_field": "attributes.size"})  # found out by the job
+    assert failing.status_code == 202
+    service.jobs.wait(failing.json()["id"], 60)
+    failed = http.get(failing.headers["location"]).json()
+    assert failed["state"] == "failed" and failed["report"] is None
+    assert failed["error"]["code"] == "FAILED_PRECONDITION" and "size" in failed["error"]["message"]
+    assert http.get("/v1/classifiers/jobs/classifier-training-000000000000").status_code == 404
     current = http.get("/v1/classifiers/current").json()
     assert current["version"] != body["version"] and current["labels"] == LABELS
     assert http.get("/v1/classifiers").json()["current"] == current["version"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lookalike.v1 import types_pb2
-from lookalike_gateway.classifier import LinearHead
+from lookalike_gateway.classifier_head import LinearHead
 from lookalike_gateway.core import ApiError, Deadline
 from lookalike_gateway.ranking import rerank_by_category
 

@@ -21,7 +21,7 @@ from lookalike import images, request_id
 from lookalike.status import http_status
 from lookalike.v1 import types_pb2
 
-from . import metrics
+from . import classifier_api, metrics
 from .auth import HTTP_HEADER, ApiKeyCheck, bearer_token
 from .core import ApiError, Deadline, Gateway
 
@@ -255,8 +255,8 @@ def create_app(gateway: Gateway, auth: ApiKeyCheck, readiness, draining: threadi
             raise ApiError(grpc.StatusCode.NOT_FOUND, f"product {product_id!r} not found")
         return {"id": product_id, "deleted": True}
 
-    if getattr(gateway, "classifier", None) is not None:  # /v1/classify, /v1/classifiers (classifier.py)
-        app.include_router(gateway.classifier.router())
+    if getattr(gateway, "classifier", None) is not None:  # /v1/classify, /v1/classifiers (classifier_api.py)
+        app.include_router(classifier_api.build_router(gateway.classifier))
 
     @app.get("/", include_in_schema=False)
     def index():

@@ -23,7 +23,7 @@ from . import embedder_metrics
 from .auth import ApiKeyCheck, RateLimiter
 from .cache import EmbeddingCache
 from .classifier import ClassifierService
-from .classifier import add_to_host as add_classification
+from .classifier_api import add_to_host as add_classification
 from .core import Dependencies, Gateway
 from .grpc_api import LookalikeServicer
 from .image_store import ImageStore
