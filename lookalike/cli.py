@@ -214,18 +214,15 @@ def cmd_collections(args) -> int:
 def cmd_search(args) -> int:
     import grpc
 
-    from lookalike.v1 import lookalike_pb2, lookalike_pb2_grpc, types_pb2
+    from lookalike.filters import make_filter
+    from lookalike.v1 import lookalike_pb2, lookalike_pb2_grpc
 
     try:
         image = Path(args.image).read_bytes()
     except OSError as exc:
         print(f"error: cannot read {args.image}: {exc.strerror or exc}", file=sys.stderr)
         return 2
-    flt = types_pb2.Filter(category=args.category or "")
-    if args.min_price is not None:
-        flt.min_price = args.min_price
-    if args.max_price is not None:
-        flt.max_price = args.max_price
+    flt = make_filter(args.category, args.min_price, args.max_price)
     key = _api_key(args)
     with grpc.insecure_channel(args.gateway) as channel:
         stub = lookalike_pb2_grpc.LookalikeStub(channel)

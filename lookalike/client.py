@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from lookalike import status as status_table
+from lookalike.filters import make_filter
 from lookalike.v1 import (classifier_pb2, classifier_pb2_grpc, lookalike_pb2, lookalike_pb2_grpc, types_pb2)
 
 DEFAULT_TIMEOUT_S = 30.0
@@ -91,20 +92,11 @@ class LookalikeClient:
 
     # -- search and products ------------------------------------------------------------------------
 
-    @staticmethod
-    def _filter(category: str | None, min_price: float | None, max_price: float | None) -> types_pb2.Filter:
-        flt = types_pb2.Filter(category=category or "")
-        if min_price is not None:
-            flt.min_price = min_price
-        if max_price is not None:
-            flt.max_price = max_price
-        return flt
-
     def search_by_image(self, image: bytes, top_k: int | None = None, category: str | None = None,
                         min_price: float | None = None, max_price: float | None = None,
                         category_boost: float | None = None,
                         timeout: float | None = None) -> lookalike_pb2.SearchByImageResponse:
-        request = lookalike_pb2.SearchByImageRequest(image=image, filter=self._filter(category, min_price, max_price))
+        request = lookalike_pb2.SearchByImageRequest(image=image, filter=make_filter(category, min_price, max_price))
         if top_k is not None:
             request.top_k = top_k
         if category_boost is not None:
@@ -115,7 +107,7 @@ class LookalikeClient:
                        min_price: float | None = None, max_price: float | None = None,
                        timeout: float | None = None) -> list[types_pb2.SearchResult]:
         request = lookalike_pb2.SearchSimilarRequest(product_id=product_id,
-                                                     filter=self._filter(category, min_price, max_price))
+                                                     filter=make_filter(category, min_price, max_price))
         if top_k is not None:
             request.top_k = top_k
         return list(self._call(self.lookalike.SearchSimilar, request, timeout).results)

@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers, MutableHeaders, QueryParams
 
 from lookalike import images, request_id
+from lookalike.filters import make_filter
 from lookalike.status import http_status
 from lookalike.v1 import types_pb2
 
@@ -130,15 +131,6 @@ class Guard:
             except ApiError as exc:
                 return api_error_response(exc)
         return None
-
-
-def make_filter(category: str | None, min_price: float | None, max_price: float | None) -> types_pb2.Filter:
-    flt = types_pb2.Filter(category=category or "")
-    if min_price is not None:
-        flt.min_price = min_price
-    if max_price is not None:
-        flt.max_price = max_price
-    return flt
 
 
 def create_app(gateway: Gateway, auth: ApiKeyCheck, readiness, draining: threading.Event | None = None) -> FastAPI:
