@@ -75,7 +75,7 @@ def vectors(outputs) -> np.ndarray:
 
 def test_initialize(handler):
     assert handler.initialized
-    assert handler.device == torch.device("cpu")
+    assert handler.device == "cpu" and handler.backend == "onnxruntime" and handler.threads == 1
     assert handler.cut == "final" and handler.dim == 1280
     assert handler.model_version == lk.MODEL_VERSION
 
@@ -86,12 +86,10 @@ def test_batch_shape_norm_and_equality_with_feature_extractor(handler, images):
     assert all(isinstance(o, bytes) and len(o) == 4 * 1280 for o in out)
     got = vectors(out)
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
-    # the offline path: same decoder, same model
+    # the offline eager path (same decoder, same preprocessing, PyTorch): the same vectors
     from lookalike.images import decode_image
-    expected = handler.extractor.embed_images([decode_image(d) for d in images])
-    np.testing.assert_allclose(got, expected, atol=1e-5)
-    fresh = lk.FeatureExtractor("cpu")
-    np.testing.assert_allclose(fresh.embed_images([decode_image(d) for d in images]), got, atol=1e-5)
+    eager = lk.FeatureExtractor("cpu").embed_images([decode_image(d) for d in images])
+    assert (eager * got).sum(axis=1).min() >= 0.99999
 
 
 def test_deterministic_and_batch_independent(handler, images):
@@ -148,7 +146,7 @@ def test_parallel_decoding_gives_the_serial_batch_in_order(handler, images):
         handler.decode_workers = saved
     assert parallel["index"] == serial["index"] == list(range(len(images)))
     assert parallel["errors"] == serial["errors"] and parallel["n"] == serial["n"] == len(batch)
-    assert torch.equal(parallel["batch"], serial["batch"])
+    assert np.array_equal(parallel["batch"], serial["batch"])
 
 
 def test_all_bad_batch(handler):
@@ -176,6 +174,20 @@ def test_cut_from_env_and_yaml(monkeypatch):
     assert h.cut == "block14" and h.dim == 192 and h.max_pixels == 1000
     out = h.handle([{"data": synthetic_jpeg(3)}], FakeContext())  # 320x240 > 1000 pixels
     assert json.loads(out[0])["error"]["reason"] == "too_many_pixels"
+
+
+def test_torch_backend_gives_the_onnx_vectors(monkeypatch, handler, images):
+    monkeypatch.setenv("LOOKALIKE_EMBEDDER_THREADS", "1")
+    monkeypatch.setenv("LOOKALIKE_EMBEDDER_BACKEND", "torch")
+    h = EmbedderHandler()
+    h.initialize(FakeContext())
+    assert h.backend == "torch" and h.model_version == handler.model_version  # same vectors: same model id
+    eager = vectors(h.handle([{"data": d} for d in images], FakeContext()))
+    served = vectors(handler.handle([{"data": d} for d in images], FakeContext()))
+    assert (eager * served).sum(axis=1).min() >= 0.99999
+    monkeypatch.setenv("LOOKALIKE_EMBEDDER_BACKEND", "tensorrt")
+    with pytest.raises(ValueError, match="LOOKALIKE_EMBEDDER_BACKEND"):
+        EmbedderHandler().initialize(FakeContext())
 
 
 def test_module_defines_exactly_one_class():

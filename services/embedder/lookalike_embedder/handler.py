@@ -36,13 +36,23 @@ UNAVAILABLE etc. -- transport-level, not the image's fault.
 
 CONFIGURATION (first found wins)
 ================================
-cut:        $LOOKALIKE_EMBEDDER_CUT, then ``handler.cut`` in model-config.yaml, then "final".
+backend:    $LOOKALIKE_EMBEDDER_BACKEND, then ``handler.backend`` in model-config.yaml, then
+            "onnxruntime" (the ONNX graph build_mar.py packed into the archive as model.onnx, checked
+            against eager PyTorch at build time); "torch" runs the eager PyTorch model instead.
+cut:        $LOOKALIKE_EMBEDDER_CUT, then ``handler.cut``, then "final". A cut other than the
+            archive's is exported to ONNX in memory at start-up (a few seconds).
 max_pixels: $LOOKALIKE_EMBEDDER_MAX_PIXELS, then ``handler.max_pixels``, then 40_000_000.
 threads:    $LOOKALIKE_EMBEDDER_THREADS, then ``handler.threads``, then the CPUs this process may
-            use (CPU only).
+            use divided by the workers (minWorkers): intra-op threads x workers = cores (CPU only).
 decode_workers: $LOOKALIKE_EMBEDDER_DECODE_WORKERS, then ``handler.decode_workers``, then the CPUs
             this process may use: threads that decode and resize a batch's images in parallel.
-device:     cuda:<gpu_id> when TorchServe assigned a GPU and CUDA is available, else CPU.
+preprocessing: ``handler.image_size / resize / mean / std / draft_margin``
+            (`lookalike_embedder.preprocessing.Preprocessing`; default EfficientNet-Lite0's).
+model:      ``handler.model_version`` (the vector space id), ``handler.pooling`` (auto | mean | cls |
+            none) and ``handler.dim`` for a bring-your-own ONNX model (build_mar.py --onnx).
+device:     when TorchServe assigned a GPU: ONNX Runtime's CUDA provider if installed
+            (onnxruntime-gpu), else eager PyTorch on CUDA; else the CPU
+            (`lookalike_embedder.runtime.select_device`).
 
 METRICS
 =======
@@ -65,11 +75,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import torch
 
-from lookalike.images import DEFAULT_MAX_PIXELS, ImageRejected, decode_image
+from lookalike.images import DEFAULT_MAX_PIXELS, ImageRejected
 from lookalike.vectors import pack
 from lookalike_embedder import model as lk_model
+from lookalike_embedder.preprocessing import Preprocessing, prepare
+from lookalike_embedder.runtime import OnnxRunner, TorchRunner, select_device
 
 try:  # TorchServe present (inside the server): inherit its handler base for the standard shape.
     from ts.torch_handler.base_handler import BaseHandler
@@ -95,6 +106,13 @@ BATCH_SIZE_METRIC = "lookalike_embedder_batch_size"
 BATCH_SIZE_UNIT = "count"
 #: Its dimensions, in the order of metrics.yaml (values: the model name, "Model").
 BATCH_SIZE_DIMENSIONS = ("ModelName", "Level")
+#: Inference backends (handler.backend / $LOOKALIKE_EMBEDDER_BACKEND).
+BACKENDS = ("onnxruntime", "torch")
+DEFAULT_BACKEND = "onnxruntime"
+#: File name of the ONNX graph inside the archive (build_mar.py's --serialized-file).
+ONNX_FILE = "model.onnx"
+#: An optional EfficientNet-Lite0 state dict inside the archive (build_mar.py --serialized-file).
+WEIGHTS_FILE = "weights.pt"
 
 
 def error_payload(reason: str, message: str, code: str = "INVALID_ARGUMENT") -> bytes:
@@ -126,9 +144,12 @@ class EmbedderHandler(BaseHandler):
             super().__init__()
         self.initialized = False
         self.context = None
-        self.extractor = None
-        self.device = torch.device("cpu")
+        self.runner = None
+        self.backend = DEFAULT_BACKEND
+        self.device = "cpu"
+        self.threads = 1
         self.max_pixels = DEFAULT_MAX_PIXELS
+        self.spec = Preprocessing()
         self.cut = lk_model.DEFAULT_CUT
         self.dim = lk_model.FINAL_DIM
         self.model_version = lk_model.MODEL_VERSION
@@ -140,41 +161,70 @@ class EmbedderHandler(BaseHandler):
         started = time.perf_counter()
         self.context = context
         props = getattr(context, "system_properties", None) or {}
-        config = (getattr(context, "model_yaml_config", None) or {}).get("handler") or {}
+        yaml_config = getattr(context, "model_yaml_config", None) or {}
+        config = yaml_config.get("handler") or {}
 
-        gpu_id = props.get("gpu_id")
-        if torch.cuda.is_available() and gpu_id is not None and str(gpu_id) != "-1":
-            self.device = torch.device(f"cuda:{int(gpu_id)}")
-        else:
-            self.device = torch.device("cpu")
-            threads = int(_setting("LOOKALIKE_EMBEDDER_THREADS", config, "threads", 0) or 0) or _cpu_count()
-            torch.set_num_threads(threads)
-
+        backend = str(_setting("LOOKALIKE_EMBEDDER_BACKEND", config, "backend", DEFAULT_BACKEND)).strip().lower()
+        if backend not in BACKENDS:
+            raise ValueError(f"LOOKALIKE_EMBEDDER_BACKEND / handler.backend: unknown backend {backend!r}; "
+                             f"expected one of {BACKENDS}")
+        self.backend, self.device = select_device(props.get("gpu_id"), backend)
+        workers = max(1, int(yaml_config.get("minWorkers") or 1))
+        self.threads = int(_setting("LOOKALIKE_EMBEDDER_THREADS", config, "threads", 0) or 0) or max(
+            1, _cpu_count() // workers)
         self.cut = lk_model.normalize_cut(_setting(lk_model.CUT_ENV, config, "cut", lk_model.DEFAULT_CUT))
         self.max_pixels = int(_setting("LOOKALIKE_EMBEDDER_MAX_PIXELS", config, "max_pixels", DEFAULT_MAX_PIXELS))
         self.decode_workers = max(1, int(_setting("LOOKALIKE_EMBEDDER_DECODE_WORKERS", config, "decode_workers", 0)
                                          or 0) or _cpu_count())
-        weights = _setting("LOOKALIKE_EMBEDDER_WEIGHTS", config, "weights", None)
-        if weights is None:
-            # an optional --serialized-file in the archive
-            model_dir = props.get("model_dir")
-            serialized = ((getattr(context, "manifest", None) or {}).get("model") or {}).get("serializedFile")
-            if model_dir and serialized and os.path.isfile(os.path.join(model_dir, serialized)):
-                weights = os.path.join(model_dir, serialized)
-        self.extractor = lk_model.FeatureExtractor(self.device, self.cut, weights=weights)
-        self.model = self.extractor.model
-        self.dim = self.extractor.dim
-        self.model_version = self.extractor.model_version
-        # Warm-up: the first forward pass is several times slower than the next ones.
-        self.extractor.embed_batch(torch.zeros((1, 3, lk_model.IMAGE_SIZE, lk_model.IMAGE_SIZE)))
+        self.spec = Preprocessing.from_config(config)
+        self.runner, self.model_version = self._load_runner(props, context, config)
+        # Warm-up: the first runs (at each batch shape) are several times slower than the next ones.
+        size = self.spec.image_size
+        for n in sorted({1, int(props.get("batch_size") or 1)}):
+            self.dim = self.runner(np.zeros((n, 3, size, size), np.float32)).shape[1]
+        declared = config.get("dim")
+        if declared not in (None, "") and int(declared) != self.dim:
+            raise ValueError(f"handler.dim is {declared} but the model gives {self.dim}-d vectors")
         self.initialized = True
-        logger.info("lookalike embedder ready: %s dim=%d device=%s threads=%d decode_workers=%d max_pixels=%d "
-                    "(%.1fs)", self.model_version, self.dim, self.device, torch.get_num_threads(),
-                    self.decode_workers, self.max_pixels, time.perf_counter() - started)
+        logger.info("lookalike embedder ready: %s dim=%d backend=%s device=%s threads=%d decode_workers=%d "
+                    "max_pixels=%d (%.1fs)", self.model_version, self.dim, self.backend, self.device,
+                    self.threads, self.decode_workers, self.max_pixels, time.perf_counter() - started)
+
+    def _load_runner(self, props: dict, context, config: dict):
+        """(runner, model_version): the archive's ONNX graph when it fits the settings, else the eager model
+        (exported to ONNX in memory for backend onnxruntime)."""
+        model_dir = props.get("model_dir")
+        serialized = ((getattr(context, "manifest", None) or {}).get("model") or {}).get("serializedFile")
+        packed = os.path.join(model_dir, serialized) if model_dir and serialized else None
+        packed = packed if packed and os.path.isfile(packed) else None
+        onnx_file = packed if packed and packed.endswith(".onnx") else None
+        byo = config.get("source") == "onnx"  # a bring-your-own ONNX model: no eager twin
+        if byo and onnx_file is None:
+            raise ValueError("handler.source is 'onnx' but the archive holds no .onnx model")
+        if onnx_file and self.backend == "onnxruntime" and (
+                byo or lk_model.normalize_cut(config.get("cut")) == self.cut):
+            version = str(config.get("model_version") or lk_model.model_version(self.cut))
+            return OnnxRunner(onnx_file, threads=self.threads, device=self.device,
+                              pooling=str(config.get("pooling") or "auto")), version
+        if byo:
+            raise ValueError("a bring-your-own ONNX model runs with backend onnxruntime only")
+        weights = _setting("LOOKALIKE_EMBEDDER_WEIGHTS", config, "weights", None)
+        if weights is None and model_dir and os.path.isfile(os.path.join(model_dir, WEIGHTS_FILE)):
+            weights = os.path.join(model_dir, WEIGHTS_FILE)  # build_mar.py --serialized-file
+        elif weights is None and packed and not packed.endswith(".onnx"):
+            weights = packed  # an archive built before the ONNX default: the state dict was the serialized file
+        model = lk_model.load_model("cpu", self.cut, weights)
+        if self.backend == "onnxruntime":
+            return OnnxRunner(lk_model.export_onnx(model), threads=self.threads, device=self.device), \
+                model.model_version
+        if self.device == "cpu":
+            import torch
+            torch.set_num_threads(self.threads)
+        return TorchRunner(model, self.device), model.model_version
 
     # ------------------------------------------------------------------ steps
     def preprocess(self, data):
-        """TorchServe batch (list of dicts) -> {"batch": tensor [k,3,224,224] | None,
+        """TorchServe batch (list of dicts) -> {"batch": float32 array [k,3,S,S] | None,
         "index": positions of the k good items, "errors": per item None or error bytes, "n": len}.
         Items are decoded and resized on `decode_workers` threads (PIL and torch release the GIL): done
         one after the other, they left all but one core idle between forward passes."""
@@ -190,7 +240,7 @@ class EmbedderHandler(BaseHandler):
             if tensor is not None:
                 tensors.append(tensor)
                 index.append(i)
-        batch = torch.stack(tensors) if tensors else None
+        batch = np.stack(tensors) if tensors else None
         return {"batch": batch, "index": index, "errors": errors, "n": len(errors), "request_ids": request_ids}
 
     def _decode_pool(self) -> ThreadPoolExecutor | None:
@@ -200,8 +250,8 @@ class EmbedderHandler(BaseHandler):
             self._pool = ThreadPoolExecutor(self.decode_workers, thread_name_prefix="decode")
         return self._pool
 
-    def _prepare_item(self, row) -> tuple[str | None, torch.Tensor | None, bytes | None]:
-        """One request item -> (request_id, the preprocessed tensor or None, None or the error payload)."""
+    def _prepare_item(self, row) -> tuple[str | None, np.ndarray | None, bytes | None]:
+        """One request item -> (request_id, the preprocessed array or None, None or the error payload)."""
         row = row if isinstance(row, dict) else {"data": row}
         request_id = row.get("request_id")
         if isinstance(request_id, (bytes, bytearray)):
@@ -219,7 +269,7 @@ class EmbedderHandler(BaseHandler):
         elif not isinstance(payload, (bytes, bytearray, memoryview)):
             return request_id, None, error_payload("not_an_image", "the request input is not binary image data")
         try:
-            return request_id, lk_model.preprocess(decode_image(payload, self.max_pixels)), None
+            return request_id, prepare(payload, self.spec, max_pixels=self.max_pixels), None
         except ImageRejected as exc:
             logger.info("rejected image (request_id=%s): %s: %s", request_id, exc.reason, exc.message)
             return request_id, None, error_payload(exc.reason, exc.message)
@@ -230,7 +280,7 @@ class EmbedderHandler(BaseHandler):
         if batch is None:
             data["vectors"] = np.zeros((0, self.dim), dtype=np.float32)
         else:
-            data["vectors"] = self.extractor.embed_batch(batch)
+            data["vectors"] = self.runner(batch)
         return data
 
     def postprocess(self, data):
