@@ -20,7 +20,7 @@ def cmd_serve(args) -> int:
     from lookalike.stack import Stack, StackConfig
 
     config = StackConfig(data_dir=Path(args.data_dir), http_port=args.http_port, grpc_port=args.grpc_port,
-                         host=args.host, search_engine=args.engine)
+                         host=args.host, search_engine=args.engine, supervise=True)
     stack = Stack(config)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -39,11 +39,8 @@ def cmd_serve(args) -> int:
             if code:
                 return code
             print(f"catalogue indexed. Search at {stack.http_url}/ — Ctrl-C stops every service.", flush=True)
-        while not stop.wait(1.0):
-            for process in (stack.redis, stack.search, stack.gateway):
-                if process and not process.alive():
-                    print(f"error: {process.name} exited unexpectedly; see {process.log_path}", file=sys.stderr)
-                    return 1
+        while not stop.wait(1.0):  # a child that exits is restarted by the stack's supervisor, which logs why
+            pass
     finally:
         print("stopping ...", flush=True)
         stack.stop()

@@ -1,7 +1,9 @@
 """Runs the whole chain as local processes: redis-server, TorchServe, search service, gateway.
 
 Used by `lookalike serve` and by the end-to-end tests. Every child runs in its own process group and
-is stopped (SIGTERM, then SIGKILL) when the stack stops.
+is stopped (SIGTERM, then SIGKILL) when the stack stops. With `StackConfig.supervise` (what `lookalike serve`
+uses) a child that exits is started again on the same ports (lookalike.supervisor); the gateway re-reads
+TorchServe's new key file by itself, so nothing else has to change.
 """
 from __future__ import annotations
 
@@ -13,12 +15,15 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lookalike import stack_status
+from lookalike.supervisor import Child, Supervisor, describe_exit
 from lookalike.torchserve import TorchServeProcess, free_port
 from lookalike_search.settings import default_engine
 
@@ -31,6 +36,10 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except OSError:
         pass
+
+
+def _call(function) -> None:
+    function()
 
 
 def _tail(path: Path, lines: int = 30) -> str:
@@ -121,6 +130,7 @@ class StackConfig:
     extra_gateway_env: dict = field(default_factory=dict)
     extra_search_env: dict = field(default_factory=dict)
     startup_timeout_s: float = 240.0
+    supervise: bool = False  # restart children that exit (lookalike serve); tests that kill children on purpose leave it off
 
 
 class Stack:
@@ -139,6 +149,10 @@ class Stack:
         self.search_port = 0
         self.grpc_port = 0
         self.http_port = 0
+        self.status_path = self.data_dir / stack_status.FILE_NAME
+        self.supervisor: Supervisor | None = None
+        self._stopping = threading.Event()
+        self._launching = threading.Lock()  # a restart's launch and stop() never interleave
 
     @property
     def http_url(self) -> str:
@@ -205,13 +219,13 @@ class Stack:
         self.search.start()
         self.search_port = wait_for_port_file(port_file, self.search, self.config.startup_timeout_s)["port"]
 
-    def restart_search(self) -> None:
+    def restart_search(self, launch=None) -> None:
         """Starts the search service again after a stop or kill, on the port it had (the gateway keeps
-        its address); returns once it is ready."""
+        its address); returns once it is ready. `launch(start)` runs the start (the supervisor's guard)."""
         port_file = self.data_dir / "search.port"
         port_file.unlink(missing_ok=True)
         self.search.env["LOOKALIKE_SEARCH_PORT"] = str(self.search_port)
-        self.search.start()
+        (launch or _call)(self.search.start)
         wait_for_port_file(port_file, self.search, self.config.startup_timeout_s)
 
     def gateway_env(self) -> dict:
@@ -228,6 +242,7 @@ class Stack:
             "LOOKALIKE_GATEWAY_REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/0",
             "LOOKALIKE_GATEWAY_DATA_DIR": self.data_dir / "gateway",
             "LOOKALIKE_GATEWAY_API_KEYS": self.config.api_keys,
+            "LOOKALIKE_GATEWAY_STACK_STATUS_FILE": self.status_path if self.config.supervise else "",
             **self.config.extra_gateway_env})
 
     def start_gateway(self) -> None:
@@ -257,6 +272,8 @@ class Stack:
 
     def start(self) -> "Stack":
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.status_path.unlink(missing_ok=True)  # a previous run's
+        self._stopping.clear()
         try:
             self.start_redis()
             self.start_search()
@@ -266,10 +283,15 @@ class Stack:
         except BaseException:
             self.stop()
             raise
+        if self.config.supervise:
+            self.supervisor = Supervisor(self.children(), self.status_path, self._stopping).start()
         return self
 
     def stop(self) -> None:
-        """Stops the gateway first (drain), then the backends."""
+        """Stops the gateway first (drain), then the backends; a restart in progress is abandoned."""
+        self._stopping.set()
+        with self._launching:  # from here on no restart launches anything
+            pass
         for process in (self.gateway, self.search):
             if process:
                 process.stop()
@@ -277,6 +299,51 @@ class Stack:
             self.torchserve.stop()
         if self.redis:
             self.redis.stop()
+        if self.supervisor:
+            self.supervisor.join(30)
+
+    # ---- supervision --------------------------------------------------------------------------------
+
+    def children(self) -> list[Child]:
+        """The four children as the supervisor sees them; each restarts on the ports it had."""
+        def managed(process: ManagedProcess, restart) -> Child:
+            return Child(process.name, process.alive, lambda: describe_exit(process.proc.returncode),
+                         lambda: _tail(process.log_path, 20), lambda: process.proc.pid if process.proc else None,
+                         restart)
+
+        ts = self.torchserve
+        return [
+            managed(self.redis, lambda stopping: self._relaunch(self.redis.start) and self._wait_redis()),
+            managed(self.search, lambda stopping: self.restart_search(self._relaunch)),
+            Child("torchserve", lambda: ts.proc is not None and ts.proc.poll() is None,
+                  lambda: f"launcher {describe_exit(ts.proc.returncode if ts.proc else None)}, java gone",
+                  lambda: ts.log_tail(10), lambda: ts.pid, self._restart_torchserve),
+            managed(self.gateway, lambda stopping: self.restart_gateway(self._relaunch)),
+        ]
+
+    def _relaunch(self, launch) -> bool:
+        """Runs `launch` unless the stack is stopping (then raises, so the supervisor gives up)."""
+        with self._launching:
+            if self._stopping.is_set():
+                raise RuntimeError("the stack is stopping")
+            launch()
+        return True
+
+    def _restart_torchserve(self, stopping: threading.Event) -> None:
+        ts = self.torchserve
+        ts.stop()  # what is left of the old server (its workers); same ports, a new key file
+        ts.proc = None
+        self._relaunch(lambda: ts.start(wait=False))
+        ts.wait_ready(self.config.startup_timeout_s, cancel=stopping)
+
+    def restart_gateway(self, launch=None) -> None:
+        """Starts the gateway again on the ports it had (clients keep their address)."""
+        port_file = self.data_dir / "gateway.port"
+        port_file.unlink(missing_ok=True)
+        self.gateway.env.update({"LOOKALIKE_GATEWAY_GRPC_PORT": str(self.grpc_port),
+                                 "LOOKALIKE_GATEWAY_HTTP_PORT": str(self.http_port)})
+        (launch or _call)(self.gateway.start)
+        wait_for_port_file(port_file, self.gateway, 60)
 
     def __enter__(self) -> "Stack":
         return self.start()

@@ -399,16 +399,19 @@ class TorchServeProcess:
         data = self._management_get(f"/models/{self.model_name}", timeout)
         return data[0] if isinstance(data, list) else data
 
-    def wait_ready(self, timeout: float | None = None) -> float:
+    def wait_ready(self, timeout: float | None = None, cancel: threading.Event | None = None) -> float:
         """Blocks until the model has a READY worker; returns the seconds since start.
 
-        Raises TorchServeError (with the tail of the logs) if TorchServe exits or the timeout passes.
+        Raises TorchServeError (with the tail of the logs) if TorchServe exits or the timeout passes, or
+        at once when `cancel` is set (a supervisor stopping while TorchServe restarts).
         """
         if self.proc is None:
             raise TorchServeError("not started")
         deadline = time.monotonic() + (self.startup_timeout if timeout is None else timeout)
         last = "no answer yet"
         while True:
+            if cancel is not None and cancel.is_set():
+                raise TorchServeError("start-up cancelled")
             code = self.proc.poll()
             if code is not None:
                 raise TorchServeError(f"TorchServe exited with code {code} during start-up\n{self.log_tail()}")

@@ -21,13 +21,14 @@ from lookalike.stack import Stack, StackConfig, free_port
 from lookalike.torchserve import read_key_file
 from lookalike.v1 import lookalike_pb2, lookalike_pb2_grpc, types_pb2
 from tests.conftest import clothing_split
-from tests.e2e.support import (catalogue, grpc_health, heal, healthz, metric, torchserve_pids, upsert, variant,
-                               wait_until)
+from tests.e2e.support import (ExtraGateway, catalogue, grpc_health, heal, healthz, metric, torchserve_pids,
+                               upsert, variant, wait_until)
 
 pytestmark = pytest.mark.e2e
 
 DEADLINE_S = 2.0  # LOOKALIKE_GATEWAY_REQUEST_TIMEOUT_S of this module's gateway
-SLACK_S = 0.1  # a failure is reported within the deadline plus this
+SLACK_S = 1.0  # a failure is reported within the deadline plus this (scheduling on a loaded machine: the
+# point is that the 2 s deadline, not the 10 s default or a hang, ends the request)
 CATEGORIES = ("shoes", "hat", "dress")
 
 
@@ -267,30 +268,37 @@ def test_search_service_exports_prometheus_metrics_on_loopback(rstack, http):
 
 # ---- the gateway itself --------------------------------------------------------------------------------
 
-def test_sigterm_drains_in_flight_requests_then_exits_0(rstack):
-    """A slow request (search stalled for ~1 s) is in flight on REST and on gRPC when SIGTERM arrives: both
-    complete; meanwhile health says 503/NOT_SERVING and new requests are refused; the gateway exits 0."""
-    base, address = rstack.http_url, rstack.grpc_address
+def test_sigterm_drains_in_flight_requests_then_exits_0(rstack, queries):
+    """Two slow requests (the embedder stalled) are in flight on REST and on gRPC when SIGTERM arrives: both
+    complete; meanwhile health says 503/NOT_SERVING and new requests are refused; the gateway exits 0.
+    A gateway of its own, with a deadline long enough that nothing depends on the machine's speed, and
+    its embedder-queue gauge as the handshake that both requests are in flight before the signal."""
+    gateway = ExtraGateway(rstack, "draining", request_timeout_s=120, shutdown_delay_s=5).start()
+    base, address = gateway.http_url, gateway.grpc_address
     outcome: dict = {}
-    rest_client = httpx.Client(base_url=base, timeout=30)
+    rest_client = httpx.Client(base_url=base, timeout=120)
     slow_channel, new_channel = grpc.insecure_channel(address), grpc.insecure_channel(address)
     slow_stub, new_stub = (lookalike_pb2_grpc.LookalikeStub(c) for c in (slow_channel, new_channel))
+    java = torchserve_pids(rstack, "java")
     try:
         # connections up before the test starts (a client's first connect is slow on a busy machine)
-        assert rest_similar(rest_client)[0].status_code == 200
+        assert rest_search(rest_client, variant(queries[6], 400))[0].status_code == 200
         for stub in (slow_stub, new_stub):
-            stub.SearchSimilar(lookalike_pb2.SearchSimilarRequest(product_id=first_id()), timeout=10)
-        threads = [threading.Thread(target=lambda: outcome.update(rest=rest_similar(rest_client)[0])),
+            stub.SearchSimilar(lookalike_pb2.SearchSimilarRequest(product_id=first_id()), timeout=30)
+        threads = [threading.Thread(target=lambda: outcome.update(rest=rest_search(
+                       rest_client, variant(queries[6], 401))[0])),
                    threading.Thread(target=lambda: outcome.update(grpc=grpc_call(
-                       slow_stub.SearchSimilar, lookalike_pb2.SearchSimilarRequest(product_id=first_id()))))]
-        rstack.search.signal(signal.SIGSTOP)
+                       slow_stub.SearchByImage, lookalike_pb2.SearchByImageRequest(
+                           image=variant(queries[6], 402), top_k=3))))]
+        for pid in java:
+            os.kill(pid, signal.SIGSTOP)
         try:
             for thread in threads:
                 thread.start()
-            time.sleep(0.5)  # both requests are now waiting on the stalled search service
-            rstack.gateway.signal(signal.SIGTERM)
-            time.sleep(0.1)
-            assert healthz(base) == 503
+            wait_until(lambda: metric(rest_client, "lookalike_gateway_embedder_queue_depth") >= 2, 60,
+                       "both requests waiting on the stalled embedder")
+            gateway.process.signal(signal.SIGTERM)
+            wait_until(lambda: healthz(base) == 503, 4, "/healthz 503 once draining", interval=0.05)
             assert grpc_health(address) == "NOT_SERVING"
             refused = httpx.get(f"{base}/v1/products/{urllib.parse.quote(first_id(), safe='')}", timeout=5)
             assert refused.status_code == 503 and "shutting down" in refused.json()["error"]["message"]
@@ -298,10 +306,11 @@ def test_sigterm_drains_in_flight_requests_then_exits_0(rstack):
                                          lookalike_pb2.SearchSimilarRequest(product_id=first_id()))
             assert code == grpc.StatusCode.UNAVAILABLE and "shutting down" in details
         finally:
-            rstack.search.signal(signal.SIGCONT)
+            for pid in java:
+                os.kill(pid, signal.SIGCONT)
             for thread in threads:
-                thread.join(15)
-            exit_code = rstack.gateway.proc.wait(20)
+                thread.join(120)
+            exit_code = gateway.process.proc.wait(60)
         assert outcome["rest"].status_code == 200, outcome["rest"].text
         assert outcome["grpc"][0] == grpc.StatusCode.OK, outcome["grpc"]
         assert exit_code == 0
@@ -311,10 +320,11 @@ def test_sigterm_drains_in_flight_requests_then_exits_0(rstack):
         rest_client.close()
         slow_channel.close()
         new_channel.close()
+        gateway.stop()
 
 
 def test_kill_9_of_the_gateway_mid_stream_loses_no_acknowledged_item(rstack):
-    """The client streams photos slowly; the gateway is SIGKILLed after the first acknowledgements. Every
+    """The client streams two photos; the gateway is SIGKILLed after their acknowledgements. Every
     item it acknowledged is stored once the gateway is back; the client knows which ones those are."""
     photos = sorted((clothing_split("validation") / "pants").iterdir())[:8]
     products = [types_pb2.Product(id=f"stream/{i}", title=f"streamed {i}", category="stream", price=float(i))
@@ -322,10 +332,13 @@ def test_kill_9_of_the_gateway_mid_stream_loses_no_acknowledged_item(rstack):
     acked: list[str] = []
     received = threading.Event()
 
-    def requests():
-        for product, photo in zip(products, photos):
+    killed = threading.Event()
+
+    def requests():  # the first two, then the rest only once the gateway was killed (never acknowledged)
+        for i, (product, photo) in enumerate(zip(products, photos)):
+            if i == 2:
+                killed.wait(120)
             yield lookalike_pb2.UpsertProductsRequest(product=product, image=photo.read_bytes())
-            time.sleep(0.4)
 
     with grpc.insecure_channel(rstack.grpc_address) as channel:
         stream = lookalike_pb2_grpc.LookalikeStub(channel).UpsertProducts(requests(), timeout=60)
@@ -346,6 +359,7 @@ def test_kill_9_of_the_gateway_mid_stream_loses_no_acknowledged_item(rstack):
         reader.start()
         assert received.wait(60), "no acknowledgement within 60 s"
         rstack.gateway.kill()
+        killed.set()
         reader.join(30)
     assert error and error[0].code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED,
                                          grpc.StatusCode.INTERNAL), error

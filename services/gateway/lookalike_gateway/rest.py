@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers, MutableHeaders, QueryParams
 
-from lookalike import images, request_id
+from lookalike import images, request_id, stack_status
 from lookalike.filters import make_filter
 from lookalike.status import http_status
 from lookalike.v1 import types_pb2
@@ -177,6 +177,9 @@ def create_app(gateway: Gateway, auth: ApiKeyCheck, readiness, draining: threadi
         deps = readiness()
         body = {"status": "ok" if deps.ready else "unavailable",
                 "embedder": deps.embedder, "search": deps.search, "cache": deps.cache}
+        stack = stack_status.health_detail(settings.stack_status_file)  # lookalike serve's children
+        if stack is not None:
+            body["stack"] = stack
         return JSONResponse(body, status_code=200 if deps.ready else 503)
 
     @app.get("/metrics", tags=["ops"])

@@ -19,7 +19,7 @@ from lookalike.settings import load_settings
 from lookalike.torchserve import RECONNECT_OPTIONS, EmbedderClient
 from lookalike.v1 import lookalike_pb2, lookalike_pb2_grpc
 
-from . import embedder_metrics
+from . import embedder_metrics, stack_metrics
 from .auth import ApiKeyCheck, RateLimiter
 from .cache import EmbeddingCache
 from .classifier import ClassifierService
@@ -80,6 +80,7 @@ def build_gateway(settings: GatewaySettings) -> Gateway:
                               token_file=settings.embedder_token_file,
                               interceptors=[embedder_metrics.InFlightInterceptor()])
     embedder_metrics.install(settings.embedder_metrics_url)
+    stack_metrics.install(settings.stack_status_file)
     search_channel = grpc.insecure_channel(settings.search_address, options=[
         ("grpc.max_receive_message_length", 64 * 1024 * 1024),
         ("grpc.max_send_message_length", 64 * 1024 * 1024), *RECONNECT_OPTIONS])

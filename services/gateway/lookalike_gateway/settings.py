@@ -26,6 +26,9 @@ class GatewaySettings(BaseSettings):
     # re-exports the embedder's batch-size and queue metrics (lookalike_gateway.embedder_metrics); empty = off.
     embedder_metrics_url: str = ""
     search_address: str = "127.0.0.1:50052"
+    # The supervisor's status file of a local stack (lookalike serve sets it): /metrics exports
+    # lookalike_stack_restarts_total{child}, /healthz shows children that are down; empty = none.
+    stack_status_file: Path | None = None
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     cache_ttl_s: int = Field(7 * 24 * 3600, ge=1)
