@@ -577,6 +577,18 @@ class EmbedderProtocolError(RuntimeError):
     (wrong dimension, garbage): a deployment bug, map to INTERNAL."""
 
 
+class EmbedderNotReady(grpc.RpcError):
+    """Not sent: the embedder is known not to be ready (its health Ping is not "Healthy": TorchServe down,
+    restarting, or loading its model, when a request would only wait in its queue until the deadline).
+    Looks like the grpc.RpcError of a refused connection: code() is UNAVAILABLE, so callers retry it."""
+
+    def details(self) -> str:
+        return "not ready (restarting, or loading its model)"
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+
 class EmbedderDeadlineExceeded(grpc.RpcError):
     """An item of `embed_many` that was never sent because the call's deadline had passed.
     Looks like the grpc.RpcError of an expired call: code() is DEADLINE_EXCEEDED."""
@@ -791,6 +803,6 @@ __all__ = [
     "build_embedder_mar", "free_port", "read_properties", "render_properties", "read_key_file",
     "allowed_urls_property",
     "TorchServeError", "TorchServeProcess", "EmbedderImageError", "EmbedderProtocolError",
-    "EmbedderDeadlineExceeded",
+    "EmbedderDeadlineExceeded", "EmbedderNotReady",
     "parse_prediction", "EmbedderClient",
 ]

@@ -117,6 +117,22 @@ def test_embedder_down_is_503_naming_it_within_the_deadline(tmp_path, jpeg):
     assert 2 <= embedder.calls <= 6, embedder.calls
 
 
+def test_an_embedder_known_not_ready_gets_nothing_sent_then_503_naming_it(tmp_path, jpeg):
+    """A restarted TorchServe accepts requests before its model is loaded and queues them until the
+    deadline (504); while the readiness probe says it is not ready, queries are held back and retried."""
+    embedder = FakeEmbedder()
+    gateway = make_gateway(tmp_path, embedder, FakeSearch())
+    gateway.embedder_ready = lambda: False
+    with pytest.raises(ApiError) as err:
+        search(gateway, jpeg, 0.5)
+    assert err.value.code == grpc.StatusCode.UNAVAILABLE and "embedder" in err.value.message
+    assert "not ready" in err.value.message and embedder.calls == 0
+    ready = iter([False, False, True])  # ready again within the deadline: answered
+    gateway.embedder_ready = lambda: next(ready, True)
+    results, cache_hit, _ = search(gateway, jpeg, 10.0)
+    assert [r.product.id for r in results] == ["p1"] and embedder.calls == 1
+
+
 def test_embedder_deadline_exceeded_is_504_and_not_retried(tmp_path, jpeg):
     embedder = FakeEmbedder(forever=FakeRpcError(grpc.StatusCode.DEADLINE_EXCEEDED))
     with pytest.raises(ApiError) as err:

@@ -16,7 +16,7 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lookalike import images, request_id, vectors
-from lookalike.torchserve import EmbedderClient, EmbedderImageError
+from lookalike.torchserve import EmbedderClient, EmbedderImageError, EmbedderNotReady
 from lookalike.v1 import search_pb2, search_pb2_grpc, types_pb2
 
 from . import metrics, ranking
@@ -140,6 +140,10 @@ class Gateway:
         self.images = image_store
         self.catalogue = Catalogue(self)  # the active collection and its model; reindex
         self.classifier = None  # a classifier.ClassifierService, set by the server: category re-ranking
+        # The readiness monitor's view of the embedder (set by the server). While it is not ready, query
+        # embeddings are not sent (a restarted TorchServe queues them until the model is loaded): they are
+        # retried within the deadline like a refused connection, then answered 503 naming the embedder.
+        self.embedder_ready: Callable[[], bool] = lambda: True
         self.ingestor = Ingestor(self)
 
     # -- helpers -------------------------------------------------------------------------------------
@@ -217,6 +221,8 @@ class Gateway:
     def _embed(self, image: bytes, deadline: Deadline, embedder: EmbedderClient | None = None) -> np.ndarray:
         """Embeds one image via TorchServe, retrying UNAVAILABLE with backoff inside the deadline."""
         def call(timeout: float) -> np.ndarray:
+            if not self.embedder_ready():
+                raise EmbedderNotReady()
             try:
                 vector = (embedder or self.embedder).embed(image, timeout=timeout, request_id=request_id.current.get())
             except EmbedderImageError as exc:

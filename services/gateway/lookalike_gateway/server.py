@@ -145,6 +145,7 @@ def main() -> None:
         raise SystemExit(f"gateway: cannot listen for HTTP on {settings.host}:{settings.http_port} "
                          f"({exc.strerror}); set LOOKALIKE_GATEWAY_HTTP_PORT to a free port")
     monitor = ReadinessMonitor(gateway, host, stopping=draining)
+    gateway.embedder_ready = lambda: monitor.latest.embedder
     monitor.start()
 
     http_port = http_socket.getsockname()[1]
