@@ -348,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     reindex.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     reindex.set_defaults(func=cmd_reindex)
 
+    from lookalike import cli_adapt
+    cli_adapt.add_parser(sub, DEFAULT_GATEWAY)
+
     cols = sub.add_parser("collections", help="list collections, activate one, or roll back to the previous one")
     cols.add_argument("action", choices=["list", "activate", "rollback"])
     cols.add_argument("name", nargs="?", help="collection to activate (rollback: default the previous one)")

@@ -200,3 +200,43 @@ class ActivateCollectionResponse(_message.Message):
     active: str
     previous: str
     def __init__(self, active: _Optional[str] = ..., previous: _Optional[str] = ...) -> None: ...
+
+class AdaptCatalogueRequest(_message.Message):
+    __slots__ = ("label_field", "activate", "force", "plain")
+    LABEL_FIELD_FIELD_NUMBER: _ClassVar[int]
+    ACTIVATE_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    PLAIN_FIELD_NUMBER: _ClassVar[int]
+    label_field: str
+    activate: bool
+    force: bool
+    plain: bool
+    def __init__(self, label_field: _Optional[str] = ..., activate: _Optional[bool] = ..., force: _Optional[bool] = ..., plain: _Optional[bool] = ...) -> None: ...
+
+class AdaptCatalogueProgress(_message.Message):
+    __slots__ = ("stage", "fraction", "message", "source", "collection", "done", "total", "finished", "activated", "previous", "report_json", "regressions")
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    FRACTION_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_FIELD_NUMBER: _ClassVar[int]
+    ACTIVATED_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_FIELD_NUMBER: _ClassVar[int]
+    REPORT_JSON_FIELD_NUMBER: _ClassVar[int]
+    REGRESSIONS_FIELD_NUMBER: _ClassVar[int]
+    stage: str
+    fraction: float
+    message: str
+    source: str
+    collection: str
+    done: int
+    total: int
+    finished: bool
+    activated: bool
+    previous: str
+    report_json: str
+    regressions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, stage: _Optional[str] = ..., fraction: _Optional[float] = ..., message: _Optional[str] = ..., source: _Optional[str] = ..., collection: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., finished: _Optional[bool] = ..., activated: _Optional[bool] = ..., previous: _Optional[str] = ..., report_json: _Optional[str] = ..., regressions: _Optional[_Iterable[str]] = ...) -> None: ...

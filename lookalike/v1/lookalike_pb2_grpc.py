@@ -75,6 +75,11 @@ class LookalikeStub:
                 request_serializer=lookalike_dot_v1_dot_lookalike__pb2.ActivateCollectionRequest.SerializeToString,
                 response_deserializer=lookalike_dot_v1_dot_lookalike__pb2.ActivateCollectionResponse.FromString,
                 _registered_method=True)
+        self.AdaptCatalogue = channel.unary_stream(
+                '/lookalike.v1.Lookalike/AdaptCatalogue',
+                request_serializer=lookalike_dot_v1_dot_lookalike__pb2.AdaptCatalogueRequest.SerializeToString,
+                response_deserializer=lookalike_dot_v1_dot_lookalike__pb2.AdaptCatalogueProgress.FromString,
+                _registered_method=True)
 
 
 class LookalikeServicer:
@@ -139,6 +144,16 @@ class LookalikeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AdaptCatalogue(self, request, context):
+        """Learns a projection of the stored embeddings from the catalogue's own photos (label: the product, or
+        a field), measures it on held-out photos and products, and -- unless that gets worse -- builds an
+        adapted collection from the stored vectors (no re-embedding) and points the alias at it. Streams
+        progress; the last message carries the report. `plain` goes back to the plain space the same way.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LookalikeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -181,6 +196,11 @@ def add_LookalikeServicer_to_server(servicer, server):
                     servicer.ActivateCollection,
                     request_deserializer=lookalike_dot_v1_dot_lookalike__pb2.ActivateCollectionRequest.FromString,
                     response_serializer=lookalike_dot_v1_dot_lookalike__pb2.ActivateCollectionResponse.SerializeToString,
+            ),
+            'AdaptCatalogue': grpc.unary_stream_rpc_method_handler(
+                    servicer.AdaptCatalogue,
+                    request_deserializer=lookalike_dot_v1_dot_lookalike__pb2.AdaptCatalogueRequest.FromString,
+                    response_serializer=lookalike_dot_v1_dot_lookalike__pb2.AdaptCatalogueProgress.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -400,6 +420,33 @@ class Lookalike:
             '/lookalike.v1.Lookalike/ActivateCollection',
             lookalike_dot_v1_dot_lookalike__pb2.ActivateCollectionRequest.SerializeToString,
             lookalike_dot_v1_dot_lookalike__pb2.ActivateCollectionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AdaptCatalogue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/lookalike.v1.Lookalike/AdaptCatalogue',
+            lookalike_dot_v1_dot_lookalike__pb2.AdaptCatalogueRequest.SerializeToString,
+            lookalike_dot_v1_dot_lookalike__pb2.AdaptCatalogueProgress.FromString,
             options,
             channel_credentials,
             insecure,

@@ -150,7 +150,7 @@ class FakeGateway:
 
     def __init__(self, store, data_dir):
         self.settings = GatewaySettings(data_dir=data_dir)
-        self.target = SimpleNamespace(collection="", model_id="test-model")
+        self.target = SimpleNamespace(collection="", model_id="test-model", raw=lambda v: v)
         self.catalogue = SimpleNamespace(active=lambda: self.target)
         self.search = SearchServicer(store, DIM)
         self.known: dict[bytes, np.ndarray] = {}

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import grpc
+import numpy as np
 
 from lookalike import collections as naming
 from lookalike import request_id
@@ -31,8 +32,10 @@ from lookalike.torchserve import EmbedderClient
 from lookalike.v1 import lookalike_pb2, search_pb2
 
 from . import metrics
+from .adaptation_store import AdaptationStore
 from .cache import EmbeddingCache
 from .ingest import CREATED, FAILED, UNCHANGED, UPDATED, IngestItem
+from .projection import Projection
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +47,21 @@ PROGRESS_EVERY_S = 1.0
 
 @dataclass(frozen=True)
 class Target:
-    """A collection and what writes to it: the model (embedder client and its embedding cache)."""
+    """A collection and what writes to it: the model (embedder client and its embedding cache) and, for an
+    adapted collection, the projection of raw embeddings into its space (lookalike adapt)."""
     collection: str  # "" = whatever the alias points at (only before the gateway could read the alias)
     model_id: str
     embedder: EmbedderClient
     cache: EmbeddingCache
+    projection: Projection | None = None
+
+    def project(self, raw: np.ndarray) -> np.ndarray:
+        """A raw embedding (what the embedder and the cache give) as this collection stores it."""
+        return raw if self.projection is None else self.projection.apply(raw)
+
+    def raw(self, stored: np.ndarray) -> np.ndarray:
+        """A stored vector of this collection back as the raw embedding (unit length)."""
+        return stored if self.projection is None else self.projection.raw(stored)
 
 
 class WriteGate:
@@ -103,7 +116,8 @@ class Catalogue:
         self._read_at = float("-inf")
         self._refreshing = threading.RLock()
         self._refresher: threading.Thread | None = None
-        self._reindexing = threading.Lock()
+        self._reindexing = threading.Lock()  # one reindex or adaptation at a time
+        self.adaptations = AdaptationStore(self.settings.data_dir / "adaptations")
 
     # ---- models and targets -------------------------------------------------------------------------
 
@@ -123,7 +137,7 @@ class Catalogue:
     def target(self, collection: str) -> Target:
         mid = naming.model_of(collection, self.alias, self.default_model) if self.alias else self.default_model
         embedder, cache = self._model(mid)
-        return Target(collection, mid, embedder, cache)
+        return Target(collection, mid, embedder, cache, self.adaptations.projection(collection))
 
     def writing(self):
         """Held by every write to the active collection (the alias does not move under it)."""
@@ -227,7 +241,8 @@ class Catalogue:
         from .core import ApiError, Deadline
 
         if not self._reindexing.acquire(blocking=False):
-            raise ApiError(grpc.StatusCode.FAILED_PRECONDITION, "a reindex is already running on this gateway")
+            raise ApiError(grpc.StatusCode.FAILED_PRECONDITION,
+                           "a reindex or an adaptation is already running on this gateway")
         try:
             source = self.refresh()
             target = self._reindex_target(request, source, Deadline(30.0))

@@ -219,9 +219,9 @@ class ClassifierService:
     def training_job(self, job_id: str) -> Job:
         return self.jobs.get(job_id)
 
-    def _read_embeddings(self, collection: str, kind: str, name: str | None, deadline: Deadline,
-                         progress=None):
+    def _read_embeddings(self, target, kind: str, name: str | None, deadline: Deadline, progress=None):
         xs, ys, unlabeled, offset = [], [], 0, ""
+        collection, raw = target.collection, target.raw  # an adapted collection: its raw embeddings
         total = 0
         if progress is not None:
             total = self.gateway._call_search("CountPoints", search_pb2.CountPointsRequest(collection=collection),
@@ -234,7 +234,7 @@ class ClassifierService:
                 if not label or predicted or not point.vector:
                     unlabeled += 1
                     continue
-                xs.append(vectors.unpack(point.vector))
+                xs.append(raw(vectors.unpack(point.vector)))
                 ys.append(label)
             offset = page.next_offset
             if progress is not None and total:
@@ -252,7 +252,7 @@ class ClassifierService:
         started = time.perf_counter()
         target = self.target()
         xs, ys, unlabeled, sampled = self._read_embeddings(
-            target.collection, kind, name, Deadline(TRAIN_TIMEOUT_S),
+            target, kind, name, Deadline(TRAIN_TIMEOUT_S),
             progress.span(0.0, READ_SHARE) if progress is not None else None)
         what = "a category" if kind == "category" else f"attribute {name!r}"
         if not ys:

@@ -269,7 +269,8 @@ class Gateway:
                 if classifier is not None and boost > 0 and not flt.category else None)
         limit = min(max(top_k, self.settings.category_rerank_depth), MAX_TOP_K) if head else top_k
         response = self._call_search("SearchByVector", search_pb2.SearchByVectorRequest(
-            vector=vectors.pack(vector), top_k=limit, filter=flt, collection=target.collection), deadline)
+            vector=vectors.pack(target.project(vector)), top_k=limit, filter=flt, collection=target.collection),
+            deadline)  # the cache keeps the raw embedding; an adapted collection searches its projection
         results = list(response.results)
         if head is None:
             return ImageSearch(results, cache_hit, 0.0)

@@ -264,7 +264,8 @@ class Ingestor:
                         gateway.images.put(slot.digest, slot.item.image)
                     slot.finish(UNCHANGED)
                     continue
-                slot.vector = vectors.unpack(point.vector)  # metadata-only change: same image, same vector
+                # metadata-only change: same image, same vector (slots hold raw vectors: target.project on writes)
+                slot.vector = target.raw(vectors.unpack(point.vector))
                 continue
             slot.fresh_vector = True
             first = stream.digests.get(slot.digest) if stream.detect else None
@@ -365,7 +366,7 @@ class Ingestor:
             if classifier is not None:  # a category predicted for products sent without one
                 classifier.annotate(product, slot.vector)
             gateway.images.put(slot.digest, slot.item.image)
-            points.append(search_pb2.Point(product=product, vector=vectors.pack(slot.vector)))
+            points.append(search_pb2.Point(product=product, vector=vectors.pack(target.project(slot.vector))))
             written.append(slot)
         if points:
             gateway._call_search("UpsertPoints", search_pb2.UpsertPointsRequest(
@@ -393,7 +394,7 @@ class Ingestor:
         stored_neighbours = {}  # id(slot) -> its nearest stored points: one search call for the whole batch
         if fresh:
             response = self.gateway._call_search("SearchByVectors", search_pb2.SearchByVectorsRequest(
-                vectors=[vectors.pack(slot.vector) for slot in fresh], top_k=DUPLICATE_CANDIDATES,
+                vectors=[vectors.pack(target.project(slot.vector)) for slot in fresh], top_k=DUPLICATE_CANDIDATES,
                 collection=target.collection), deadline)
             stored_neighbours = {id(slot): search.results for slot, search in zip(fresh, response.searches)}
         earlier: list[_Slot] = []

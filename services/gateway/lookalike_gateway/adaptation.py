@@ -1,0 +1,236 @@
+"""`lookalike adapt`: learn from the active catalogue, build an adapted collection, switch the alias.
+
+1. **read** every stored vector of the active collection (an adapted one gives its raw vectors back:
+   projection.raw) with its label (the product id; or a payload field);
+2. **fit** (adapt_fit.adapt): method and settings chosen on the catalogue's own held-out photos and
+   products; the chosen procedure measured on an independent split: the report and the **gate** -- when a
+   held-out figure gets worse (or the plain space wins the validation) nothing is built, unless forced;
+3. **build** a new collection ``<alias>__<model id>__a<N>`` from the stored vectors, projected (no
+   re-embedding): the projection files are written first, so every gateway projects into it; catch-up
+   passes copy what changed meanwhile (compared by payload and raw vector) and mirror deletions;
+4. **activate**: a last pass with this gateway's writes held, then the alias switch (catalogue._switch).
+
+`plain` skips 2 and builds a collection of the raw vectors: the way back to the plain space that keeps
+products written since the adaptation (`lookalike collections rollback` is the instant switch back).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+
+from lookalike import collections as naming
+from lookalike import vectors
+from lookalike.v1 import lookalike_pb2, search_pb2
+
+from . import adapt_fit
+from .core import ApiError, Deadline
+
+log = logging.getLogger(__name__)
+
+PAGE = 256
+CATCH_UP_PASSES = 3
+SAME_VECTOR = 1.0 - 1e-5  # cosine above which a stored vector is the expected one
+
+
+def labeller(field: str):
+    """product -> label for a label field ("" / "product", "category", "attributes.<name>")."""
+    from .classifier import label_of, parse_label_field
+
+    if field in ("", "product"):
+        return lambda product: product.id
+    kind, name = parse_label_field(field)
+
+    def label(product) -> str:
+        value, predicted = label_of(product, kind, name)
+        return "" if predicted else value
+    return label
+
+
+class Adapter:
+    def __init__(self, gateway):
+        self.gateway = gateway
+        self.catalogue = gateway.catalogue
+
+    def _call(self, method: str, request, seconds: float = 60.0):
+        return self.gateway._call_search(method, request, Deadline(seconds))
+
+    # ---- reading --------------------------------------------------------------------------------------
+
+    def _pages(self, collection: str, with_vectors: bool = True):
+        offset = ""
+        while True:
+            page = self._call("ScrollPoints", search_pb2.ScrollPointsRequest(
+                collection=collection, limit=PAGE, offset=offset, with_vectors=with_vectors))
+            yield page.points
+            offset = page.next_offset
+            if not offset:
+                return
+
+    def _read(self, source, label) -> tuple[np.ndarray, list[str]]:
+        xs, ys = [], []
+        for points in self._pages(source.collection):
+            for point in points:
+                value = label(point.product)
+                if value and point.vector:
+                    xs.append(source.raw(vectors.unpack(point.vector)))
+                    ys.append(value)
+        if not xs:
+            raise ApiError(grpc.StatusCode.FAILED_PRECONDITION, "the active collection has no labelled vectors")
+        return np.stack(xs), ys
+
+    # ---- the run ----------------------------------------------------------------------------------------
+
+    def run(self, request: lookalike_pb2.AdaptCatalogueRequest, cancelled=None
+            ) -> Iterator[lookalike_pb2.AdaptCatalogueProgress]:
+        if not self.catalogue._reindexing.acquire(blocking=False):
+            raise ApiError(grpc.StatusCode.FAILED_PRECONDITION,
+                           "a reindex or an adaptation is already running on this gateway")
+        try:
+            yield from self._run(request, cancelled or (lambda: False))
+        finally:
+            self.catalogue._reindexing.release()
+
+    def _run(self, request, cancelled):
+        msg = lookalike_pb2.AdaptCatalogueProgress
+        source = self.catalogue.refresh()
+        started = time.perf_counter()
+        report: dict = {"source": source.collection, "model_id": source.model_id,
+                        "label_field": request.label_field or "product", "plain": request.plain}
+        projection = None
+        if not request.plain:
+            label = labeller(request.label_field)
+            yield msg(stage="reading", source=source.collection, message=f"reading {source.collection}")
+            x, y = self._read(source, label)
+            report["read_seconds"] = round(time.perf_counter() - started, 2)
+            yield msg(stage="fitting", source=source.collection,
+                      message=f"choosing a projection on {len(y)} photos, {len(set(y))} labels")
+            projection, fit_report = yield from self._fit(x, y, source.collection)
+            report.update(fit_report)
+            refused = (projection is None or bool(fit_report["regressions"])) and not (
+                request.force and projection is not None)
+            if refused:
+                why = ("the plain space scored best on validation" if projection is None else
+                       "held-out figures got worse: " + "; ".join(fit_report["regressions"]))
+                report.update(activated=False, refused=why)
+                self.catalogue.adaptations.save_report(report)
+                yield msg(stage="done", finished=True, source=source.collection, message=f"not adapted: {why}",
+                          report_json=json.dumps(report), regressions=fit_report["regressions"])
+                return
+        target_name = self._target_name(source, plain=request.plain)
+        if projection is not None:
+            self.catalogue.adaptations.save(target_name, projection)
+        target = self.catalogue.target(target_name)
+        size = projection.output_dim if projection is not None else self._plain_size(source)
+        self._call("CreateCollection", search_pb2.CreateCollectionRequest(name=target_name, vector_size=size))
+        log.info("adapt %s -> %s (%s)", source.collection, target_name, "plain" if request.plain else "projected")
+        for number in range(1, CATCH_UP_PASSES + 1):
+            changes = 0
+            for done, total, changed in self._sync(source, target):
+                changes = changed
+                if cancelled():
+                    raise ApiError(grpc.StatusCode.CANCELLED, "the caller went away; the adaptation stopped")
+                yield msg(stage="building", source=source.collection, collection=target_name, done=done,
+                          total=total, fraction=done / max(total, 1), message=f"pass {number}")
+            if changes == 0:
+                break
+        report.update(collection=target_name, activated=False, seconds=round(time.perf_counter() - started, 2))
+        previous = ""
+        if request.activate:
+            yield msg(stage="activating", source=source.collection, collection=target_name)
+            with self.catalogue.gate.exclusive():  # this gateway's writes wait; searches do not
+                for _ in self._sync(source, target):
+                    pass
+                _, previous = self.catalogue._switch(target_name, Deadline(30.0))
+            report.update(activated=True, previous=previous)
+        self.catalogue.adaptations.save_report(report)
+        yield msg(stage="done", finished=True, source=source.collection, collection=target_name,
+                  activated=bool(report["activated"]), previous=previous, report_json=json.dumps(report),
+                  regressions=report.get("regressions", []))
+
+    def _fit(self, x, y, source: str):
+        """Runs adapt_fit.adapt on a thread, yielding its progress; returns (projection, report)."""
+        updates: queue.Queue = queue.Queue()
+        box: dict = {}
+
+        def work():
+            try:
+                box["out"] = adapt_fit.adapt(x, y, progress=lambda m, f: updates.put((m, f)))
+            except Exception as exc:  # noqa: BLE001 - handed to the caller below
+                box["error"] = exc
+            finally:
+                updates.put(None)
+
+        threading.Thread(target=work, daemon=True, name="adapt-fit").start()
+        while (item := updates.get()) is not None:
+            yield lookalike_pb2.AdaptCatalogueProgress(stage="fitting", source=source, message=item[0],
+                                                       fraction=item[1])
+        if "error" in box:
+            if isinstance(box["error"], adapt_fit.AdaptError):
+                raise ApiError(grpc.StatusCode.FAILED_PRECONDITION, str(box["error"])) from None
+            raise box["error"]
+        return box["out"]
+
+    # ---- building ---------------------------------------------------------------------------------------
+
+    def _target_name(self, source, plain: bool) -> str:
+        names = {c.name for c in self._call("ListCollections", search_pb2.ListStoredCollectionsRequest()).collections}
+        alias = self.catalogue.alias or naming.DEFAULT_ALIAS
+        if plain:
+            if source.projection is None:
+                raise ApiError(grpc.StatusCode.FAILED_PRECONDITION,
+                               f"the active collection {source.collection} is already in the plain space")
+            # the newest plain collection of the model, brought up to date; else a new one
+            for name in naming.candidate_names(alias, source.model_id):
+                if name not in names:
+                    return name
+                if name != source.collection and self.catalogue.adaptations.projection(name) is None:
+                    return name
+        n = 1
+        while True:
+            name = naming.collection_name(alias, source.model_id, f"a{n}")
+            if name not in names and not (self.catalogue.adaptations.root / name).exists():
+                return name
+            n += 1
+
+    def _plain_size(self, source) -> int:
+        if source.projection is not None:
+            return source.projection.input_dim
+        for points in self._pages(source.collection):
+            for point in points:
+                return len(vectors.unpack(point.vector))
+        raise ApiError(grpc.StatusCode.FAILED_PRECONDITION, "the active collection is empty")
+
+    def _sync(self, source, target):
+        """One pass: every source point into the target (projected) unless already there with the same
+        payload and vector; then deletions mirrored. Yields (done, total, changes so far)."""
+        total = self._call("CountPoints", search_pb2.CountPointsRequest(collection=source.collection)).count
+        done = changes = 0
+        for points in self._pages(source.collection):
+            ids = [p.product.id for p in points]
+            stored = {p.product.id: p for p in self._call("GetPoints", search_pb2.GetPointsRequest(
+                product_ids=ids, collection=target.collection, with_vectors=True)).points} if ids else {}
+            writes = []
+            for point in points:
+                if not point.vector:
+                    continue
+                wanted = target.project(source.raw(vectors.unpack(point.vector)))
+                have = stored.get(point.product.id)
+                if have is not None and have.product == point.product and have.vector and float(
+                        np.dot(vectors.unpack(have.vector), wanted)) >= SAME_VECTOR:
+                    continue
+                writes.append(search_pb2.Point(product=point.product, vector=vectors.pack(wanted)))
+            if writes:
+                self._call("UpsertPoints", search_pb2.UpsertPointsRequest(points=writes,
+                                                                          collection=target.collection))
+                changes += len(writes)
+            done += len(points)
+            yield done, total, changes
+        changes += self.catalogue._mirror_deletions(source, target)
+        yield done, total, changes
