@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
+import time
+
+POLL_S = 0.5
 
 
 def add_parser(sub, default_gateway: str) -> None:
@@ -24,45 +27,57 @@ def add_parser(sub, default_gateway: str) -> None:
 
 
 def cmd_adapt(args) -> int:
+    """Starts the job (StartAdaptation) and follows it (GetAdaptation) until it is done."""
     import grpc
 
     from lookalike.cli import _stub
-    from lookalike.v1 import lookalike_pb2
+    from lookalike.v1 import lookalike_pb2, types_pb2
 
     channel, stub, metadata = _stub(args)
-    request = lookalike_pb2.AdaptCatalogueRequest(label_field=args.label_field, plain=args.plain,
-                                                  activate=not args.no_activate, force=args.force)
-    last = None
+    request = lookalike_pb2.StartAdaptationRequest(label_field=args.label_field, plain=args.plain,
+                                                   activate=not args.no_activate, force=args.force)
     try:
-        for progress in stub.AdaptCatalogue(request, metadata=metadata):
-            last = progress
-            if not args.quiet and not progress.finished:
-                where = f" {progress.done}/{progress.total}" if progress.total else ""
-                print(f"[{progress.stage}]{where} {progress.message}", flush=True)
+        job = stub.StartAdaptation(request, metadata=metadata, timeout=60).job
+        if not args.quiet:
+            print(f"adaptation job {job.id} started", flush=True)
+        stage = ""
+        while True:
+            response = stub.GetAdaptation(lookalike_pb2.GetAdaptationRequest(job_id=job.id), metadata=metadata,
+                                          timeout=60)
+            job = response.job
+            if not args.quiet and job.stage != stage:
+                stage = job.stage
+                print(f"[{job.progress:4.0%}] {stage}", flush=True)
+            if job.state in (types_pb2.JOB_STATE_SUCCEEDED, types_pb2.JOB_STATE_FAILED):
+                break
+            time.sleep(POLL_S)
     except grpc.RpcError as exc:
         print(f"error: adaptation failed: {exc.code().name}: {exc.details()}\n"
               "searches still use the active collection", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted: searches still use the active collection", file=sys.stderr)
+        print("interrupted: the adaptation job goes on in the gateway", file=sys.stderr)
         return 130
     finally:
         channel.close()
-    if last is None:
+    if job.state == types_pb2.JOB_STATE_FAILED:
+        print(f"error: adaptation failed: {job.error_code}: {job.error_message}\n"
+              "searches still use the active collection", file=sys.stderr)
         return 1
-    report = json.loads(last.report_json) if last.report_json else {}
+    result = response.result
+    report = json.loads(result.report_json) if result.report_json else {}
     if args.report:
         with open(args.report, "w") as out:
             json.dump(report, out, indent=2)
     print_report(report)
-    if last.activated:
-        print(f"searches now use {last.collection} (was {last.previous}); "
+    if result.activated:
+        print(f"searches now use {result.collection} (was {result.previous}); "
               "`lookalike collections rollback` switches back, `lookalike adapt --plain` leaves the adaptation")
         return 0
-    if last.collection:
-        print(f"built {last.collection}, not activated: `lookalike collections activate {last.collection}`")
+    if result.collection:
+        print(f"built {result.collection}, not activated: `lookalike collections activate {result.collection}`")
         return 0
-    print(last.message, file=sys.stderr)
+    print(f"not adapted: {result.refused}", file=sys.stderr)
     return 2
 
 

@@ -201,7 +201,7 @@ class ActivateCollectionResponse(_message.Message):
     previous: str
     def __init__(self, active: _Optional[str] = ..., previous: _Optional[str] = ...) -> None: ...
 
-class AdaptCatalogueRequest(_message.Message):
+class StartAdaptationRequest(_message.Message):
     __slots__ = ("label_field", "activate", "force", "plain")
     LABEL_FIELD_FIELD_NUMBER: _ClassVar[int]
     ACTIVATE_FIELD_NUMBER: _ClassVar[int]
@@ -213,30 +213,40 @@ class AdaptCatalogueRequest(_message.Message):
     plain: bool
     def __init__(self, label_field: _Optional[str] = ..., activate: _Optional[bool] = ..., force: _Optional[bool] = ..., plain: _Optional[bool] = ...) -> None: ...
 
-class AdaptCatalogueProgress(_message.Message):
-    __slots__ = ("stage", "fraction", "message", "source", "collection", "done", "total", "finished", "activated", "previous", "report_json", "regressions")
-    STAGE_FIELD_NUMBER: _ClassVar[int]
-    FRACTION_FIELD_NUMBER: _ClassVar[int]
-    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+class StartAdaptationResponse(_message.Message):
+    __slots__ = ("job",)
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    job: _types_pb2.JobStatus
+    def __init__(self, job: _Optional[_Union[_types_pb2.JobStatus, _Mapping]] = ...) -> None: ...
+
+class GetAdaptationRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class AdaptationResult(_message.Message):
+    __slots__ = ("source", "collection", "activated", "previous", "refused", "regressions", "report_json")
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
-    DONE_FIELD_NUMBER: _ClassVar[int]
-    TOTAL_FIELD_NUMBER: _ClassVar[int]
-    FINISHED_FIELD_NUMBER: _ClassVar[int]
     ACTIVATED_FIELD_NUMBER: _ClassVar[int]
     PREVIOUS_FIELD_NUMBER: _ClassVar[int]
-    REPORT_JSON_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
     REGRESSIONS_FIELD_NUMBER: _ClassVar[int]
-    stage: str
-    fraction: float
-    message: str
+    REPORT_JSON_FIELD_NUMBER: _ClassVar[int]
     source: str
     collection: str
-    done: int
-    total: int
-    finished: bool
     activated: bool
     previous: str
-    report_json: str
+    refused: str
     regressions: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, stage: _Optional[str] = ..., fraction: _Optional[float] = ..., message: _Optional[str] = ..., source: _Optional[str] = ..., collection: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., finished: _Optional[bool] = ..., activated: _Optional[bool] = ..., previous: _Optional[str] = ..., report_json: _Optional[str] = ..., regressions: _Optional[_Iterable[str]] = ...) -> None: ...
+    report_json: str
+    def __init__(self, source: _Optional[str] = ..., collection: _Optional[str] = ..., activated: _Optional[bool] = ..., previous: _Optional[str] = ..., refused: _Optional[str] = ..., regressions: _Optional[_Iterable[str]] = ..., report_json: _Optional[str] = ...) -> None: ...
+
+class GetAdaptationResponse(_message.Message):
+    __slots__ = ("job", "result")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    job: _types_pb2.JobStatus
+    result: AdaptationResult
+    def __init__(self, job: _Optional[_Union[_types_pb2.JobStatus, _Mapping]] = ..., result: _Optional[_Union[AdaptationResult, _Mapping]] = ...) -> None: ...

@@ -75,10 +75,15 @@ class LookalikeStub:
                 request_serializer=lookalike_dot_v1_dot_lookalike__pb2.ActivateCollectionRequest.SerializeToString,
                 response_deserializer=lookalike_dot_v1_dot_lookalike__pb2.ActivateCollectionResponse.FromString,
                 _registered_method=True)
-        self.AdaptCatalogue = channel.unary_stream(
-                '/lookalike.v1.Lookalike/AdaptCatalogue',
-                request_serializer=lookalike_dot_v1_dot_lookalike__pb2.AdaptCatalogueRequest.SerializeToString,
-                response_deserializer=lookalike_dot_v1_dot_lookalike__pb2.AdaptCatalogueProgress.FromString,
+        self.StartAdaptation = channel.unary_unary(
+                '/lookalike.v1.Lookalike/StartAdaptation',
+                request_serializer=lookalike_dot_v1_dot_lookalike__pb2.StartAdaptationRequest.SerializeToString,
+                response_deserializer=lookalike_dot_v1_dot_lookalike__pb2.StartAdaptationResponse.FromString,
+                _registered_method=True)
+        self.GetAdaptation = channel.unary_unary(
+                '/lookalike.v1.Lookalike/GetAdaptation',
+                request_serializer=lookalike_dot_v1_dot_lookalike__pb2.GetAdaptationRequest.SerializeToString,
+                response_deserializer=lookalike_dot_v1_dot_lookalike__pb2.GetAdaptationResponse.FromString,
                 _registered_method=True)
 
 
@@ -144,11 +149,19 @@ class LookalikeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def AdaptCatalogue(self, request, context):
-        """Learns a projection of the stored embeddings from the catalogue's own photos (label: the product, or
-        a field), measures it on held-out photos and products, and -- unless that gets worse -- builds an
-        adapted collection from the stored vectors (no re-embedding) and points the alias at it. Streams
-        progress; the last message carries the report. `plain` goes back to the plain space the same way.
+    def StartAdaptation(self, request, context):
+        """Starts an adaptation as a job (ABORTED while a reindex or another adaptation runs): learns a
+        projection of the stored embeddings from the catalogue's own photos (label: the product, or a field),
+        measures it on held-out photos and products, and -- unless a figure gets worse (the gate) -- builds an
+        adapted collection from the stored vectors (no re-embedding) and points the alias at it.
+        `plain` goes back to the plain space the same way. Read the job with GetAdaptation.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAdaptation(self, request, context):
+        """An adaptation job's state and progress, and its result once done (NOT_FOUND: unknown id).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -197,10 +210,15 @@ def add_LookalikeServicer_to_server(servicer, server):
                     request_deserializer=lookalike_dot_v1_dot_lookalike__pb2.ActivateCollectionRequest.FromString,
                     response_serializer=lookalike_dot_v1_dot_lookalike__pb2.ActivateCollectionResponse.SerializeToString,
             ),
-            'AdaptCatalogue': grpc.unary_stream_rpc_method_handler(
-                    servicer.AdaptCatalogue,
-                    request_deserializer=lookalike_dot_v1_dot_lookalike__pb2.AdaptCatalogueRequest.FromString,
-                    response_serializer=lookalike_dot_v1_dot_lookalike__pb2.AdaptCatalogueProgress.SerializeToString,
+            'StartAdaptation': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartAdaptation,
+                    request_deserializer=lookalike_dot_v1_dot_lookalike__pb2.StartAdaptationRequest.FromString,
+                    response_serializer=lookalike_dot_v1_dot_lookalike__pb2.StartAdaptationResponse.SerializeToString,
+            ),
+            'GetAdaptation': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAdaptation,
+                    request_deserializer=lookalike_dot_v1_dot_lookalike__pb2.GetAdaptationRequest.FromString,
+                    response_serializer=lookalike_dot_v1_dot_lookalike__pb2.GetAdaptationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -431,7 +449,7 @@ class Lookalike:
             _registered_method=True)
 
     @staticmethod
-    def AdaptCatalogue(request,
+    def StartAdaptation(request,
             target,
             options=(),
             channel_credentials=None,
@@ -441,12 +459,39 @@ class Lookalike:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_stream(
+        return grpc.experimental.unary_unary(
             request,
             target,
-            '/lookalike.v1.Lookalike/AdaptCatalogue',
-            lookalike_dot_v1_dot_lookalike__pb2.AdaptCatalogueRequest.SerializeToString,
-            lookalike_dot_v1_dot_lookalike__pb2.AdaptCatalogueProgress.FromString,
+            '/lookalike.v1.Lookalike/StartAdaptation',
+            lookalike_dot_v1_dot_lookalike__pb2.StartAdaptationRequest.SerializeToString,
+            lookalike_dot_v1_dot_lookalike__pb2.StartAdaptationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAdaptation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lookalike.v1.Lookalike/GetAdaptation',
+            lookalike_dot_v1_dot_lookalike__pb2.GetAdaptationRequest.SerializeToString,
+            lookalike_dot_v1_dot_lookalike__pb2.GetAdaptationResponse.FromString,
             options,
             channel_credentials,
             insecure,

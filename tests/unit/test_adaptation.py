@@ -122,10 +122,20 @@ def ingest(gateway, items):
     return list(gateway.ingestor.run(items, lambda: Deadline(30)))
 
 
+class Done:
+    """An adaptation's result, as attributes (plus the parsed report)."""
+
+    def __init__(self, result: dict):
+        self.__dict__.update(result)
+
+
 def run(gateway, **request):
-    messages = list(Adapter(gateway).run(lookalike_pb2.AdaptCatalogueRequest(**request)))
-    assert messages[-1].finished
-    return messages[-1]
+    seen = []
+    result = Adapter(gateway).run(lookalike_pb2.StartAdaptationRequest(**request),
+                                  lambda fraction, stage=None: seen.append(fraction))
+    assert seen == sorted(seen) and all(0 <= f <= 1 for f in seen)  # progress never goes back
+    json.dumps(result)  # a job's result is JSON
+    return Done(result)
 
 
 def test_adapt_builds_switches_serves_ingests_adapts_again_and_goes_back_to_plain(tmp_path):
@@ -137,7 +147,7 @@ def test_adapt_builds_switches_serves_ingests_adapts_again_and_goes_back_to_plai
     plain = "products__lookalike-lite0"
 
     done = run(gateway, label_field="attributes.sku", activate=True)
-    report = json.loads(done.report_json)
+    report = done.report
     assert done.activated and done.collection == "products__lookalike-lite0__a1" and done.previous == plain
     assert report["regressions"] == [] and report["after"]["seen"]["p@1"] > report["before"]["seen"]["p@1"]
     assert gateway.catalogue.active().collection == done.collection
@@ -173,7 +183,7 @@ def test_adapt_builds_switches_serves_ingests_adapts_again_and_goes_back_to_plai
     # adapt again: learnt from the active (adapted) collection's raw vectors, later products included
     again = run(gateway, label_field="attributes.sku", activate=True)
     assert again.activated and again.collection == "products__lookalike-lite0__a2" and again.previous == done.collection
-    assert json.loads(again.report_json)["photos"] == len(items) + len(later)
+    assert again.report["photos"] == len(items) + len(later)
     assert len(gateway.search.collections[again.collection]) == len(items) + len(later)
 
     # back to plain: the plain collection brought up to date with the raw vectors (later products included)
@@ -200,8 +210,8 @@ def test_the_gate_refuses_an_adaptation_that_makes_held_out_figures_worse_unless
     monkeypatch.setattr(adapt_fit, "fit", lambda x, labels, settings: fit(x, rng.permutation(labels), settings))
     before = dict(gateway.search.collections)
     done = run(gateway, label_field="attributes.sku", activate=True)
-    assert not done.activated and not done.collection and "not adapted" in done.message
-    assert done.regressions and "got worse" in done.message
+    assert not done.activated and not done.collection
+    assert done.regressions and "got worse" in done.refused
     assert gateway.search.collections.keys() == before.keys()  # nothing built
     assert gateway.catalogue.active().collection == "products__lookalike-lite0"
     reports = list((tmp_path / "adaptations" / "reports").glob("*.json"))
@@ -226,3 +236,29 @@ def test_plain_when_already_plain_and_unknown_label_fields_are_clear_errors(tmp_
         run(gateway, label_field="category", activate=True)  # no product has a category
     with pytest.raises(ApiError, match="at least 2 labels"):
         run(gateway, label_field="product", activate=True)  # one photo per product: nothing to learn
+
+
+def test_adaptation_runs_as_a_job_with_progress_and_a_json_result(tmp_path):
+    from lookalike_gateway.adaptation_api import AdaptationService, get_response
+    from lookalike_gateway.core import ApiError
+    from lookalike_gateway.jobs import JobState
+
+    items, vectors = catalogue(30, 4, seed=6)
+    gateway = make_gateway(tmp_path, embedder=FakeEmbedder(vectors, dim=DIM), search=FakeSearch())
+    ingest(gateway, items)
+    service = AdaptationService(gateway)
+    with pytest.raises(ApiError, match="label field"):  # checked before a job starts
+        service.start(lookalike_pb2.StartAdaptationRequest(label_field="colour"))
+    job = service.start(lookalike_pb2.StartAdaptationRequest(label_field="attributes.sku", activate=True))
+    done = service.jobs.wait(job.id, 60)
+    assert done.state == JobState.SUCCEEDED and done.progress == 1.0, done.error
+    response = get_response(done)
+    assert response.result.activated and response.result.collection.endswith("__a1")
+    assert json.loads(response.result.report_json)["chosen"]["method"] == "lda"
+    assert service.latest_report()["activated"] is True
+
+
+def test_coarse_labels_blend_lightly_so_search_does_not_turn_into_classification():
+    assert adapt_fit.alphas_for(np.repeat(np.arange(100), 4)) == adapt_fit.DEFAULT_ALPHAS  # product groups
+    assert adapt_fit.alphas_for(np.repeat(np.arange(10), 300)) == adapt_fit.FIELD_ALPHAS  # categories
+    assert max(adapt_fit.FIELD_ALPHAS) < min(adapt_fit.DEFAULT_ALPHAS)

@@ -25,6 +25,20 @@ from .adapt_eval import make_split, regressions, score, split_figures
 from .projection import Projection, _unit
 
 DEFAULT_ALPHAS = (0.5, 0.6, 0.7, 0.8, 0.9)  # < 1: the raw vector stays recoverable
+# Coarse labels (a category, an attribute) teach what a *kind* of product looks like; weighted more, the
+# learned part pulls every photo of a kind together and search turns into classification. On the dev
+# catalogue (bench/adapt_suite.py, collapse check) same-product retrieval holds up to 0.2 and drops
+# beyond (mAP -0.013 at 0.3, -0.10 at 0.5), so coarse labels choose among these.
+FIELD_ALPHAS = (0.1, 0.2)
+# Labels with more photos than this (median) are coarse (kinds of product), fewer: groups (one product's
+# photos, whatever field names them).
+GROUP_MAX_PHOTOS = 20
+
+
+def alphas_for(labels) -> tuple[float, ...]:
+    """The blend weights to choose among: DEFAULT_ALPHAS for product groups, FIELD_ALPHAS for coarse labels."""
+    _, counts = np.unique(np.asarray(labels), return_counts=True)
+    return DEFAULT_ALPHAS if np.median(counts) <= GROUP_MAX_PHOTOS else FIELD_ALPHAS
 DEFAULT_DIMS = (64, 128, 256)
 DEFAULT_SHRINKAGE = (0.1, 0.3, 0.6)
 MIN_GROUPS = 2
@@ -38,8 +52,29 @@ class AdaptError(ValueError):
 # ---- methods -----------------------------------------------------------------------------------------
 
 def fit_lda(x: np.ndarray, labels, dim: int = 128, shrinkage: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
-    """(mean [d], matrix [d, k]) of a regularised LDA on unit rows x; k = min(dim, groups - 1)."""
+    """(mean [d], matrix [d, k]) of a regularised LDA on unit rows x; k = min(dim, groups - 1).
+
+    Fewer photos than dimensions: the solution lies in the span of the centred photos (the within and
+    between scatters both live there; the shrinkage only scales the rest), so it is computed in that
+    basis -- the same result, without d x d eigenproblems."""
     x = _unit(np.asarray(x, dtype=np.float32))
+    d = x.shape[1]
+    mean = x.mean(axis=0, dtype=np.float64)
+    basis = None
+    if len(x) < d:
+        _, sv, vt = np.linalg.svd((x - mean).astype(np.float64), full_matrices=False)
+        basis = vt[sv > sv.max() * 1e-6].T  # d x r
+        x = ((x - mean) @ basis).astype(np.float32)
+        mean_r = np.zeros(basis.shape[1])
+    else:
+        mean_r = mean
+    matrix = _lda_matrix(x, mean_r, labels, dim, shrinkage, d)
+    if basis is not None:
+        matrix = basis @ matrix
+    return mean.astype(np.float32), matrix.astype(np.float32)
+
+
+def _lda_matrix(x: np.ndarray, mean: np.ndarray, labels, dim: int, shrinkage: float, full_dim: int) -> np.ndarray:
     _, codes = np.unique(np.asarray(labels), return_inverse=True)
     n_groups = int(codes.max()) + 1
     if n_groups < MIN_GROUPS:
@@ -48,18 +83,16 @@ def fit_lda(x: np.ndarray, labels, dim: int = 128, shrinkage: float = 0.3) -> tu
     order = np.argsort(codes, kind="stable")
     starts = np.flatnonzero(np.r_[True, np.diff(codes[order]) != 0])
     means = np.add.reduceat(x[order].astype(np.float64), starts, axis=0) / counts[:, None]
-    mean = x.mean(axis=0, dtype=np.float64)
     within = x - means[codes].astype(np.float32)  # float32 products: 100k x 1280 in seconds
     sw = (within.T @ within).astype(np.float64) / len(x)
-    d = sw.shape[0]
-    sw = (1.0 - shrinkage) * sw + shrinkage * (np.trace(sw) / d) * np.eye(d)
+    r = sw.shape[0]
+    sw = (1.0 - shrinkage) * sw + shrinkage * (np.trace(sw) / full_dim) * np.eye(r)
     vals, vecs = np.linalg.eigh(sw)
     whiten = vecs / np.sqrt(np.maximum(vals, 1e-12))  # Sw^-1/2 (up to a rotation)
     centred = (means - mean) @ whiten * np.sqrt(counts / counts.sum())[:, None]
-    k = max(1, min(int(dim), n_groups - 1, d))
-    between_vals, between_vecs = np.linalg.eigh(centred.T @ centred)  # d x d: cheaper than an SVD of groups x d
-    matrix = whiten @ between_vecs[:, np.argsort(between_vals)[::-1][:k]]
-    return mean.astype(np.float32), matrix.astype(np.float32)
+    k = max(1, min(int(dim), n_groups - 1, r))
+    between_vals, between_vecs = np.linalg.eigh(centred.T @ centred)  # r x r: cheaper than an SVD of groups x r
+    return whiten @ between_vecs[:, np.argsort(between_vals)[::-1][:k]]
 
 
 def fit_metric(x: np.ndarray, labels, kind: str = "linear", dim: int = 128, epochs: int = 8, seed: int = 0,
@@ -170,7 +203,7 @@ def select(x: np.ndarray, labels, split, trials: list[dict], alphas=DEFAULT_ALPH
     return best, table, plain
 
 
-def adapt(x: np.ndarray, labels, trials: list[dict] | None = None, alphas=DEFAULT_ALPHAS, seed: int = 0,
+def adapt(x: np.ndarray, labels, trials: list[dict] | None = None, alphas=None, seed: int = 0,
           group_holdout: float = 0.2, progress: Callable[[str, float], None] | None = None,
           max_selection_photos: int = MAX_SELECTION_PHOTOS) -> tuple[Projection | None, dict]:
     """Select on one split (of at most `max_selection_photos` photos: whole labels sampled), report on
@@ -184,6 +217,7 @@ def adapt(x: np.ndarray, labels, trials: list[dict] | None = None, alphas=DEFAUL
                          f"found {(counts >= 2).sum()}")
     started = time.perf_counter()
     trials = trials if trials is not None else candidates()
+    alphas = alphas or alphas_for(labels)
     report_progress = (lambda m, f: progress(m, 0.8 * f)) if progress else None
     sample = sample_labels(labels, max_selection_photos, seed)
     selection_split = make_split(labels[sample], group_holdout, seed)

@@ -15,15 +15,13 @@ products written since the adaptation (`lookalike collections rollback` is the i
 """
 from __future__ import annotations
 
-import json
 import logging
-import queue
-import threading
+import os
 import time
-from collections.abc import Iterator
 
 import grpc
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from lookalike import collections as naming
 from lookalike import vectors
@@ -37,6 +35,7 @@ log = logging.getLogger(__name__)
 PAGE = 256
 CATCH_UP_PASSES = 3
 SAME_VECTOR = 1.0 - 1e-5  # cosine above which a stored vector is the expected one
+READ_SHARE, FIT_SHARE = 0.05, 0.55  # of a job's progress; building takes the rest
 
 
 def labeller(field: str):
@@ -87,42 +86,46 @@ class Adapter:
 
     # ---- the run ----------------------------------------------------------------------------------------
 
-    def run(self, request: lookalike_pb2.AdaptCatalogueRequest, cancelled=None
-            ) -> Iterator[lookalike_pb2.AdaptCatalogueProgress]:
+    def run(self, request: lookalike_pb2.StartAdaptationRequest, progress=None) -> dict:
+        """The whole adaptation (run as a job: `progress(fraction, stage)`); returns the result
+        (AdaptationResult's fields, the report under "report")."""
         if not self.catalogue._reindexing.acquire(blocking=False):
-            raise ApiError(grpc.StatusCode.FAILED_PRECONDITION,
-                           "a reindex or an adaptation is already running on this gateway")
+            raise ApiError(grpc.StatusCode.ABORTED, "a reindex or an adaptation is already running on this gateway")
         try:
-            yield from self._run(request, cancelled or (lambda: False))
+            return self._run(request, progress or (lambda fraction, stage=None: None))
         finally:
             self.catalogue._reindexing.release()
 
-    def _run(self, request, cancelled):
-        msg = lookalike_pb2.AdaptCatalogueProgress
+    def _run(self, request, progress) -> dict:
         source = self.catalogue.refresh()
         started = time.perf_counter()
         report: dict = {"source": source.collection, "model_id": source.model_id,
                         "label_field": request.label_field or "product", "plain": request.plain}
+        result = {"source": source.collection, "collection": "", "activated": False, "previous": "",
+                  "refused": "", "regressions": [], "report": report}
         projection = None
         if not request.plain:
             label = labeller(request.label_field)
-            yield msg(stage="reading", source=source.collection, message=f"reading {source.collection}")
+            progress(0.0, f"reading {source.collection}")
             x, y = self._read(source, label)
             report["read_seconds"] = round(time.perf_counter() - started, 2)
-            yield msg(stage="fitting", source=source.collection,
-                      message=f"choosing a projection on {len(y)} photos, {len(set(y))} labels")
-            projection, fit_report = yield from self._fit(x, y, source.collection)
+            progress(READ_SHARE, f"choosing a projection on {len(y)} photos, {len(set(y))} labels")
+            try:
+                # BLAS on every core fights the serving threads (and is many times slower on a busy machine)
+                with threadpool_limits(limits=max(1, (os.cpu_count() or 2) - 1)):
+                    projection, fit_report = adapt_fit.adapt(
+                        x, y, progress=lambda stage, f: progress(READ_SHARE + FIT_SHARE * f, stage))
+            except adapt_fit.AdaptError as exc:
+                raise ApiError(grpc.StatusCode.FAILED_PRECONDITION, str(exc)) from None
             report.update(fit_report)
-            refused = (projection is None or bool(fit_report["regressions"])) and not (
-                request.force and projection is not None)
-            if refused:
-                why = ("the plain space scored best on validation" if projection is None else
-                       "held-out figures got worse: " + "; ".join(fit_report["regressions"]))
-                report.update(activated=False, refused=why)
+            result["regressions"] = fit_report["regressions"]
+            if (projection is None or fit_report["regressions"]) and not (request.force and projection is not None):
+                result["refused"] = ("the plain space scored best on validation" if projection is None else
+                                     "held-out figures got worse: " + "; ".join(fit_report["regressions"]))
+                report.update(activated=False, refused=result["refused"])
                 self.catalogue.adaptations.save_report(report)
-                yield msg(stage="done", finished=True, source=source.collection, message=f"not adapted: {why}",
-                          report_json=json.dumps(report), regressions=fit_report["regressions"])
-                return
+                log.info("adaptation of %s refused: %s", source.collection, result["refused"])
+                return result
         target_name = self._target_name(source, plain=request.plain)
         if projection is not None:
             self.catalogue.adaptations.save(target_name, projection)
@@ -130,52 +133,27 @@ class Adapter:
         size = projection.output_dim if projection is not None else self._plain_size(source)
         self._call("CreateCollection", search_pb2.CreateCollectionRequest(name=target_name, vector_size=size))
         log.info("adapt %s -> %s (%s)", source.collection, target_name, "plain" if request.plain else "projected")
+        base = READ_SHARE + FIT_SHARE if not request.plain else 0.0
         for number in range(1, CATCH_UP_PASSES + 1):
             changes = 0
             for done, total, changed in self._sync(source, target):
                 changes = changed
-                if cancelled():
-                    raise ApiError(grpc.StatusCode.CANCELLED, "the caller went away; the adaptation stopped")
-                yield msg(stage="building", source=source.collection, collection=target_name, done=done,
-                          total=total, fraction=done / max(total, 1), message=f"pass {number}")
+                progress(base + (0.95 - base) * done / max(total, 1) if number == 1 else 0.95,
+                         f"building {target_name} (pass {number}: {done} of {total})")
             if changes == 0:
                 break
-        report.update(collection=target_name, activated=False, seconds=round(time.perf_counter() - started, 2))
-        previous = ""
+        result["collection"] = target_name
         if request.activate:
-            yield msg(stage="activating", source=source.collection, collection=target_name)
+            progress(0.95, f"activating {target_name}")
             with self.catalogue.gate.exclusive():  # this gateway's writes wait; searches do not
                 for _ in self._sync(source, target):
                     pass
-                _, previous = self.catalogue._switch(target_name, Deadline(30.0))
-            report.update(activated=True, previous=previous)
+                _, result["previous"] = self.catalogue._switch(target_name, Deadline(30.0))
+            result["activated"] = True
+        report.update(collection=target_name, activated=result["activated"], previous=result["previous"],
+                      seconds=round(time.perf_counter() - started, 2))
         self.catalogue.adaptations.save_report(report)
-        yield msg(stage="done", finished=True, source=source.collection, collection=target_name,
-                  activated=bool(report["activated"]), previous=previous, report_json=json.dumps(report),
-                  regressions=report.get("regressions", []))
-
-    def _fit(self, x, y, source: str):
-        """Runs adapt_fit.adapt on a thread, yielding its progress; returns (projection, report)."""
-        updates: queue.Queue = queue.Queue()
-        box: dict = {}
-
-        def work():
-            try:
-                box["out"] = adapt_fit.adapt(x, y, progress=lambda m, f: updates.put((m, f)))
-            except Exception as exc:  # noqa: BLE001 - handed to the caller below
-                box["error"] = exc
-            finally:
-                updates.put(None)
-
-        threading.Thread(target=work, daemon=True, name="adapt-fit").start()
-        while (item := updates.get()) is not None:
-            yield lookalike_pb2.AdaptCatalogueProgress(stage="fitting", source=source, message=item[0],
-                                                       fraction=item[1])
-        if "error" in box:
-            if isinstance(box["error"], adapt_fit.AdaptError):
-                raise ApiError(grpc.StatusCode.FAILED_PRECONDITION, str(box["error"])) from None
-            raise box["error"]
-        return box["out"]
+        return result
 
     # ---- building ---------------------------------------------------------------------------------------
 

@@ -140,6 +140,7 @@ class Gateway:
         self.images = image_store
         self.catalogue = Catalogue(self)  # the active collection and its model; reindex
         self.classifier = None  # a classifier.ClassifierService, set by the server: category re-ranking
+        self.adaptation = None  # an adaptation_api.AdaptationService, set by the server: lookalike adapt
         # The readiness monitor's view of the embedder (set by the server). While it is not ready, query
         # embeddings are not sent (a restarted TorchServe queues them until the model is loaded): they are
         # retried within the deadline like a refused connection, then answered 503 naming the embedder.

@@ -122,30 +122,32 @@ class LookalikeServicer(GatewayServicer, lookalike_pb2_grpc.LookalikeServicer):
         active, previous = self.gateway.catalogue.activate(request.collection, request.rollback, deadline)
         return lookalike_pb2.ActivateCollectionResponse(active=active, previous=previous)
 
+    @_unary
+    def StartAdaptation(self, request, context, deadline):
+        from .jobs import job_proto
+
+        return lookalike_pb2.StartAdaptationResponse(job=job_proto(self.gateway.adaptation.start(request)))
+
+    @_unary
+    def GetAdaptation(self, request, context, deadline):
+        from .adaptation_api import get_response
+
+        return get_response(self.gateway.adaptation.job(request.job_id))
+
     def Reindex(self, request, context):
         """Server stream of progress; the work stops when the caller goes away (calling again resumes)."""
-        batch_timeout = self.gateway.settings.ingest_batch_timeout_s
-        yield from self._progress("Reindex", context, lambda: self.gateway.catalogue.reindex(
-            request, lambda: Deadline(batch_timeout), cancelled=lambda: not context.is_active()))
-
-    def AdaptCatalogue(self, request, context):
-        """Server stream of progress (lookalike_gateway.adaptation); the last message carries the report."""
-        from .adaptation import Adapter
-
-        yield from self._progress("AdaptCatalogue", context, lambda: Adapter(self.gateway).run(
-            request, cancelled=lambda: not context.is_active()))
-
-    def _progress(self, method: str, context, work):
         started = time.perf_counter()
         status = grpc.StatusCode.OK
         request_id.from_grpc(context)
         try:
             self.auth.check_grpc(context)
-            yield from work()
+            batch_timeout = self.gateway.settings.ingest_batch_timeout_s
+            yield from self.gateway.catalogue.reindex(request, lambda: Deadline(batch_timeout),
+                                                      cancelled=lambda: not context.is_active())
         except ApiError as exc:
             status = exc.code
-            log.info("%s failed: %s %s", method, exc.code.name, exc.message)
+            log.info("Reindex failed: %s %s", exc.code.name, exc.message)
             context.abort(exc.code, exc.message)
         finally:
-            metrics.REQUESTS.labels(api="grpc", method=method, status=status.name).inc()
-            metrics.LATENCY.labels(api="grpc", method=method).observe(time.perf_counter() - started)
+            metrics.REQUESTS.labels(api="grpc", method="Reindex", status=status.name).inc()
+            metrics.LATENCY.labels(api="grpc", method="Reindex").observe(time.perf_counter() - started)

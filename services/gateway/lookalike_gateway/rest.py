@@ -22,7 +22,7 @@ from lookalike.filters import make_filter
 from lookalike.status import http_status
 from lookalike.v1 import types_pb2
 
-from . import classifier_api, metrics
+from . import adaptation_api, classifier_api, metrics
 from .auth import HTTP_HEADER, ApiKeyCheck, bearer_token
 from .core import ApiError, Deadline, Gateway
 
@@ -252,6 +252,8 @@ def create_app(gateway: Gateway, auth: ApiKeyCheck, readiness, draining: threadi
 
     if getattr(gateway, "classifier", None) is not None:  # /v1/classify, /v1/classifiers (classifier_api.py)
         app.include_router(classifier_api.build_router(gateway.classifier))
+    if getattr(gateway, "adaptation", None) is not None:  # /v1/adaptations (adaptation_api.py)
+        app.include_router(adaptation_api.build_router(gateway.adaptation))
 
     @app.get("/", include_in_schema=False)
     def index():

@@ -22,6 +22,7 @@ from lookalike.v1 import lookalike_pb2, lookalike_pb2_grpc
 from . import embedder_metrics, stack_metrics
 from .auth import ApiKeyCheck, RateLimiter
 from .cache import EmbeddingCache
+from .adaptation_api import AdaptationService
 from .classifier import ClassifierService
 from .classifier_api import add_to_host as add_classification
 from .core import Dependencies, Gateway
@@ -132,6 +133,7 @@ def main() -> None:
     host.add(lookalike_pb2_grpc.add_LookalikeServicer_to_server, LookalikeServicer(gateway, auth, draining),
              lookalike_pb2.DESCRIPTOR.services_by_name["Lookalike"].full_name)
     gateway.classifier = ClassifierService(gateway, settings.data_dir / "classifiers")
+    gateway.adaptation = AdaptationService(gateway)  # lookalike adapt: StartAdaptation, POST /v1/adaptations
     add_classification(host, gateway.classifier, auth, draining)  # lookalike.v1.Classification
     try:
         grpc_port = host.start()
