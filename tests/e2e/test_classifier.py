@@ -21,7 +21,7 @@ def http(indexed_stack):
         yield client
         # Leave the shared stack as we found it: no classifier (other tests expect none).
         shutil.rmtree(indexed_stack.data_dir / "gateway" / "classifiers", ignore_errors=True)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60
         while client.get("/v1/classifiers/current").status_code != 404 and time.monotonic() < deadline:
             time.sleep(0.2)
         assert client.get("/v1/classifiers/current").status_code == 404, "the gateway still has a classifier"

@@ -14,6 +14,7 @@ import uuid
 from contextlib import contextmanager
 
 import grpc
+import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
@@ -23,6 +24,7 @@ from lookalike.stack import ManagedProcess, wait_for_port_file
 from lookalike.v1 import lookalike_pb2, lookalike_pb2_grpc, search_pb2, search_pb2_grpc, types_pb2
 
 from tests.conftest import clothing_split
+from tests.e2e.support import metric, wait_until
 
 pytestmark = pytest.mark.e2e
 Outcome = lookalike_pb2.UpsertProductsResponse
@@ -94,7 +96,8 @@ def small_batch_gateway(stack, tmp_path, batch_size: int = 4):
                              tmp_path / "gateway.log", env=env)
     gateway.start()
     try:
-        address = f"127.0.0.1:{wait_for_port_file(port_file, gateway, 60)['grpc']}"
+        ports = wait_for_port_file(port_file, gateway, 60)
+        address = f"127.0.0.1:{ports['grpc']}"
         with grpc.insecure_channel(address) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             deadline = time.monotonic() + 60
@@ -102,7 +105,7 @@ def small_batch_gateway(stack, tmp_path, batch_size: int = 4):
                     health_pb2.HealthCheckResponse.SERVING:
                 assert time.monotonic() < deadline, "the extra gateway did not become ready"
                 time.sleep(0.2)
-        yield address
+        yield address, f"http://127.0.0.1:{ports['http']}"
     finally:
         gateway.stop()
 
@@ -118,11 +121,11 @@ def leave_no_products(stub):
 
 
 def test_kill9_mid_run_resumes_and_every_product_is_indexed_once(stack, stub, tmp_path, leave_no_products):
-    with small_batch_gateway(stack, tmp_path / "gw") as address:
-        kill9_mid_run_then_resume(stack, address, stub, tmp_path, leave_no_products)
+    with small_batch_gateway(stack, tmp_path / "gw") as (address, http_url):
+        kill9_mid_run_then_resume(stack, address, http_url, stub, tmp_path, leave_no_products)
 
 
-def kill9_mid_run_then_resume(stack, address, stub, tmp_path, created: list[str]):
+def kill9_mid_run_then_resume(stack, address, http_url, stub, tmp_path, created: list[str]):
     photos = validation_photos(4)  # 40 photos, ten categories
     assert len(photos) == 40
     prefix = f"kill9-{uuid.uuid4().hex[:8]}"
@@ -141,14 +144,12 @@ def kill9_mid_run_then_resume(stack, address, stub, tmp_path, created: list[str]
     proc.kill()  # SIGKILL: no handler runs, the stream just breaks
     assert proc.wait(30) == -9, "the ingest finished before it could be killed"
     proc.stdout.close()
-    # The gateway finishes the batches it had; wait until the count is stable.
-    stable, stored = time.monotonic(), active_count(stub)
-    while time.monotonic() - stable < 2.0:
-        time.sleep(0.2)
-        now = active_count(stub)
-        if now != stored:
-            stable, stored = time.monotonic(), now
-    stored -= baseline
+    # The gateway finishes the batches it was committing and drops the others; its UpsertProducts handler
+    # ends (and is counted) only once all of them are done: a handshake, not a wait for a quiet moment.
+    with httpx.Client(base_url=http_url, timeout=30) as http:
+        wait_until(lambda: metric(http, "lookalike_gateway_requests_total", method="UpsertProducts") >= 1, 120,
+                   "the killed client's stream ended in the gateway")
+    stored = active_count(stub) - baseline
     assert 0 < stored < 40, f"{stored} stored before the kill: not mid-run"
     print(f"kill -9 after {stored} of 40 products were stored")
 
@@ -249,7 +250,7 @@ def test_alias_switch_under_query_load(indexed_stack, stub, search_stub, clothin
     thread.start()
     marker = f"alias-marker-{uuid.uuid4().hex[:8]}"
     try:
-        time.sleep(1.0)
+        wait_until(lambda: len(answers) >= 3, 60, "queries answered before the switch")  # under query load
         switched = reindex_cli(indexed_stack, "--collection", new)  # catch-up pass, then the switch
         assert switched.returncode == 0, switched.stdout + switched.stderr
         assert f"searches now use {new}" in switched.stdout
@@ -266,7 +267,8 @@ def test_alias_switch_under_query_load(indexed_stack, stub, search_stub, clothin
         in_new = search_stub.GetPoints(search_pb2.GetPointsRequest(product_ids=[marker], collection=new), timeout=10)
         in_old = search_stub.GetPoints(search_pb2.GetPointsRequest(product_ids=[marker], collection=old), timeout=10)
         assert [p.product.id for p in in_new.points] == [marker] and not in_old.points
-        time.sleep(0.5)
+        seen = len(answers)
+        wait_until(lambda: len(answers) >= seen + 3, 60, "more queries answered after the switch")
     finally:
         stop.set()
         thread.join(60)

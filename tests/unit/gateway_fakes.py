@@ -84,6 +84,9 @@ class FakeEmbedder:
     def ping(self, timeout=1.0):
         return True
 
+    def model_ready(self, timeout=1.0):
+        return True
+
 
 class FakeSearch:
     """The SearchService RPCs the gateway uses, over dicts (exact cosine search)."""

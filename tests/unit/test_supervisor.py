@@ -126,3 +126,25 @@ def test_health_detail_names_what_is_down(tmp_path):
     registry = CollectorRegistry()
     registry.register(StackStatusMetrics(tmp_path / "missing.json"))
     assert registry.get_sample_value("lookalike_stack_restarts_total", {"child": "torchserve"}) is None
+
+
+def test_a_minute_of_health_resets_the_backoff(tmp_path, caplog):
+    """Three quick exits in a row reach the cap (0.01, 0.02, 0.04 s: "crash loop"); with the healthy
+    period at 0 each exit starts again from the first delay."""
+    caplog.set_level(logging.WARNING, logger="lookalike.supervisor")
+    for reset_s, looping in ((60.0, True), (0.0, False)):
+        caplog.clear()
+        child = SleepChild(f"child-{reset_s}")
+        stopping = threading.Event()
+        supervisor = Supervisor([child.child()], tmp_path / f"{reset_s}.json", stopping,
+                                Backoff(initial_s=0.01, max_s=0.04, healthy_reset_s=reset_s), poll_s=0.01).start()
+        try:
+            for _ in range(3):
+                child.kill()
+                assert child.starts.acquire(timeout=60)
+        finally:
+            stopping.set()
+            supervisor.join(10)
+            child.close()
+        assert ("crash loop" in caplog.text) is looping, caplog.text
+        assert "(restart 3" in caplog.text

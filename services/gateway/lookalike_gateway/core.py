@@ -145,6 +145,7 @@ class Gateway:
         # embeddings are not sent (a restarted TorchServe queues them until the model is loaded): they are
         # retried within the deadline like a refused connection, then answered 503 naming the embedder.
         self.embedder_ready: Callable[[], bool] = lambda: True
+        self._embedder_serving = False  # the last probe's verdict (dependencies)
         self.ingestor = Ingestor(self)
 
     # -- helpers -------------------------------------------------------------------------------------
@@ -330,6 +331,11 @@ class Gateway:
     def dependencies(self, timeout: float = 1.0) -> Dependencies:
         """Probes the embedder, the search service and Redis."""
         embedder_ok = self.embedder.ping(timeout=timeout)  # Healthy = the model's workers are up
+        if embedder_ok and not self._embedder_serving:
+            # Coming (back) up: a restarted TorchServe says Healthy before its worker answers (it queues
+            # requests while the model loads); a request the handler rejects at once proves the worker.
+            embedder_ok = self.embedder.model_ready(timeout=timeout)
+        self._embedder_serving = embedder_ok
         try:
             response = self.search_health.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
             search_ok = response.status == health_pb2.HealthCheckResponse.SERVING
