@@ -120,12 +120,14 @@ def cmd_reindex(args) -> int:
     bar = None
     last = None
     failures = []
+    quality = ""
     try:
         for progress in stub.Reindex(request, metadata=metadata):
             step = getattr(progress, "pass")
             new_pass = last is None or getattr(last, "pass") != step
             last = progress
             failures.extend(progress.failures)
+            quality = progress.quality_json or quality
             if new_pass:
                 if bar is not None:
                     bar.close()
@@ -159,6 +161,11 @@ def cmd_reindex(args) -> int:
         return 1
     print(f"{last.collection}: {last.embedded} written, {last.unchanged} unchanged in the last pass, "
           f"{last.failed} failed, {last.removed} removed ({getattr(last, 'pass')} passes)")
+    if quality:
+        import json
+
+        from lookalike.cli_adapt import print_figures
+        print_figures(json.loads(quality))
     if last.activated:
         print(f"searches now use {last.collection} (was {last.previous}); "
               "`lookalike collections rollback` switches back")
@@ -341,7 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     reindex.add_argument("--collection", help="target collection (default <alias>__<model id>, or __r2, __r3... "
                          "when that one is active); an existing one is brought up to date")
     reindex.add_argument("--no-activate", action="store_true", help="build it, but keep searching the active one")
-    reindex.add_argument("--force", action="store_true", help="activate even though some products failed")
+    reindex.add_argument("--force", action="store_true", help="activate even though some products failed or "
+                         "the new collection searches worse on held-out photos (the quality gate)")
     reindex.add_argument("--failures", help="where to write failed items (default reindex-failures.jsonl)")
     reindex.add_argument("--gateway", default=DEFAULT_GATEWAY)
     reindex.add_argument("--api-key", help="API key (or env LOOKALIKE_API_KEY)")

@@ -86,6 +86,15 @@ def print_report(report: dict) -> None:
         return
     print(f"{report['photos']} photos, {report['labels']} labels ({report['labels_with_2_photos']} with 2+ photos); "
           f"fitted in {report.get('fit_seconds')} s; chosen: {report['chosen']}")
+    print_figures(report)
+
+
+def print_figures(report: dict) -> None:
+    """Before -> after on held-out photos (an adaptation's or a reindex's gate report)."""
+    if not report.get("before"):
+        if report.get("note"):
+            print(f"quality gate: {report['note']}")
+        return
     for kind, name in (("seen", "held-out photos of seen labels"), ("unseen", "labels left out of the fit")):
         before, after = report["before"][kind], report["after"][kind]
         if before.get("p@1") is None:

@@ -125,7 +125,7 @@ class ReindexRequest(_message.Message):
     def __init__(self, model_version: _Optional[str] = ..., collection: _Optional[str] = ..., activate: _Optional[bool] = ..., force: _Optional[bool] = ...) -> None: ...
 
 class ReindexProgress(_message.Message):
-    __slots__ = ("collection", "source", "model_id", "total", "done", "embedded", "unchanged", "failed", "removed", "finished", "activated", "previous", "failures")
+    __slots__ = ("collection", "source", "model_id", "total", "done", "embedded", "unchanged", "failed", "removed", "finished", "activated", "previous", "failures", "quality_json")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
@@ -140,6 +140,7 @@ class ReindexProgress(_message.Message):
     ACTIVATED_FIELD_NUMBER: _ClassVar[int]
     PREVIOUS_FIELD_NUMBER: _ClassVar[int]
     FAILURES_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_JSON_FIELD_NUMBER: _ClassVar[int]
     collection: str
     source: str
     model_id: str
@@ -153,7 +154,8 @@ class ReindexProgress(_message.Message):
     activated: bool
     previous: str
     failures: _containers.RepeatedCompositeFieldContainer[UpsertProductsResponse]
-    def __init__(self, collection: _Optional[str] = ..., source: _Optional[str] = ..., model_id: _Optional[str] = ..., total: _Optional[int] = ..., done: _Optional[int] = ..., embedded: _Optional[int] = ..., unchanged: _Optional[int] = ..., failed: _Optional[int] = ..., removed: _Optional[int] = ..., finished: _Optional[bool] = ..., activated: _Optional[bool] = ..., previous: _Optional[str] = ..., failures: _Optional[_Iterable[_Union[UpsertProductsResponse, _Mapping]]] = ..., **kwargs) -> None: ...
+    quality_json: str
+    def __init__(self, collection: _Optional[str] = ..., source: _Optional[str] = ..., model_id: _Optional[str] = ..., total: _Optional[int] = ..., done: _Optional[int] = ..., embedded: _Optional[int] = ..., unchanged: _Optional[int] = ..., failed: _Optional[int] = ..., removed: _Optional[int] = ..., finished: _Optional[bool] = ..., activated: _Optional[bool] = ..., previous: _Optional[str] = ..., failures: _Optional[_Iterable[_Union[UpsertProductsResponse, _Mapping]]] = ..., quality_json: _Optional[str] = ..., **kwargs) -> None: ...
 
 class ListCollectionsRequest(_message.Message):
     __slots__ = ()

@@ -262,3 +262,35 @@ def test_coarse_labels_blend_lightly_so_search_does_not_turn_into_classification
     assert adapt_fit.alphas_for(np.repeat(np.arange(100), 4)) == adapt_fit.DEFAULT_ALPHAS  # product groups
     assert adapt_fit.alphas_for(np.repeat(np.arange(10), 300)) == adapt_fit.FIELD_ALPHAS  # categories
     assert max(adapt_fit.FIELD_ALPHAS) < min(adapt_fit.DEFAULT_ALPHAS)
+
+
+def test_the_gate_guards_a_reindex_too(tmp_path):
+    """A reindex whose vectors search worse on held-out photos is not activated unless forced; one that
+    searches as well is, with the report on its progress."""
+    from lookalike_gateway.core import ApiError
+
+    items, vectors = catalogue(30, 4, seed=7, signal=3.0)
+    for product, _ in items:
+        product.category = product.attributes["sku"]  # one photo per product: the gate labels by category
+    embedder = FakeEmbedder(vectors, dim=DIM)
+    gateway = make_gateway(tmp_path, embedder=embedder, search=FakeSearch())
+    ingest(gateway, items)
+
+    def reindex(**fields):
+        return list(gateway.catalogue.reindex(lookalike_pb2.ReindexRequest(activate=True, **fields),
+                                              lambda: Deadline(30)))
+
+    same = reindex(collection="products__lookalike-lite0__r2")  # the same model: the same figures
+    quality = json.loads(next(m.quality_json for m in same if m.quality_json))
+    assert quality["label"] == "category" and quality["regressions"] == [] and quality["before"] == quality["after"]
+    assert same[-1].activated
+
+    rng = np.random.default_rng(0)  # a "new model" that has forgotten what the catalogue looks like
+    embedder.vectors = {image: rng.normal(size=DIM).astype(np.float32) for image in vectors}
+    with pytest.raises(ApiError, match="searches worse"):
+        reindex(collection="products__lookalike-lite0__r3")
+    assert gateway.catalogue.refresh().collection == "products__lookalike-lite0__r2"
+    forced = reindex(collection="products__lookalike-lite0__r3", force=True)
+    assert forced[-1].activated
+    reports = [json.loads(p.read_text()) for p in sorted((tmp_path / "adaptations" / "reports").glob("*.json"))]
+    assert [r["kind"] for r in reports] == ["reindex"] * 3 and reports[-1]["forced"] is True

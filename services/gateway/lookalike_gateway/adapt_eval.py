@@ -32,9 +32,11 @@ class Split:
                 "unseen_queries": int(self.unseen.size), "gallery": int(self.gallery.size)}
 
 
-def make_split(labels, group_holdout: float = 0.2, seed: int = 0, max_queries: int = 1000) -> Split:
+def make_split(labels, group_holdout: float = 0.2, seed: int = 0, max_queries: int = 1000,
+               photo_holdout: float = 0.2) -> Split:
     """Groups with >= 2 photos: a `group_holdout` share left out of the fit (one query each); of the
-    others, groups with >= 3 photos give one held-out photo each. At most `max_queries` of each kind."""
+    others, groups with >= 3 photos give a `photo_holdout` share of their photos (at least one) as
+    held-out queries. At most `max_queries` of each kind."""
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
     groups, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
@@ -49,8 +51,9 @@ def make_split(labels, group_holdout: float = 0.2, seed: int = 0, max_queries: i
         if g in out:
             unseen.append(members[0])
         elif counts[g] >= 3:
-            seen.append(members[0])
-            fit += members[1:]
+            n_held = max(1, int(photo_holdout * counts[g]))
+            seen += members[:n_held]
+            fit += members[n_held:]
         else:
             fit += members
     seen = rng.permutation(seen)[:max_queries] if seen else np.zeros(0, int)

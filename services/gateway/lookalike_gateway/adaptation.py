@@ -27,12 +27,11 @@ from lookalike import collections as naming
 from lookalike import vectors
 from lookalike.v1 import lookalike_pb2, search_pb2
 
-from . import adapt_fit
+from . import adapt_fit, quality_gate
 from .core import ApiError, Deadline
 
 log = logging.getLogger(__name__)
 
-PAGE = 256
 CATCH_UP_PASSES = 3
 SAME_VECTOR = 1.0 - 1e-5  # cosine above which a stored vector is the expected one
 READ_SHARE, FIT_SHARE = 0.05, 0.55  # of a job's progress; building takes the rest
@@ -63,26 +62,13 @@ class Adapter:
     # ---- reading --------------------------------------------------------------------------------------
 
     def _pages(self, collection: str, with_vectors: bool = True):
-        offset = ""
-        while True:
-            page = self._call("ScrollPoints", search_pb2.ScrollPointsRequest(
-                collection=collection, limit=PAGE, offset=offset, with_vectors=with_vectors))
-            yield page.points
-            offset = page.next_offset
-            if not offset:
-                return
+        return quality_gate.pages(self.gateway, collection, with_vectors)
 
     def _read(self, source, label) -> tuple[np.ndarray, list[str]]:
-        xs, ys = [], []
-        for points in self._pages(source.collection):
-            for point in points:
-                value = label(point.product)
-                if value and point.vector:
-                    xs.append(source.raw(vectors.unpack(point.vector)))
-                    ys.append(value)
-        if not xs:
+        x, y, _ = quality_gate.read_labelled(self.gateway, source, label)
+        if not y:
             raise ApiError(grpc.StatusCode.FAILED_PRECONDITION, "the active collection has no labelled vectors")
-        return np.stack(xs), ys
+        return x, y
 
     # ---- the run ----------------------------------------------------------------------------------------
 

@@ -36,6 +36,7 @@ from .adaptation_store import AdaptationStore
 from .cache import EmbeddingCache
 from .ingest import CREATED, FAILED, UNCHANGED, UPDATED, IngestItem
 from .projection import Projection
+from .quality_gate import check_switch
 
 log = logging.getLogger(__name__)
 
@@ -259,6 +260,7 @@ class Catalogue:
                     raise ApiError(grpc.StatusCode.FAILED_PRECONDITION,
                                    f"{run.failed} products could not be re-embedded into {target.collection}; "
                                    "the alias still points at " f"{source.collection} (force activates anyway)")
+                yield check_switch(self, run.progress(), source, target, request.force)  # the quality gate
                 with self.gate.exclusive():  # this gateway's writes wait (searches do not)
                     run.pass_ += 1
                     yield from self._pass(run, source, target, deadline_for_batch)
