@@ -394,6 +394,8 @@ def run(dataset: Path, quick: bool) -> dict:
         f"(plain {result['brute_force_test']['p@1']:.4f})")
     result["category_rerank"] = category_rerank(plain, cat_labels, val_labels, test_labels)
     log(f"category re-ranking: {result['category_rerank']['chosen']}")
+    import adapt_suite  # adapted embeddings (lookalike adapt): dev catalogue, clothing-small, gate, timing
+    result["adaptation"] = adapt_suite.run(dataset, quick)
     return result
 
 

@@ -203,6 +203,9 @@ def quality_md(q: dict, figures: list[str]) -> list[str]:
                 f"{o['validation_p@1']:.4f}, test P@1 {o['test_p@1']:.4f} (eager: "
                 f"{q['brute_force_validation']['p@1']:.4f} / {q['brute_force_test']['p@1']:.4f}).", ""]
     out += _img(figures, "quality_p1.png")
+    if q.get("adaptation"):
+        import adapt_suite
+        out += [""] + adapt_suite.markdown(q["adaptation"])
     return out
 
 

@@ -182,14 +182,16 @@ class Adapter:
                 product_ids=ids, collection=target.collection, with_vectors=True)).points} if ids else {}
             writes = []
             for point in points:
-                if not point.vector:
+                packed = quality_gate.point_vectors(point)  # every image of the product
+                if not packed:
                     continue
-                wanted = target.project(source.raw(vectors.unpack(point.vector)))
-                have = stored.get(point.product.id)
-                if have is not None and have.product == point.product and have.vector and float(
-                        np.dot(vectors.unpack(have.vector), wanted)) >= SAME_VECTOR:
+                wanted = [target.project(source.raw(vectors.unpack(v))) for v in packed]
+                if _same(stored.get(point.product.id), point, wanted):
                     continue
-                writes.append(search_pb2.Point(product=point.product, vector=vectors.pack(wanted)))
+                write = search_pb2.Point(product=point.product, vector=vectors.pack(wanted[0]))
+                if len(wanted) > 1:
+                    write.more_vectors.extend(vectors.pack(v) for v in wanted[1:])
+                writes.append(write)
             if writes:
                 self._call("UpsertPoints", search_pb2.UpsertPointsRequest(points=writes,
                                                                           collection=target.collection))
@@ -198,3 +200,12 @@ class Adapter:
             yield done, total, changes
         changes += self.catalogue._mirror_deletions(source, target)
         yield done, total, changes
+
+
+def _same(have, point, wanted: list[np.ndarray]) -> bool:
+    """Whether the target already holds `point` with the wanted vectors (and the same payload)."""
+    if have is None or have.product != point.product:
+        return False
+    stored = quality_gate.point_vectors(have)
+    return len(stored) == len(wanted) and all(
+        float(np.dot(vectors.unpack(v), w)) >= SAME_VECTOR for v, w in zip(stored, wanted))
