@@ -15,6 +15,7 @@ run: setup
 
 test: setup
 	.venv/bin/python scripts/gen_protos.py --check
+	.venv/bin/python scripts/gen_openapi.py --check
 	.venv/bin/python -m pytest -ra $(PYTEST_ARGS)
 
 # The suite twice in a row beside a CPU hog on every core (stress-ng --cpu N; scripts/with_cpu_hog.sh):
@@ -33,3 +34,4 @@ validate-deploy: setup
 
 protos:
 	.venv/bin/python scripts/gen_protos.py
+	.venv/bin/python scripts/gen_openapi.py

@@ -1,6 +1,8 @@
 """The one table mapping gRPC status codes to HTTP status codes (and back)."""
 from __future__ import annotations
 
+import collections
+
 import grpc
 
 GRPC_TO_HTTP: dict[grpc.StatusCode, int] = {
@@ -69,8 +71,14 @@ def retry_info(delay_s: float) -> dict:
     return {"type": "RetryInfo", "retry_delay_s": round(float(delay_s), 3)}
 
 
-def to_rpc_status(code: grpc.StatusCode, message: str, details: list[dict]) -> grpc.Status:
-    """A grpc.Status for `context.abort_with_status`, carrying the details as google.rpc messages."""
+class _RichStatus(collections.namedtuple("_RichStatus", ("code", "details", "trailing_metadata")), grpc.Status):
+    pass
+
+
+def to_rpc_status(code: grpc.StatusCode, message: str, details: list[dict],
+                  metadata: tuple = ()) -> grpc.Status:
+    """A grpc.Status for `context.abort_with_status`, carrying the details as google.rpc messages in the
+    `grpc-status-details-bin` trailer, plus `metadata` (abort_with_status replaces the trailers)."""
     from google.rpc import error_details_pb2, status_pb2
     from grpc_status import rpc_status
 
@@ -91,7 +99,8 @@ def to_rpc_status(code: grpc.StatusCode, message: str, details: list[dict]) -> g
         else:
             continue
         packed.details.add().Pack(msg)
-    return rpc_status.to_status(packed)
+    return _RichStatus(code, message, ((rpc_status.GRPC_DETAILS_METADATA_KEY, packed.SerializeToString()),
+                                       *metadata))
 
 
 def rpc_error_details(exc: grpc.RpcError) -> list[dict]:

@@ -16,7 +16,7 @@ from lookalike.v1 import classifier_pb2, search_pb2, types_pb2
 from lookalike.vectors import pack
 from lookalike_gateway.auth import ApiKeyCheck
 from lookalike_gateway.classifier import ClassifierService
-from lookalike_gateway.classifier_api import ClassificationServicer, report_proto
+from lookalike_gateway.classifier_api import report_proto
 from lookalike_gateway.classifier_head import LinearHead, TrainingError, fit_head, softmax
 from lookalike_gateway.classifier_store import ClassifierRepository
 from lookalike_gateway.core import ApiError, Deadline

@@ -5,19 +5,18 @@ state, progress and, once done, the result (collection built, activated or why t
 report). ``GET /v1/adaptations/latest`` is the newest adaptation's report (kept on disk).
 gRPC: ``StartAdaptation`` / ``GetAdaptation`` on lookalike.v1.Lookalike (grpc_api.py).
 """
-from __future__ import annotations
-
+# no `from __future__ import annotations`: the route signatures use Annotated metadata at run time
 import json
+from typing import Annotated, Any
 
-import grpc
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, Path
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
 
 from lookalike.v1 import lookalike_pb2
 
+from . import api_models as m
 from .adaptation import Adapter, labeller
-from .core import ApiError
+from .core import not_found
 from .jobs import Job, JobRunner, JobState, job_json, job_proto
 
 JOB_KIND = "adaptation"
@@ -40,7 +39,7 @@ class AdaptationService:
     def latest_report(self) -> dict:
         report = self.gateway.catalogue.adaptations.latest_report()
         if report is None:
-            raise ApiError(grpc.StatusCode.NOT_FOUND, "no adaptation has run yet")
+            raise not_found("adaptation", "latest", "no adaptation has run yet")
         return report
 
     def close(self) -> None:
@@ -57,15 +56,6 @@ def get_response(job: Job) -> lookalike_pb2.GetAdaptationResponse:
     return response
 
 
-class AdaptBody(BaseModel):
-    """POST /v1/adaptations; every field optional (an empty body adapts on product groups and activates)."""
-    model_config = ConfigDict(extra="forbid")
-    label_field: str = Field("product", description="'product', 'category' or 'attributes.<name>'")
-    activate: bool = Field(True, description="switch searches to the adapted collection when the gate passes")
-    force: bool = Field(False, description="activate even when a held-out figure got worse")
-    plain: bool = Field(False, description="back to the plain space (a collection of the raw vectors)")
-
-
 def job_location(job: Job) -> str:
     return f"/v1/adaptations/jobs/{job.id}"
 
@@ -73,25 +63,28 @@ def job_location(job: Job) -> str:
 def build_router(service: AdaptationService) -> APIRouter:
     router = APIRouter(tags=["adaptation"])
 
-    @router.post("/v1/adaptations", status_code=202)
-    def start(body: AdaptBody | None = Body(None)):
+    @router.post("/v1/adaptations", status_code=202, response_model=m.AdaptationJob,
+                 responses={202: {"headers": {"Location": {"description": "the job (GET it for progress)",
+                                                           "schema": {"type": "string"}}}},
+                            **m.errors(400, 409, 413)})
+    def start(body: Annotated[m.AdaptRequest | None, Body()] = None):
         """Starts an adaptation as a job and answers at once: 202 with the job and its `Location`. The job
         learns a projection of the stored embeddings on the catalogue's own photos (label: the product, or a
         field), measures it on held-out photos and products and -- unless a figure gets worse -- builds an
         adapted collection from the stored vectors and switches searches to it. 409 while a reindex or
         another adaptation runs."""
-        body = body or AdaptBody()
+        body = body or m.AdaptRequest()
         job = service.start(lookalike_pb2.StartAdaptationRequest(
             label_field=body.label_field, activate=body.activate, force=body.force, plain=body.plain))
         return JSONResponse(job_json(job), status_code=202, headers={"Location": job_location(job)})
 
-    @router.get("/v1/adaptations/jobs/{job_id}")
-    def adaptation_job(job_id: str):
+    @router.get("/v1/adaptations/jobs/{job_id}", response_model=m.AdaptationJob, responses=m.errors(400, 404))
+    def adaptation_job(job_id: Annotated[str, Path(max_length=200)]):
         """An adaptation job: state, progress 0..1, the stage, and its result once it succeeded
         (`collection`, `activated`, `refused`, `regressions`, `report`)."""
         return job_json(service.job(job_id))
 
-    @router.get("/v1/adaptations/latest")
+    @router.get("/v1/adaptations/latest", response_model=dict[str, Any], responses=m.errors(404))
     def latest():
         """The newest adaptation's report (activated or refused)."""
         return service.latest_report()

@@ -33,7 +33,7 @@ from lookalike.v1 import search_pb2
 
 from .classifier_head import DEFAULT_C_VALUES, DEFAULT_HOLDOUT, LinearHead, TrainingError, fit_head
 from .classifier_store import ClassifierRepository
-from .core import ApiError, Deadline, Gateway, validate_top_k
+from .core import ApiError, Deadline, Gateway, bad_argument, not_found, validate_top_k
 from .jobs import Job, JobRunner, Progress
 
 log = logging.getLogger(__name__)
@@ -143,9 +143,9 @@ class ClassifierService:
     def _require(self, model_id: str | None = None) -> Active:
         active = self.active()
         if active is None:
-            raise ApiError(grpc.StatusCode.NOT_FOUND,
-                           "no classifier has been trained yet: train one first (POST /v1/classifiers, "
-                           "gRPC lookalike.v1.Classification/TrainClassifier)")
+            raise not_found("classifier", "current",
+                            "no classifier has been trained yet: train one first (POST /v1/classifiers, "
+                            "gRPC lookalike.v1.Classification/StartClassifierTraining)")
         trained_on = active.meta.get("model_id")
         if model_id is not None and trained_on and trained_on != model_id:
             raise ApiError(grpc.StatusCode.FAILED_PRECONDITION,
@@ -161,7 +161,7 @@ class ClassifierService:
         if len(image) > self.gateway.settings.max_upload_bytes:
             self.gateway.check_image(image)  # the size error, before hashing a huge body
         if not image:
-            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "image is empty")
+            raise bad_argument("image", "image is empty")
         top_k = validate_top_k(top_k, DEFAULT_TOP_K)
         target = self.target()  # one snapshot: the model the classifier must have been trained on
         active = self._require(target.model_id)  # before the embedder: no work without a classifier
@@ -191,14 +191,13 @@ class ClassifierService:
         field = "category" if kind == "category" else f"attributes.{name}"
         holdout = DEFAULT_HOLDOUT if holdout_fraction is None else float(holdout_fraction)
         if not np.isfinite(holdout) or not 0 <= holdout < 0.5:
-            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"holdout_fraction must be in [0, 0.5), got {holdout}")
+            raise bad_argument("holdout_fraction", f"holdout_fraction must be in [0, 0.5), got {holdout}")
         cs = tuple(c_values) if c_values else DEFAULT_C_VALUES
         if len(cs) > 20 or any(not np.isfinite(c) or c <= 0 for c in cs):
-            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "c_values must be at most 20 positive finite numbers")
+            raise bad_argument("c_values", "c_values must be at most 20 positive finite numbers")
         minimum = DEFAULT_MIN_EXAMPLES if min_examples is None else int(min_examples)
         if minimum < 2:
-            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"min_examples_per_label must be at least 2, got {minimum}")
+            raise bad_argument("min_examples_per_label", f"min_examples_per_label must be at least 2, got {minimum}")
         return self.jobs.start(lambda progress: self._train(field, kind, name, holdout, cs, minimum, progress),
                                stage="reading embeddings")
 

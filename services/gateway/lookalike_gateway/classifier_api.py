@@ -1,20 +1,24 @@
 """The classifier's transports: lookalike.v1.Classification (gRPC) and the /v1/classify,
+# no `from __future__ import annotations`: the route signatures use Annotated metadata built at run time
 /v1/classifiers REST routes, over a ClassifierService."""
-from __future__ import annotations
 
 import threading
 import time
 
-import grpc
-from fastapi import APIRouter, Body, File, Form, UploadFile
+from typing import Annotated
+
+from fastapi import APIRouter, Body, File, Form, Path, UploadFile
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
+
+from lookalike import limits
 
 from lookalike.v1 import classifier_pb2, classifier_pb2_grpc
 
-from .classifier import DEFAULT_LABEL_FIELD, TRAIN_TIMEOUT_S, ClassifierService
-from .core import ApiError, Deadline
+from . import api_models as m
+from . import http_errors
+from .classifier import DEFAULT_LABEL_FIELD, DEFAULT_TOP_K, TRAIN_TIMEOUT_S, ClassifierService
+from .core import Deadline
 from .grpc_api import GatewayServicer, _unary
 from .jobs import Job, JobState, job_json, job_proto
 
@@ -90,15 +94,6 @@ def add_to_host(host, service: ClassifierService, auth, draining: threading.Even
 
 # ---- REST -----------------------------------------------------------------------------------------
 
-class TrainBody(BaseModel):
-    """POST /v1/classifiers; every field optional (an empty body trains on `category`)."""
-    model_config = ConfigDict(extra="forbid")
-    label_field: str = Field(DEFAULT_LABEL_FIELD, description="'category' or 'attributes.<name>'")
-    holdout_fraction: float | None = Field(None, description="held-out part, [0, 0.5); default 0.2")
-    c_values: list[float] | None = Field(None, description="candidate C values; the default grid when unset")
-    min_examples_per_label: int | None = Field(None, description="labels with fewer examples are left out (5)")
-
-
 def job_location(job: Job) -> str:
     return f"/v1/classifiers/jobs/{job.id}"
 
@@ -110,24 +105,16 @@ def training_json(job: Job) -> dict:
 def build_router(service: ClassifierService) -> APIRouter:
     settings = service.gateway.settings
     router = APIRouter(tags=["classification"])
+    image_doc = f"the photo (at most {settings.max_upload_bytes} bytes)"
 
-    async def read_image(upload: UploadFile | None) -> bytes:
-        if upload is None:
-            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "multipart field 'image' is required")
-        declared = (upload.content_type or "").split(";")[0].strip().lower()
-        if declared and not declared.startswith("image/") and declared != "application/octet-stream":
-            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"content type {declared!r} is not an image type",
-                           http_status=415)
-        data = await upload.read(settings.max_upload_bytes + 1)
-        if len(data) > settings.max_upload_bytes:
-            raise ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                           f"image is above the limit of {settings.max_upload_bytes} bytes", http_status=413)
-        return data
-
-    @router.post("/v1/classify")
-    async def classify(image: UploadFile | None = File(None), top_k: int | None = Form(None)):
-        """The active classifier's labels for the uploaded photo (multipart `image`), most probable first."""
-        data = await read_image(image)
+    @router.post("/v1/classify", response_model=m.ClassifyResponse, responses=m.errors(400, 404, 413, 415, 504),
+                 dependencies=[http_errors.DECLARED_FORM_FIELDS_ONLY])
+    async def classify(image: Annotated[UploadFile, File(description=image_doc)],
+                       top_k: Annotated[int | None, Form(ge=1, le=limits.MAX_TOP_K, description=(
+                           f"labels (default {DEFAULT_TOP_K}, at most the number of labels)"))] = None):
+        """The active classifier's labels for the uploaded photo (multipart `image`), most probable first
+        (404 before any training; 400 when it was trained on another model's embeddings)."""
+        data = await http_errors.read_image(image, settings.max_upload_bytes)
         started = time.perf_counter()
         predictions, cache_hit, version = await run_in_threadpool(
             service.classify, data, top_k, Deadline(settings.request_timeout_s))
@@ -135,29 +122,33 @@ def build_router(service: ClassifierService) -> APIRouter:
                 "cache_hit": cache_hit, "classifier_version": version,
                 "took_ms": round((time.perf_counter() - started) * 1000, 2)}
 
-    @router.post("/v1/classifiers", status_code=202)
-    def train(body: TrainBody | None = Body(None)):
+    @router.post("/v1/classifiers", status_code=202, response_model=m.ClassifierTrainingJob,
+                 responses={202: {"headers": {"Location": {"description": "the job (GET it for progress)",
+                                                           "schema": {"type": "string"}}}},
+                            **m.errors(400, 409, 413)})
+    def train(body: Annotated[m.TrainRequest | None, Body()] = None):
         """Starts training a classifier on the stored embeddings (an empty body: labels from `category`)
         as a job and answers at once: 202 with the job and its `Location`
         (GET /v1/classifiers/jobs/{job_id}: state, progress, and the report once done). The trained
         classifier becomes the active one. 409 while another training runs."""
-        body = body or TrainBody()
+        body = body or m.TrainRequest()
         job = service.start_training(body.label_field, body.holdout_fraction, body.c_values,
                                      body.min_examples_per_label)
         return JSONResponse(training_json(job), status_code=202, headers={"Location": job_location(job)})
 
-    @router.get("/v1/classifiers/jobs/{job_id}")
-    def training_job(job_id: str):
+    @router.get("/v1/classifiers/jobs/{job_id}", response_model=m.ClassifierTrainingJob,
+                responses=m.errors(400, 404))
+    def training_job(job_id: Annotated[str, Path(max_length=200)]):
         """A training job: state (queued, running, succeeded, failed), progress 0..1, the stage, and
         the training report once it succeeded (or the error once it failed)."""
         return training_json(service.training_job(job_id))
 
-    @router.get("/v1/classifiers/current")
+    @router.get("/v1/classifiers/current", response_model=m.ClassifierReport, responses=m.errors(404))
     def current():
         """The active classifier's training report."""
         return service.current_report()
 
-    @router.get("/v1/classifiers")
+    @router.get("/v1/classifiers", response_model=m.ClassifierVersions, responses=m.errors())
     def versions():
         """Stored classifier versions (oldest first) and the active one."""
         return service.list_versions()

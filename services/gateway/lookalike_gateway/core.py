@@ -15,7 +15,8 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from lookalike import images, request_id, vectors
+from lookalike import images, request_id, status, vectors
+from lookalike.limits import MAX_ID_LENGTH, MAX_TOP_K
 from lookalike.torchserve import EmbedderClient, EmbedderImageError, EmbedderNotReady
 from lookalike.v1 import search_pb2, search_pb2_grpc, types_pb2
 
@@ -28,9 +29,8 @@ from .settings import GatewaySettings
 
 log = logging.getLogger(__name__)
 
-MAX_TOP_K = 1000
-MAX_ID_LENGTH = 512
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
+DEFAULT_RETRY_AFTER_S = 1.0  # the retry hint of an UNAVAILABLE / RESOURCE_EXHAUSTED answer that names none
 RETRY_BACKOFF_S = 0.05  # first pause before retrying an UNAVAILABLE dependency; doubles up to the max
 RETRY_BACKOFF_MAX_S = 1.0
 MIN_ATTEMPT_S = 0.05  # a retry needs at least this much of the deadline left after its backoff
@@ -45,12 +45,21 @@ class ApiError(Exception):
     """A failure to report to the caller with a gRPC status code and a human message."""
 
     def __init__(self, code: grpc.StatusCode, message: str, http_status: int | None = None,
-                 retry_after_s: float | None = None):
+                 retry_after_s: float | None = None, details: list[dict] | None = None):
         super().__init__(message)
         self.code = code
         self.message = message
         self.http_status = http_status  # where REST is more precise than the table (413, 415)
         self.retry_after_s = retry_after_s
+        self.details = details or []  # lookalike.status.bad_request / resource_info dicts
+
+    def all_details(self) -> list[dict]:
+        """The details, with RetryInfo added on RESOURCE_EXHAUSTED / UNAVAILABLE (REST `details`, gRPC
+        google.rpc.Status)."""
+        retryable = self.code in status.RETRY_CODES and self.http_status in (None, 429, 503)  # not a 413
+        if retryable and not any(d.get("type") == "RetryInfo" for d in self.details):
+            return [*self.details, status.retry_info(self.retry_after_s or DEFAULT_RETRY_AFTER_S)]
+        return self.details
 
 
 class Deadline:
@@ -79,32 +88,42 @@ class Dependencies:
         return self.embedder and self.search  # the cache is optional by design
 
 
+def not_found(resource_type: str, name: str, message: str | None = None) -> ApiError:
+    """NOT_FOUND naming what is missing (ResourceInfo)."""
+    message = message or f"{resource_type} {name!r} not found"
+    return ApiError(grpc.StatusCode.NOT_FOUND, message, details=[status.resource_info(resource_type, name, message)])
+
+
+def bad_argument(field: str, message: str) -> ApiError:
+    """INVALID_ARGUMENT naming the field at fault (BadRequest)."""
+    return ApiError(grpc.StatusCode.INVALID_ARGUMENT, message, details=[status.bad_request(field, message)])
+
+
 def validate_top_k(top_k: int | None, default: int) -> int:
     """top_k or the default when unset (None); 1..MAX_TOP_K."""
     if top_k is None:
         return default
     if top_k <= 0 or top_k > MAX_TOP_K:
-        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"top_k must be between 1 and {MAX_TOP_K}, got {top_k}")
+        raise bad_argument("top_k", f"top_k must be between 1 and {MAX_TOP_K}, got {top_k}")
     return top_k
 
 
 def validate_product_id(product_id: str) -> str:
-    if not product_id:
-        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "product id must not be empty")
-    if len(product_id) > MAX_ID_LENGTH:
-        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"product id longer than {MAX_ID_LENGTH} characters")
-    if any(ord(c) < 32 or c == "\x7f" for c in product_id):
-        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "product id contains control characters")
+    problem = ("product id must not be empty" if not product_id else
+               f"product id longer than {MAX_ID_LENGTH} characters" if len(product_id) > MAX_ID_LENGTH else
+               "product id contains control characters" if any(ord(c) < 32 or c == "\x7f" for c in product_id)
+               else None)
+    if problem:
+        raise bad_argument("product_id", problem)
     return product_id
 
 
 def validate_filter(flt: types_pb2.Filter) -> types_pb2.Filter:
     if flt.HasField("min_price") and flt.HasField("max_price") and flt.min_price > flt.max_price:
-        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
-                       f"min_price {flt.min_price} is greater than max_price {flt.max_price}")
+        raise bad_argument("min_price", f"min_price {flt.min_price} is greater than max_price {flt.max_price}")
     for name in ("min_price", "max_price"):
         if flt.HasField(name) and not np.isfinite(getattr(flt, name)):
-            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"{name} must be a finite number")
+            raise bad_argument(name, f"{name} must be a finite number")
     return flt
 
 
@@ -122,8 +141,7 @@ def validate_category_boost(boost: float | None, default: float) -> float:
     if boost is None:
         return default
     if not np.isfinite(boost) or boost < 0 or boost > ranking.MAX_BOOST:
-        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
-                       f"category_boost must be between 0 and {ranking.MAX_BOOST:g}, got {boost}")
+        raise bad_argument("category_boost", f"category_boost must be between 0 and {ranking.MAX_BOOST:g}, got {boost}")
     return float(boost)
 
 
@@ -157,16 +175,17 @@ class Gateway:
         INVALID_ARGUMENT too (EmbedderImageError): decoding here as well cost ~1.6 ms per query and up to
         the whole bitmap in memory (120 MB for a 40 MP photo)."""
         if not image:
-            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "image is empty")
+            raise bad_argument("image", "image is empty")
         if len(image) > self.settings.max_upload_bytes:
-            raise ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                           f"image is {len(image)} bytes, above the limit of {self.settings.max_upload_bytes}",
-                           http_status=413)
+            message = f"image is {len(image)} bytes, above the limit of {self.settings.max_upload_bytes}"
+            raise ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED, message, http_status=413,
+                           details=[status.bad_request("image", message)])
         try:
             images.probe_image(image, max_pixels=self.settings.max_image_pixels)
         except images.ImageRejected as exc:
             http = 415 if exc.reason == "unsupported_format" else None
-            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid image: {exc}", http_status=http) from None
+            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid image: {exc}", http_status=http,
+                           details=[status.bad_request("image", str(exc))]) from None
 
     def _call_search(self, method: str, request, deadline: Deadline):
         """Calls the search service with what remains of the deadline, retrying UNAVAILABLE with backoff."""
@@ -292,7 +311,7 @@ class Gateway:
         validate_product_id(product_id)
         response = self._call_search("GetPoints", search_pb2.GetPointsRequest(product_ids=[product_id]), deadline)
         if not response.points:
-            raise ApiError(grpc.StatusCode.NOT_FOUND, f"product {product_id!r} not found")
+            raise not_found("product", product_id)
         return response.points[0].product
 
     def delete_products(self, product_ids: list[str], deadline: Deadline) -> int:
@@ -310,7 +329,7 @@ class Gateway:
         product = self.get_product(product_id, deadline)
         data = self.images.get(product.image_sha256) if product.image_sha256 else None
         if data is None:
-            raise ApiError(grpc.StatusCode.NOT_FOUND, f"no stored image for product {product_id!r}")
+            raise not_found("image", product_id, f"no stored image for product {product_id!r}")
         return data
 
     def upsert_products(self, items: Iterable[tuple[types_pb2.Product, bytes]],

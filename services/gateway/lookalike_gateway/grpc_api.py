@@ -9,6 +9,7 @@ import time
 import grpc
 
 from lookalike import request_id
+from lookalike import status as status_table
 from lookalike.v1 import lookalike_pb2, lookalike_pb2_grpc
 
 from . import metrics
@@ -35,15 +36,21 @@ def _unary(method):
             return method(self, request, context, self.deadline(context))
         except ApiError as exc:
             status = exc.code
-            if exc.retry_after_s:
-                context.set_trailing_metadata(((request_id.METADATA_KEY, rid),
-                                               ("retry-after", str(max(1, round(exc.retry_after_s))))))
             log.info("%s failed: %s %s", name, exc.code.name, exc.message)
-            context.abort(exc.code, exc.message)
+            abort(context, exc, rid)
         finally:
             metrics.REQUESTS.labels(api="grpc", method=name, status=status.name).inc()
             metrics.LATENCY.labels(api="grpc", method=name).observe(time.perf_counter() - started)
     return wrapper
+
+
+def abort(context: grpc.ServicerContext, exc: ApiError, rid: str | None = None) -> None:
+    """Ends the call with the error's code, message and details (google.rpc.Status: BadRequest,
+    ResourceInfo, RetryInfo), the request id and, when there is one, `retry-after` in the trailers."""
+    metadata = [(request_id.METADATA_KEY, rid or request_id.current.get())]
+    if exc.retry_after_s:
+        metadata.append(("retry-after", str(max(1, round(exc.retry_after_s)))))
+    context.abort_with_status(status_table.to_rpc_status(exc.code, exc.message, exc.all_details(), tuple(metadata)))
 
 
 def _top_k(request) -> int | None:
@@ -102,7 +109,7 @@ class LookalikeServicer(GatewayServicer, lookalike_pb2_grpc.LookalikeServicer):
             self.auth.check_grpc(context)
         except ApiError as exc:
             metrics.REQUESTS.labels(api="grpc", method="UpsertProducts", status=exc.code.name).inc()
-            context.abort(exc.code, exc.message)
+            abort(context, exc)
         batch_timeout = self.gateway.settings.ingest_batch_timeout_s
         items = (IngestItem(request.product, request.image, request.skip_duplicates) for request in request_iterator)
         try:
@@ -147,7 +154,7 @@ class LookalikeServicer(GatewayServicer, lookalike_pb2_grpc.LookalikeServicer):
         except ApiError as exc:
             status = exc.code
             log.info("Reindex failed: %s %s", exc.code.name, exc.message)
-            context.abort(exc.code, exc.message)
+            abort(context, exc)
         finally:
             metrics.REQUESTS.labels(api="grpc", method="Reindex", status=status.name).inc()
             metrics.LATENCY.labels(api="grpc", method="Reindex").observe(time.perf_counter() - started)

@@ -28,7 +28,7 @@ import grpc
 
 from lookalike.v1 import types_pb2
 
-from .core import ApiError
+from .core import ApiError, not_found
 
 log = logging.getLogger(__name__)
 
@@ -158,9 +158,9 @@ class JobRunner:
         with self._lock:
             job = self._jobs.get(job_id)
         if job is None:
-            raise ApiError(grpc.StatusCode.NOT_FOUND,
-                           f"no {self.kind} job {job_id!r} (jobs are kept in memory: the last {self.keep}, "
-                           "until the gateway restarts)")
+            raise not_found(f"{self.kind} job", job_id,
+                            f"no {self.kind} job {job_id!r} (jobs are kept in memory: the last {self.keep}, "
+                            "until the gateway restarts)")
         return job
 
     def running(self) -> Job | None:

@@ -1,30 +1,33 @@
 """The REST proxy (FastAPI): the same semantics as the gRPC API, plus /healthz, /metrics and the web UI."""
-from __future__ import annotations
+# no `from __future__ import annotations`: the route signatures use Annotated metadata built at run time
 
 import json
 import logging
 import threading
 import time
 from pathlib import Path
+from typing import Annotated
 from urllib.parse import quote
 
 import grpc
-from fastapi import FastAPI, File, Form, Query, Request, UploadFile
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI, File, Form, Query, UploadFile
+from fastapi import Path as PathParam
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers, MutableHeaders, QueryParams
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from lookalike import images, request_id, stack_status
+from lookalike import images, limits, request_id, stack_status
 from lookalike.filters import make_filter
-from lookalike.status import http_status
 from lookalike.v1 import types_pb2
 
-from . import adaptation_api, classifier_api, metrics
+from . import adaptation_api, classifier_api, http_errors, metrics, openapi
+from . import api_models as m
 from .auth import HTTP_HEADER, ApiKeyCheck, bearer_token
-from .core import ApiError, Deadline, Gateway
+from .core import ApiError, Deadline, Gateway, bad_argument, not_found
+from .http_errors import api_error_response, error_response
 
 log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
@@ -51,17 +54,6 @@ def product_json(product: types_pb2.Product) -> dict:
 
 def result_json(result: types_pb2.SearchResult) -> dict:
     return {**product_json(result.product), "score": round(float(result.score), 6)}
-
-
-def error_response(code: grpc.StatusCode, message: str, status: int | None = None,
-                   headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code.name, "message": message}},
-                        status_code=status or http_status(code), headers=headers)
-
-
-def api_error_response(exc: ApiError) -> JSONResponse:
-    headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))} if exc.retry_after_s else None
-    return error_response(exc.code, exc.message, exc.http_status, headers)
 
 
 class Guard:
@@ -112,10 +104,10 @@ class Guard:
         except ValueError:
             length = 0
         # Multipart framing adds a little; anything far above the image limit is refused unread.
-        if length > self.settings.max_upload_bytes + 64 * 1024:
+        if length > self.settings.max_upload_bytes + limits.MULTIPART_SLACK_BYTES:
             return error_response(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                   f"request body of {length} bytes is above the limit of "
-                                  f"{self.settings.max_upload_bytes} bytes", status=413)
+                                  f"{self.settings.max_upload_bytes} bytes", http=413)
         if route.startswith("/v1/") and self.draining is not None and self.draining.is_set():
             response = error_response(grpc.StatusCode.UNAVAILABLE, "the gateway is shutting down; retry elsewhere")
             response.headers["Connection"] = "close"
@@ -137,7 +129,8 @@ def create_app(gateway: Gateway, auth: ApiKeyCheck, readiness, draining: threadi
     """The REST app. `readiness()` returns the latest Dependencies snapshot (for /healthz); once
     `draining` is set, new API requests get 503 (the server is shutting down)."""
     settings = gateway.settings
-    app = FastAPI(title="Lookalike", version="1", description="Visual product search: find products that look alike.")
+    app = FastAPI(title="Lookalike", version="1", description="Visual product search: find products that look alike.",
+                  generate_unique_id_function=lambda route: route.name)
     if settings.cors_origin_list:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list, allow_methods=["*"],
                            allow_headers=["*"])
@@ -146,34 +139,27 @@ def create_app(gateway: Gateway, auth: ApiKeyCheck, readiness, draining: threadi
         return Deadline(settings.request_timeout_s)
 
     app.add_middleware(Guard, settings=settings, auth=auth, draining=draining)
+    http_errors.install(app)
 
-    @app.exception_handler(ApiError)
-    async def api_error(_request: Request, exc: ApiError):
-        return api_error_response(exc)
+    async def read_image(upload: UploadFile) -> bytes:
+        return await http_errors.read_image(upload, settings.max_upload_bytes)
 
-    @app.exception_handler(RequestValidationError)
-    async def bad_request(_request: Request, exc: RequestValidationError):
-        parts = []
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path"))
-            parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
-        return error_response(grpc.StatusCode.INVALID_ARGUMENT, "; ".join(parts) or "invalid request")
+    image_doc = (f"the photo (JPEG, PNG, WebP, GIF, BMP; at most {settings.max_upload_bytes} bytes and "
+                 f"{settings.max_image_pixels} pixels)")
+    ProductId = Annotated[str, PathParam(min_length=1, max_length=limits.MAX_ID_LENGTH,
+                                         # documented, checked by core.validate_product_id (pydantic's regex
+                                         # engine has no look-ahead)
+                                         json_schema_extra={"pattern": m.PRODUCT_ID_PATTERN},
+                                         description="the product id (URL-encoded: `/` as `%2F`)",
+                                         examples=["shoes/oxford-123.jpg"])]
+    TopK = Annotated[int | None, Query(ge=1, le=limits.MAX_TOP_K,
+                                       description=f"results (default {settings.default_top_k})")]
+    Price = Annotated[float | None, Query(allow_inf_nan=False)]
 
-    async def read_image(upload: UploadFile | None) -> bytes:
-        if upload is None:
-            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "multipart field 'image' is required")
-        declared = (upload.content_type or "").split(";")[0].strip().lower()
-        if declared and not declared.startswith("image/") and declared != "application/octet-stream":
-            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"content type {declared!r} is not an image type", http_status=415)
-        data = await upload.read(settings.max_upload_bytes + 1)
-        if len(data) > settings.max_upload_bytes:
-            raise ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                           f"image is above the limit of {settings.max_upload_bytes} bytes", http_status=413)
-        return data
-
-    @app.get("/healthz", tags=["ops"])
+    @app.get("/healthz", tags=["ops"], response_model=m.Health,
+             responses={503: {"model": m.Health, "description": "not ready: a dependency is down"}})
     def healthz():
+        """Readiness: 200 only when the embedder and the search service are ready (the cache is optional)."""
         deps = readiness()
         body = {"status": "ok" if deps.ready else "unavailable",
                 "embedder": deps.embedder, "search": deps.search, "cache": deps.cache}
@@ -182,14 +168,27 @@ def create_app(gateway: Gateway, auth: ApiKeyCheck, readiness, draining: threadi
             body["stack"] = stack
         return JSONResponse(body, status_code=200 if deps.ready else 503)
 
-    @app.get("/metrics", tags=["ops"])
+    @app.get("/metrics", tags=["ops"], response_class=Response,
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                              "description": "Prometheus text exposition format"},
+                        401: {"model": m.ErrorBody, "description": m.ERROR_DESCRIPTIONS[401]}})
     def prometheus_metrics():
+        """Prometheus metrics (with API keys configured: a key, as `authorization: Bearer` or `?api_key=`)."""
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/v1/search", tags=["search"])
-    async def search(image: UploadFile | None = File(None), top_k: int | None = Form(None), category: str | None = Form(None),
-                     min_price: float | None = Form(None), max_price: float | None = Form(None),
-                     category_boost: float | None = Form(None)):
+    @app.post("/v1/search", tags=["search"], response_model=m.SearchResponse,
+              responses=m.errors(400, 413, 415, 504), dependencies=[http_errors.DECLARED_FORM_FIELDS_ONLY])
+    async def search(image: Annotated[UploadFile, File(description=image_doc)],
+                     top_k: Annotated[int | None, Form(ge=1, le=limits.MAX_TOP_K,
+                                                       description=f"results (default {settings.default_top_k})")] = None,
+                     category: Annotated[str | None, Form(description="only this category")] = None,
+                     min_price: Annotated[float | None, Form(allow_inf_nan=False,
+                                                             description="at most max_price")] = None,
+                     max_price: Annotated[float | None, Form(allow_inf_nan=False)] = None,
+                     category_boost: Annotated[float | None, Form(
+                         ge=0, le=limits.MAX_CATEGORY_BOOST,
+                         description=f"weight of P(category | photo) in the order (default {settings.category_boost:g}; "
+                                     "0 = plain similarity)")] = None):
         """Products that look like the uploaded photo (multipart field `image`). With a category
         classifier trained, results are ordered by score + category_boost * P(category | photo)
         (default 0.2; 0 = plain similarity order)."""
@@ -201,15 +200,18 @@ def create_app(gateway: Gateway, auth: ApiKeyCheck, readiness, draining: threadi
         return {"results": [result_json(r) for r in found.results], "cache_hit": found.cache_hit,
                 "category_boost": found.category_boost, "took_ms": round((time.perf_counter() - started) * 1000, 2)}
 
-    @app.get("/v1/products/{product_id:path}/similar", tags=["search"])
-    def similar(product_id: str, top_k: int | None = Query(None), category: str | None = None,
-                min_price: float | None = None, max_price: float | None = None):
+    @app.get("/v1/products/{product_id:path}/similar", tags=["search"], response_model=m.SimilarResponse,
+             responses=m.errors(400, 404, 504))
+    def similar(product_id: ProductId, top_k: TopK = None, category: str | None = None,
+                min_price: Price = None, max_price: Price = None):
         """"More like this": products that look like an indexed product."""
         results = gateway.search_similar(product_id, top_k, make_filter(category, min_price, max_price), deadline())
         return {"results": [result_json(r) for r in results]}
 
-    @app.get("/v1/products/{product_id:path}/image", tags=["products"])
-    def product_image(product_id: str):
+    @app.get("/v1/products/{product_id:path}/image", tags=["products"], response_class=Response,
+             responses={200: {"content": {"image/*": {"schema": {"type": "string", "format": "binary"}}},
+                              "description": "the stored original image"}, **m.errors(400, 404, 504)})
+    def product_image(product_id: ProductId):
         """The product's stored original image."""
         data = gateway.image_of(product_id, deadline())
         fmt = images.sniff_format(data) or "octet-stream"
@@ -217,17 +219,33 @@ def create_app(gateway: Gateway, auth: ApiKeyCheck, readiness, draining: threadi
         return Response(data, media_type=media, headers={"Cache-Control": "public, max-age=86400",
                                                          "X-Content-Type-Options": "nosniff"})
 
-    @app.put("/v1/products/{product_id:path}", tags=["products"])
-    async def put_product(product_id: str, image: UploadFile | None = File(None), title: str = Form(""),
-                          category: str = Form(""), price: float | None = Form(None),
-                          attributes: str = Form("{}")):
-        """Indexes (or updates) one product: multipart `image` plus metadata fields."""
+    @app.api_route("/v1/products/{product_id:path}/image", methods=["PUT", "POST", "DELETE", "PATCH"],
+                   name=http_errors.METHOD_NOT_ALLOWED, include_in_schema=False)
+    @app.api_route("/v1/products/{product_id:path}/similar", methods=["PUT", "POST", "DELETE", "PATCH"],
+                   name=http_errors.METHOD_NOT_ALLOWED, include_in_schema=False)
+    def method_not_allowed():
+        """.../image and .../similar are read-only (without this, PUT /v1/products/x/image would index a
+        product "x/image")."""
+        raise StarletteHTTPException(405)
+
+    @app.put("/v1/products/{product_id:path}", tags=["products"], response_model=m.PutProductResponse,
+             responses=m.errors(400, 413, 415, 504), dependencies=[http_errors.DECLARED_FORM_FIELDS_ONLY])
+    async def put_product(product_id: ProductId, image: Annotated[UploadFile, File(description=image_doc)],
+                          title: Annotated[str, Form()] = "", category: Annotated[str, Form()] = "",
+                          price: Annotated[float | None, Form(allow_inf_nan=False)] = None,
+                          attributes: Annotated[str, Form(
+                              description="a JSON object of strings, e.g. {\"colour\": \"brown\"}",
+                              # a JSON-encoded part: OpenAPI's multipart form of an object property
+                              json_schema_extra={"type": "object", "additionalProperties": {"type": "string"}})]
+                          = "{}"):
+        """Indexes (or updates) one product: multipart `image` plus metadata fields; answers once it is
+        stored durably."""
         try:
             attrs = json.loads(attributes or "{}")
-            if not isinstance(attrs, dict):
+            if not isinstance(attrs, dict) or not all(isinstance(v, str) for v in attrs.values()):
                 raise ValueError
         except ValueError:
-            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "attributes must be a JSON object of strings") from None
+            raise bad_argument("attributes", "attributes must be a JSON object of strings") from None
         product = types_pb2.Product(id=product_id, title=title, category=category,
                                     attributes={str(k): str(v) for k, v in attrs.items()})
         if price is not None:
@@ -240,20 +258,33 @@ def create_app(gateway: Gateway, auth: ApiKeyCheck, readiness, draining: threadi
             raise error
         return {"id": product_id, "ok": True}
 
-    @app.get("/v1/products/{product_id:path}", tags=["products"])
-    def get_product(product_id: str):
+    @app.get("/v1/products/{product_id:path}", tags=["products"], response_model=m.Product,
+             responses=m.errors(400, 404, 504))
+    def get_product(product_id: ProductId):
+        """One product's metadata."""
         return product_json(gateway.get_product(product_id, deadline()))
 
-    @app.delete("/v1/products/{product_id:path}", tags=["products"])
-    def delete_product(product_id: str):
+    @app.delete("/v1/products/{product_id:path}", tags=["products"], response_model=m.DeleteProductResponse,
+                responses=m.errors(400, 404, 504))
+    def delete_product(product_id: ProductId):
+        """Removes one product (404 when it is not stored)."""
         if gateway.delete_products([product_id], deadline()) == 0:
-            raise ApiError(grpc.StatusCode.NOT_FOUND, f"product {product_id!r} not found")
+            raise not_found("product", product_id)
         return {"id": product_id, "deleted": True}
+
+    @app.get("/v1/collections", tags=["operations"], response_model=m.Collections, responses=m.errors(504))
+    def collections():
+        """The stored collections (one per embedding model), the active one and the previous one."""
+        listed = gateway.catalogue.list(deadline())
+        return {"alias": listed.alias, "active": listed.active, "previous": listed.previous,
+                "collections": [{"name": c.name, "model_id": c.model_id, "vector_size": c.vector_size,
+                                 "points": c.points, "active": c.active} for c in listed.collections]}
 
     if getattr(gateway, "classifier", None) is not None:  # /v1/classify, /v1/classifiers (classifier_api.py)
         app.include_router(classifier_api.build_router(gateway.classifier))
     if getattr(gateway, "adaptation", None) is not None:  # /v1/adaptations (adaptation_api.py)
         app.include_router(adaptation_api.build_router(gateway.adaptation))
+    openapi.install(app)
 
     @app.get("/", include_in_schema=False)
     def index():

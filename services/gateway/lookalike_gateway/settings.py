@@ -6,6 +6,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from lookalike import limits
+
 
 class GatewaySettings(BaseSettings):
     """Every gateway setting; each can be set as LOOKALIKE_GATEWAY_<NAME>."""
@@ -39,14 +41,14 @@ class GatewaySettings(BaseSettings):
     request_timeout_s: float = Field(10.0, gt=0, le=600)  # default deadline when the caller sets none
     # Ingest: the deadline of each micro-batch of a stream (embedding 32 images on a busy CPU takes seconds).
     ingest_batch_timeout_s: float = Field(120.0, gt=0, le=3600)
-    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    max_upload_bytes: int = Field(limits.DEFAULT_MAX_UPLOAD_BYTES, ge=1024)
     max_image_pixels: int = Field(40_000_000, ge=1)
-    default_top_k: int = Field(10, ge=1, le=1000)
+    default_top_k: int = Field(limits.DEFAULT_TOP_K, ge=1, le=limits.MAX_TOP_K)
     upsert_batch_size: int = Field(32, ge=1, le=1024)
     # Image search re-ranks by category when a category classifier is trained (lookalike_gateway.ranking):
     # order = cosine + category_boost * P(result's category | query); 0 = plain similarity order.
-    category_boost: float = Field(0.2, ge=0, le=10)
-    category_rerank_depth: int = Field(100, ge=1, le=1000)  # candidates re-ranked
+    category_boost: float = Field(0.2, ge=0, le=limits.MAX_CATEGORY_BOOST)
+    category_rerank_depth: int = Field(100, ge=1, le=limits.MAX_TOP_K)  # candidates re-ranked
     # Ingest reports products whose image is byte-identical to another product's, or whose embedding is
     # within this cosine distance (1 - similarity) of another product's; 0 = exact duplicates only.
     # On clothing-small, 0.03 flags the one near-identical pair among 3,068 training photos.

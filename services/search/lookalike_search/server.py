@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 
 from lookalike.grpc_server import ServiceHost, configure_logging
+from lookalike.limits import MAX_ID_LENGTH, MAX_TOP_K
 from lookalike.settings import ConfigError, load_settings
 from lookalike.v1 import search_pb2, search_pb2_grpc, types_pb2
 from lookalike.vectors import pack, unpack
@@ -26,11 +27,9 @@ from .store import CollectionMismatch, Hit, NotFound, SearchFilter, StoreError, 
 log = logging.getLogger("lookalike_search")
 
 SERVICE_NAME = search_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name  # lookalike.v1.SearchService
-MAX_TOP_K = 1000
 MAX_POINTS_PER_UPSERT = 10_000
 MAX_IDS_PER_REQUEST = 10_000
 MAX_VECTORS_PER_SEARCH = 1024
-MAX_ID_LENGTH = 1024
 DEFAULT_SCROLL_LIMIT = 256
 MAX_SCROLL_LIMIT = 1000  # 1000 x 1280-d float32 = 5 MB per page
 

@@ -1,0 +1,11 @@
+"""The API's limits, one fact each: the gateway's REST and gRPC validation, the search service and the
+OpenAPI spec all read them from here (a leaf module: it imports nothing of the project)."""
+from __future__ import annotations
+
+MAX_TOP_K = 1000  # results per search (top_k is 1..MAX_TOP_K)
+DEFAULT_TOP_K = 10  # results per search when the caller sets none (the gateway's default_top_k default)
+MAX_ID_LENGTH = 512  # characters in a product id; no control characters
+DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024  # one image (the gateway's max_upload_bytes default)
+MULTIPART_SLACK_BYTES = 64 * 1024  # a REST body may exceed the image limit by this much (multipart framing)
+MAX_CATEGORY_BOOST = 10.0  # category_boost is 0..MAX_CATEGORY_BOOST
+DEFAULT_CLASSIFY_TOP_K = 5  # labels per Classify when the caller sets none
