@@ -99,7 +99,8 @@ def offline_spec() -> dict:
     from .settings import GatewaySettings
 
     settings = GatewaySettings.model_construct()  # the defaults, not this machine's environment
-    gateway = SimpleNamespace(settings=settings, classifier=SimpleNamespace(gateway=SimpleNamespace(settings=settings)))
+    service = SimpleNamespace(gateway=SimpleNamespace(settings=settings))  # what the routers read when built
+    gateway = SimpleNamespace(settings=settings, classifier=service, adaptation=service)
     return create_app(gateway, ApiKeyCheck(frozenset()), readiness=lambda: None).openapi()
 
 
