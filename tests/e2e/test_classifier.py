@@ -10,6 +10,7 @@ import httpx
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from lookalike import status
 from lookalike.v1 import classifier_pb2, classifier_pb2_grpc
 
 pytestmark = pytest.mark.e2e
@@ -131,10 +132,13 @@ def test_classify_after_search_reuses_the_cached_embedding(indexed_stack, traine
 def test_unknown_label_field_is_refused(trained, http, stub):
     response = http.post("/v1/classifiers", json={"label_field": "nope"})
     assert response.status_code == 400
-    assert response.json()["error"]["code"] == "FAILED_PRECONDITION" and "nope" in response.json()["error"]["message"]
+    error = response.json()["error"]
+    assert error["code"] == "INVALID_ARGUMENT" and "nope" in error["message"]
+    assert error["details"][0]["field_violations"][0]["field"] == "label_field"
     with pytest.raises(grpc.RpcError) as err:
         stub.TrainClassifier(classifier_pb2.TrainClassifierRequest(label_field="nope"), timeout=30)
-    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert status.rpc_error_details(err.value)[0]["field_violations"][0]["field"] == "label_field"
     # the active classifier is untouched
     assert http.get("/v1/classifiers/current").json()["version"] == trained["version"]
 
@@ -165,7 +169,7 @@ def test_cli(indexed_stack, trained, clothing_test_photos, capsys):
     assert out.splitlines()[1].split()[-1] == "shoes", out
     with pytest.raises(SystemExit) as done:
         main(["train-classifier", "--label-field", "nope", "--gateway", indexed_stack.grpc_address])
-    assert done.value.code == 1 and "FAILED_PRECONDITION" in capsys.readouterr().err
+    assert done.value.code == 1 and "INVALID_ARGUMENT" in capsys.readouterr().err
     with pytest.raises(SystemExit) as done:  # a job followed with a progress bar (on stderr) to its report
         main(["train-classifier", "--gateway", indexed_stack.grpc_address])
     assert done.value.code == 0

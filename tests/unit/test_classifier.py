@@ -12,6 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
+from lookalike import status
 from lookalike.v1 import classifier_pb2, search_pb2, types_pb2
 from lookalike.vectors import pack
 from lookalike_gateway.auth import ApiKeyCheck
@@ -272,14 +273,14 @@ def test_train_on_an_attribute(service, catalogue):
     assert report["train_size"] == 60 and report["test_size"] == 0
 
 
-@pytest.mark.parametrize("field, words", [
-    ("nope", ["unknown label field", "nope"]),
-    ("attributes.", ["unknown label field"]),
-    ("attributes.size", ["no stored product has attribute 'size'"]),
+@pytest.mark.parametrize("field, expected, words", [
+    ("nope", grpc.StatusCode.INVALID_ARGUMENT, ["unknown label field", "nope"]),
+    ("attributes.", grpc.StatusCode.INVALID_ARGUMENT, ["unknown label field"]),
+    ("attributes.size", grpc.StatusCode.FAILED_PRECONDITION, ["no stored product has attribute 'size'"]),
 ])
-def test_bad_label_fields_are_failed_precondition(service, catalogue, field, words):
+def test_bad_label_fields_are_refused(service, catalogue, field, expected, words):
     code, message = code_of(lambda: service.train(field))
-    assert code == grpc.StatusCode.FAILED_PRECONDITION
+    assert code == expected
     assert all(w in message for w in words), message
 
 
@@ -408,7 +409,9 @@ def test_grpc_service_over_a_real_server(service, catalogue):
             assert err.value.code() == grpc.StatusCode.NOT_FOUND
             with pytest.raises(grpc.RpcError) as err:
                 stub.TrainClassifier(classifier_pb2.TrainClassifierRequest(label_field="nope"), timeout=5)
-            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "nope" in err.value.details()
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "nope" in err.value.details()
+            assert status.rpc_error_details(err.value) == [status.bad_request(
+                "label_field", "unknown label field 'nope': use 'category' or 'attributes.<name>'")]
             report = stub.TrainClassifier(classifier_pb2.TrainClassifierRequest(c_values=[1.0]), timeout=60)
             assert list(report.labels) == LABELS and report.train_size == 120 and report.test_size == 30
             assert report.c == 1.0 and report.accuracy >= 0.9 and len(report.per_class) == 5
@@ -431,7 +434,7 @@ def test_grpc_service_over_a_real_server(service, catalogue):
             with pytest.raises(grpc.RpcError) as err:
                 stub.StartClassifierTraining(classifier_pb2.StartClassifierTrainingRequest(
                     training=classifier_pb2.TrainClassifierRequest(label_field="nope")), timeout=5)
-            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION  # checked before a job starts
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # checked before a job starts
             with pytest.raises(grpc.RpcError) as err:
                 stub.GetClassifierTraining(classifier_pb2.GetClassifierTrainingRequest(job_id="nope"), timeout=5)
             assert err.value.code() == grpc.StatusCode.NOT_FOUND

@@ -61,14 +61,13 @@ HEAD_SECONDS = Histogram("lookalike_gateway_classifier_head_seconds",
 # ---- labels ---------------------------------------------------------------------------------------
 
 def parse_label_field(field: str) -> tuple[str, str | None]:
-    """("category", None) or ("attributes", name); FAILED_PRECONDITION for anything else."""
+    """("category", None) or ("attributes", name); INVALID_ARGUMENT (field label_field) for anything else."""
     field = (field or DEFAULT_LABEL_FIELD).strip()
     if field == "category":
         return field, None
     if field.startswith("attributes.") and len(field) > len("attributes."):
         return "attributes", field[len("attributes."):]
-    raise ApiError(grpc.StatusCode.FAILED_PRECONDITION,
-                   f"unknown label field {field!r}: use 'category' or 'attributes.<name>'")
+    raise bad_argument("label_field", f"unknown label field {field!r}: use 'category' or 'attributes.<name>'")
 
 
 def label_of(product, kind: str, name: str | None) -> tuple[str, bool]:
