@@ -75,18 +75,20 @@ def grpc_query(stub, photo: Path, expect_hit: bool) -> float:
 
 
 class ModelAlone:
-    """The forward pass at batch 1 on one photo's preprocessed tensor, in this process (eager PyTorch)."""
+    """The forward pass at batch 1 on one photo's preprocessed input, in this process, with the served
+    backend (ONNX Runtime, as the TorchServe handler runs it)."""
 
     def __init__(self):
         from lookalike_embedder.model import FeatureExtractor
 
-        self.fx = FeatureExtractor()
+        self.fx = FeatureExtractor("cpu", backend="onnxruntime")
 
     def seconds(self, photo: Path) -> float:
-        from lookalike.images import decode_image
-        from lookalike_embedder.model import preprocess
+        import torch
 
-        batch = preprocess(decode_image(photo.read_bytes()))[None]
+        from lookalike_embedder.preprocessing import prepare
+
+        batch = torch.from_numpy(prepare(photo.read_bytes())[None])
         started = time.perf_counter()
         self.fx.embed_batch(batch)
         return time.perf_counter() - started

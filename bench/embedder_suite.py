@@ -31,10 +31,15 @@ def log(msg: str) -> None:
 def flops_per_image(model) -> float:
     """FLOPs (2 x multiply-adds) of one forward pass at 224x224, counted by torch's FlopCounterMode
     (convolutions and matmuls; element-wise ops, pooling and BN are not counted)."""
+    return flops_per_image_at(model, 224)
+
+
+def flops_per_image_at(model, size: int) -> float:
+    """`flops_per_image` at a `size` x `size` input."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    x = torch.zeros((1, 3, 224, 224))
+    x = torch.zeros((1, 3, size, size))
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
         model(x)
     return float(counter.get_total_flops())

@@ -17,7 +17,11 @@ Figures:
   * ingest: `lookalike index` of the same photos (gRPC stream -> gateway -> TorchServe -> search), images/s;
   * uncached search over REST at concurrency 1 (test photos), each right after ORT batch-1 on the same
     photo in this process: p50 of both and of the difference (target: <= 15 ms);
-  * cache hits over REST when idle (p50/p99), and bench/load.py's mixed load (32 clients, 20% new photos).
+  * cache hits over REST when idle (p50/p99), and bench/load.py's mixed load (32 clients, 20% new photos);
+  * same model: served vectors vs eager PyTorch (lowest cosine over every test photo), and P@1/5/10 / mAP of
+    the test photos against the ingested photos with served vs eager vectors (equal to 3 decimals?);
+  * CPU milliseconds per image of every process (bench client, TorchServe java/worker, gateway, search,
+    redis) during the ingest and the served run: where the time goes.
 """
 from __future__ import annotations
 
@@ -61,6 +65,7 @@ def ceiling(run, photos: list[bytes], decode_threads: int, batch: int = BATCH) -
     chunks = [photos[i:i + batch] for i in range(0, len(photos), batch)]
     with ThreadPoolExecutor(decode_threads) as pool:
         run(np.stack(list(pool.map(prepare, chunks[0]))))  # warm-up
+        cpu_started = time.process_time()  # every thread of this process: decode pool + ORT's threads
         started = time.perf_counter()
         pending = pool.map(prepare, chunks[0])
         for i in range(len(chunks)):
@@ -69,11 +74,13 @@ def ceiling(run, photos: list[bytes], decode_threads: int, batch: int = BATCH) -
                 pending = pool.map(prepare, chunks[i + 1])
             run(current)
         elapsed = time.perf_counter() - started
+        cpu_ms = (time.process_time() - cpu_started) / len(photos) * 1000
     started = time.perf_counter()
     for data in photos[:200]:
         prepare(data)
     prep_ms = (time.perf_counter() - started) / min(200, len(photos)) * 1000
-    return {"images_per_s": round(len(photos) / elapsed, 2), "decode_preprocess_ms_per_photo": round(prep_ms, 2),
+    return {"images_per_s": round(len(photos) / elapsed, 2), "cpu_ms_per_image": round(cpu_ms, 2),
+            "decode_preprocess_ms_per_photo": round(prep_ms, 2),
             "photos": len(photos), "batch": batch, "decode_threads": decode_threads}
 
 
@@ -121,14 +128,47 @@ def cpu_delta(before: dict, after: dict, images: int) -> dict:
             for name in sorted(after) if after.get(name, 0) - before.get(name, 0) > 0.05}
 
 
-def served_throughput(client, photos: list[bytes], clients: int) -> dict:
-    for data in photos[:clients]:
-        client.embed(data, timeout=60)  # warm-up
+def served_throughput(client, photos: list[bytes], clients: int) -> tuple[dict, np.ndarray]:
+    """TorchServe over gRPC with `clients` concurrent callers: figures and the served vectors."""
+    with ThreadPoolExecutor(clients) as pool:  # warm-up: every caller's first request
+        list(pool.map(lambda d: client.embed(d, timeout=120), photos[:clients]))
     started = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
-        list(pool.map(lambda d: client.embed(d, timeout=120), photos))
+        vectors = np.stack(list(pool.map(lambda d: client.embed(d, timeout=120), photos)))
     elapsed = time.perf_counter() - started
-    return {"clients": clients, "images": len(photos), "images_per_s": round(len(photos) / elapsed, 2)}
+    return {"clients": clients, "images": len(photos), "images_per_s": round(len(photos) / elapsed, 2)}, vectors
+
+
+def same_model(served_catalogue: np.ndarray, served_queries: np.ndarray, catalogue: list[bytes],
+               queries: list[bytes], catalogue_labels: list[str], query_labels: list[str]) -> dict:
+    """Served (TorchServe + ORT) vectors vs eager PyTorch in this process: the lowest cosine over every
+    photo, and P@1/5/10 / mAP of the test photos against the catalogue with either set of vectors."""
+    import torch
+
+    from lookalike_embedder import model as lk
+    from lookalike_embedder.preprocessing import prepare
+    from quality import retrieval_metrics
+
+    fx = lk.FeatureExtractor("cpu")
+
+    def eager(photos: list[bytes]) -> np.ndarray:
+        return np.concatenate([fx.embed_batch(torch.from_numpy(np.stack([prepare(d) for d in photos[i:i + 32]])))
+                               for i in range(0, len(photos), 32)])
+
+    eager_catalogue, eager_queries = eager(catalogue), eager(queries)
+    counts = {label: catalogue_labels.count(label) for label in set(catalogue_labels)}
+
+    def metrics(cat: np.ndarray, qs: np.ndarray) -> dict:
+        order = np.argsort(-(qs @ cat.T), axis=1)[:, :100]
+        ranked = [[catalogue_labels[j] for j in row] for row in order]
+        return {k: round(v, 3) if isinstance(v, float) else v
+                for k, v in retrieval_metrics(ranked, query_labels, [counts.get(q, 0) for q in query_labels]).items()}
+
+    served_m, eager_m = metrics(served_catalogue, served_queries), metrics(eager_catalogue, eager_queries)
+    return {"min_cosine_test_photos": round(float((served_queries * eager_queries).sum(axis=1).min()), 7),
+            "min_cosine_catalogue_photos": round(float((served_catalogue * eager_catalogue).sum(axis=1).min()), 7),
+            "test_photos": len(queries), "served": served_m, "eager": eager_m,
+            "p_at_k_identical_3_decimals": served_m == eager_m}
 
 
 def rest_misses_vs_model(http_url: str, run, photos: list[Path]) -> dict:
@@ -216,10 +256,14 @@ def main() -> int:
             log(f"served: TorchServe over gRPC, {args.clients} clients")
             client = stack.torchserve.client()
             before = cpu_seconds()
-            result["served"] = served_throughput(client, data, args.clients)
+            result["served"], served_catalogue = served_throughput(client, data, args.clients)
             result["served"]["cpu_ms_per_image"] = cpu_delta(before, cpu_seconds(), len(data) + args.clients)
-            client.close()
             log(f"  {result['served']['images_per_s']} img/s")
+            test_paths, test_labels = list_split(args.dataset, "test")
+            test_bytes = [p.read_bytes() for p in test_paths]
+            with ThreadPoolExecutor(8) as pool:
+                served_queries = np.stack(list(pool.map(lambda d: client.embed(d, timeout=120), test_bytes)))
+            client.close()
             test_photos = list_split(args.dataset, "test")[0][::6][:60]
             log(f"uncached REST search (concurrency 1) vs ORT batch 1: {len(test_photos)} test photos")
             result["rest"] = rest_misses_vs_model(stack.http_url, run, test_photos)
@@ -239,6 +283,11 @@ def main() -> int:
                 result["mixed_load"] = {k: mixed[k] for k in ("clients", "seconds", "requests", "errors",
                                                               "statuses", "qps", "latency")}
                 log(f"  cached {mixed['latency'].get('cached')}")
+        log(f"same model: served vs eager PyTorch on {len(test_bytes)} test + {len(data)} catalogue photos")
+        result["same_model"] = same_model(served_catalogue, served_queries, data, test_bytes,
+                                          [p.parent.name for p in picked], test_labels)
+        log(f"  {result['same_model']['min_cosine_test_photos']} P@k identical: "
+            f"{result['same_model']['p_at_k_identical_3_decimals']}")
         peaks.append(embedder_suite.matmul_gflops())
         log("ceiling (end)")
         last = ceiling(run, data, cores)
@@ -258,12 +307,23 @@ def main() -> int:
         "ceiling": share(ceiling_ips),
         "served_32_clients": share(result["served"]["images_per_s"]),
         "ingest": share(result["ingest"]["images_per_s"]),
+        # CPU time per image (all threads, all processes of the chain): what the machine's other load does
+        # not change much; the ceiling's over the chain's is the share of the CPU the model work keeps
+        "cpu_ms_per_image": {
+            "ceiling": round((first["cpu_ms_per_image"] + last["cpu_ms_per_image"]) / 2, 2),
+            "ingest_all_processes": round(sum(result["ingest"]["cpu_ms_per_image"].values()), 2),
+            "served_all_processes": round(sum(result["served"]["cpu_ms_per_image"].values()), 2)},
         "uncached_rest_p50_minus_ort_batch1_p50_ms": round(result["rest"]["miss"]["p50_ms"]
                                                             - result["rest"]["model_batch1"]["p50_ms"], 2),
         "cache_hit_idle_p50_ms": result["rest"]["hit_idle"]["p50_ms"],
+        "served_vs_eager_min_cosine_test_photos": result["same_model"]["min_cosine_test_photos"],
+        "p_at_k_identical_3_decimals": result["same_model"]["p_at_k_identical_3_decimals"],
         "cache_hit_p99_ms_under_load": (result.get("mixed_load", {}).get("latency", {}).get("cached") or {})
         .get("p99_ms"),
     }
+    cpu = result["summary"]["cpu_ms_per_image"]
+    cpu["ceiling_over_ingest"] = round(cpu["ceiling"] / cpu["ingest_all_processes"], 3)
+    cpu["ceiling_over_served"] = round(cpu["ceiling"] / cpu["served_all_processes"], 3)
     print(json.dumps(result["summary"], indent=2))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")

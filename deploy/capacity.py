@@ -10,8 +10,10 @@ Inputs (every figure printed names where it comes from):
   --quantization  bench/results/quantization.json (bench/quantization.py): per-point disk/RSS, recall, latency
                   of qdrant-edge at 100k (or 50k) for float32 / int8 / binary+rescore.
   --redis         bench/results/redis_entry.json (bench/redis_entry.py): bytes per cached embedding in Redis.
+  --served        bench/results/served.json (bench/served.py): the served embedder (ONNX Runtime in TorchServe,
+                  the default): model-only, ceiling and served images/s, FLOPs, decode + preprocess per photo.
 Public constants (SOURCES below) and design assumptions (ASSUMPTIONS below) are in this file, each with its
-reference or its reason. The generated block in CAPACITY.md starts with a line naming the three input files;
+reference or its reason. The generated block in CAPACITY.md starts with a line naming the input files;
 --check (and tests/unit/test_capacity.py) re-runs on those files, so the tables cannot drift from the JSON.
 """
 from __future__ import annotations
@@ -61,7 +63,7 @@ ASSUMPTIONS = {
     "min_nodes": (3, "deploy/qdrant/statefulset.yaml: 3 peers minimum (survive the loss of one)"),
     "shards_per_node": (2, "assumed policy: shard_number = 2 x nodes (>= 6), so the cluster can double its nodes "
                            "without resharding (deploy/kubernetes/base uses 6 over 3 peers)"),
-    "gpu_utilisation": (0.10, "assumed: 10% of the L4's FP32 peak for EfficientNet-Lite0 in eager PyTorch "
+    "gpu_utilisation": (0.10, "assumed: 10% of the L4's FP32 peak for EfficientNet-Lite0 with ONNX Runtime's CUDA provider "
                               "(depthwise convolutions are memory-bound; on the CPU the served eager path "
                               "reaches only a fraction of the matmul peak: see the embedder inputs table); NO GPU "
                               "WAS MEASURED in this project"),
@@ -89,11 +91,12 @@ def A(name):
 # ---- inputs ---------------------------------------------------------------------------------------------
 
 class Inputs:
-    def __init__(self, bench_path: Path, quant_path: Path, redis_path: Path):
-        self.paths = {"bench": bench_path, "quantization": quant_path, "redis": redis_path}
+    def __init__(self, bench_path: Path, quant_path: Path, redis_path: Path, served_path: Path):
+        self.paths = {"bench": bench_path, "quantization": quant_path, "redis": redis_path, "served": served_path}
         self.bench = json.loads(bench_path.read_text())
         self.quant = json.loads(quant_path.read_text())
         self.redis = json.loads(redis_path.read_text())
+        self.served = json.loads(served_path.read_text())
         self.cited: list[tuple[str, str, object]] = []
 
     def rel(self, which: str) -> str:
@@ -104,7 +107,7 @@ class Inputs:
             return str(path)
 
     def get(self, which: str, dotted: str):
-        node = {"bench": self.bench, "quantization": self.quant, "redis": self.redis}[which]
+        node = {"bench": self.bench, "quantization": self.quant, "redis": self.redis, "served": self.served}[which]
         for part in dotted.split("."):
             try:
                 node = node[part] if isinstance(node, dict) else node[int(part)]
@@ -243,33 +246,36 @@ def build(inp: Inputs) -> str:
 
     # -- 4. embedder fleet --------------------------------------------------------------------------------
     b = "bench"
-    flops_g = inp.get(b, "suites.embedder.flops_per_image_g")
-    served = inp.get(b, "suites.embedder.torchserve.grpc.32.images_per_s")
-    best_batch = inp.get(b, "suites.embedder.eager_best_batch")
-    model_only = inp.get(b, f"suites.embedder.model_only.eager.{best_batch}")
-    decode_ms = inp.get(b, "suites.embedder.decode_preprocess.total_ms")
-    cpu_util = inp.get(b, "suites.embedder.utilisation_of_peak.eager")
-    threads = inp.get(b, "suites.embedder.torch_threads")
-    cores = inp.get(b, "machine.cores")
+    e = "served"
+    flops_g = inp.get(e, "flops_per_image_g")
+    served = inp.get(e, "summary.served_32_clients.images_per_s")
+    model_only = inp.get(e, "summary.model_only_batch16.images_per_s")
+    ceiling_rate = inp.get(e, "summary.ceiling.images_per_s")
+    decode_ms = inp.get(e, "ceiling.start.decode_preprocess_ms_per_photo")
+    cpu_util = inp.get(e, "summary.model_only_batch16.of_flop_peak")
+    served_util = inp.get(e, "summary.served_32_clients.of_flop_peak")
+    cores = inp.get(e, "machine.cores")
     gpu_rate = L4_FP32_TFLOPS * 1e12 * A("gpu_utilisation") / (flops_g * 1e9)
     util = A("cpu_target_utilisation")
     out.append("### Embedder throughput inputs\n")
     out.append(table(["figure", "value", "source"], [
-        ["FLOPs per image (2 x MACs)", f"{flops_g:.3f} GFLOP", "`suites.embedder.flops_per_image_g`"],
-        [f"CPU model only, eager, batch {best_batch}, {threads} threads", f"{model_only:.1f} images/s",
-         f"`suites.embedder.model_only.eager.{best_batch}`"],
-        [f"CPU served (TorchServe gRPC, 32 in flight, JPEG in, {cores} cores)", f"{served:.1f} images/s",
-         "`suites.embedder.torchserve.grpc.32.images_per_s`"],
-        ["CPU eager: achieved GFLOP/s / matmul peak", f"{cpu_util:.0%}",
-         "`suites.embedder.utilisation_of_peak.eager`"],
+        ["FLOPs per image (2 x MACs)", f"{flops_g:.3f} GFLOP", "`flops_per_image_g`"],
+        [f"CPU model only, ONNX Runtime, batch 16, {cores} threads", f"{model_only:.1f} images/s",
+         "`summary.model_only_batch16.images_per_s`"],
+        [f"CPU ceiling: one process decoding + preprocessing + ORT, batch 16, {cores} cores",
+         f"{ceiling_rate:.1f} images/s", "`summary.ceiling.images_per_s`"],
+        [f"CPU served (TorchServe + ORT, gRPC, 32 in flight, JPEG in, {cores} cores)", f"{served:.1f} images/s",
+         "`summary.served_32_clients.images_per_s`"],
+        ["CPU ORT model only / served: achieved GFLOP/s / matmul peak", f"{cpu_util:.0%} / {served_util:.0%}",
+         "`summary.model_only_batch16.of_flop_peak`, `summary.served_32_clients.of_flop_peak`"],
         ["decode + preprocess per image (CPU, 1 core)", f"{decode_ms:.2f} ms",
-         "`suites.embedder.decode_preprocess.total_ms`"],
+         "`ceiling.start.decode_preprocess_ms_per_photo`"],
         [f"GPU (L4) model only, DERIVED: {L4_FP32_TFLOPS} TFLOPS x {A('gpu_utilisation'):.0%} / FLOPs",
          f"{gpu_rate:,.0f} images/s", "not measured: SOURCES nvidia-l4 + assumption gpu_utilisation"],
     ]))
-    out.append(f"\nSource: `{inp.rel(b)}` (JSON keys above). A CPU embedder pod below = the measured served rate "
-               f"on {cores} cores, run at {util:.0%}; a GPU pod = one L4 at the derived rate, plus the CPU cores "
-               "that decode and preprocess its JPEGs (the GPU does not decode).\n")
+    out.append(f"\nSource: `{inp.rel(e)}` (bench/served.py, one run; JSON keys above). A CPU embedder pod below = "
+               f"the measured served rate on {cores} cores, run at {util:.0%}; a GPU pod = one L4 at the derived "
+               "rate, plus the CPU cores that decode and preprocess its JPEGs (the GPU does not decode).\n")
 
     pod_cpus = A("gpu_pod_cpus")
     pod_decode_rate = pod_cpus * 1000 / decode_ms  # images/s one GPU pod's CPUs can decode + preprocess
@@ -303,6 +309,7 @@ def build(inp: Inputs) -> str:
         out.append(f"`{inp.rel(b)}` has no gateway suite: not sized here.\n")
     else:
         hit_qps = inp.get(b, "suites.gateway.latency.grpc.hit.32.qps")
+        cores = inp.get(b, "machine.cores")
         out.append(f"Measured: {hit_qps:,.0f} QPS of cache-hit searches over gRPC with 32 in flight "
                    "(`suites.gateway.latency.grpc.hit.32.qps`), the whole stack (gateway, search, Redis) on the "
                    f"bench machine's {cores} cores, so a pessimistic figure for one gateway pod; misses are bounded "
@@ -373,7 +380,8 @@ def build(inp: Inputs) -> str:
 
 def render(inp: Inputs) -> str:
     body = build(inp)
-    head = (f"{BEGIN} bench={inp.rel('bench')} quantization={inp.rel('quantization')} redis={inp.rel('redis')} -->\n"
+    head = (f"{BEGIN} bench={inp.rel('bench')} quantization={inp.rel('quantization')} redis={inp.rel('redis')} "
+            f"served={inp.rel('served')} -->\n"
             "<!-- generated by `python deploy/capacity.py --write`; do not edit by hand -->\n")
     keys = "\n".join(f"- `{inp.rel(w)}` → `{d}` = {json.dumps(v) if not isinstance(v, float) else round(v, 4)}"
                      for w, d, v in inp.cited)
@@ -404,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bench", type=Path)
     parser.add_argument("--quantization", type=Path, default=RESULTS / "quantization.json")
     parser.add_argument("--redis", type=Path, default=RESULTS / "redis_entry.json")
+    parser.add_argument("--served", type=Path, default=RESULTS / "served.json")
     parser.add_argument("--md", type=Path, default=CAPACITY_MD)
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--write", action="store_true", help="replace the generated block in --md")
@@ -416,14 +425,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.md}: no generated block", file=sys.stderr)
             return 1
         src = sources_of(block)
-        fresh = render(Inputs(src["bench"], src["quantization"], src["redis"]))
+        fresh = render(Inputs(src["bench"], src["quantization"], src["redis"], src["served"]))
         if fresh != block:
             print(f"{args.md}: tables differ from `deploy/capacity.py` on {', '.join(map(str, src.values()))}; "
                   "run `python deploy/capacity.py --write`", file=sys.stderr)
             return 1
         print("ok: CAPACITY.md matches the benchmark JSON")
         return 0
-    inp = Inputs(args.bench or default_bench(), args.quantization, args.redis)
+    inp = Inputs(args.bench or default_bench(), args.quantization, args.redis, args.served)
     text = render(inp)
     if args.write:
         md = args.md.read_text()

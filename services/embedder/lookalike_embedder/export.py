@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lookalike_embedder.preprocessing import LITE0, Preprocessing, prepare
+from lookalike_embedder.preprocessing import Preprocessing, prepare
 
 #: Served (ONNX Runtime) vs eager PyTorch: the build refuses a graph below this on any check photo.
 MIN_COSINE = 0.99999
@@ -79,20 +79,23 @@ def _batch(photos: list[bytes], spec: Preprocessing) -> np.ndarray:
 
 def export_checked(path: str | os.PathLike, *, cut: str = "final", weights: str | None = None,
                    photos: tuple[list[bytes], bool, str] | None = None, threads: int | None = None,
-                   min_cosine: float = MIN_COSINE) -> CheckReport:
-    """Exports the eager model at `cut` to ONNX at `path`, after checking ONNX Runtime's vectors against
-    eager PyTorch's on the photos; raises ExportCheckFailed (and writes nothing) below `min_cosine`."""
+                   min_cosine: float = MIN_COSINE, preset: str = "lite0") -> CheckReport:
+    """Exports the eager model (`preset`, default EfficientNet-Lite0, at `cut`) to ONNX at `path`, after
+    checking ONNX Runtime's vectors against eager PyTorch's on the photos; raises ExportCheckFailed (and
+    writes nothing) below `min_cosine`."""
     import torch
 
     from lookalike_embedder import model as lk_model
+    from lookalike_embedder.presets import preset as get_preset
     from lookalike_embedder.runtime import OnnxRunner, TorchRunner
 
+    chosen = get_preset(preset)
     threads = threads or max(1, len(os.sched_getaffinity(0)))
     torch.set_num_threads(threads)
     data, real, source = photos or check_photos()
-    model = lk_model.load_model("cpu", cut, weights)
-    graph = lk_model.export_onnx(model)
-    batch = _batch(data, LITE0)
+    model = lk_model.load_model("cpu", cut, weights, arch=chosen.arch)
+    graph = lk_model.export_onnx(model, chosen.spec.image_size)
+    batch = _batch(data, chosen.spec)
     eager = TorchRunner(model)(batch)
     served = OnnxRunner(graph, threads=threads)(batch)
     cosines = (eager * served).sum(axis=1)

