@@ -174,19 +174,14 @@ def same_model(served_catalogue: np.ndarray, served_queries: np.ndarray, catalog
 def rest_misses_vs_model(http_url: str, run, photos: list[Path]) -> dict:
     """Per photo: ORT batch 1 in this process, then POST /v1/search (a cache miss), one after the other."""
     import httpx
+    from chain import rest_query
 
     from lookalike_embedder.preprocessing import prepare
 
     model_s, query_s, hit_s = [], [], []
     with httpx.Client(base_url=http_url, timeout=60) as http:
         def query(photo: Path, hit: bool) -> float:
-            started = time.perf_counter()
-            response = http.post("/v1/search", files={"image": (photo.name, photo.read_bytes(), "image/jpeg")},
-                                 data={"top_k": "10"})
-            elapsed = time.perf_counter() - started
-            response.raise_for_status()
-            assert response.json()["cache_hit"] == hit, photo
-            return elapsed
+            return rest_query(http, photo, hit)
         for photo in photos:
             x = prepare(photo.read_bytes())[None]
             started = time.perf_counter()
