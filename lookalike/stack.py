@@ -30,6 +30,13 @@ from lookalike_search.settings import default_engine
 log = logging.getLogger(__name__)
 
 
+#: util-linux's setpriv (Debian: always there) sets the parent-death signal and execs the command, so the
+#: child needs no preexec_fn: a Python preexec_fn makes subprocess fork() instead of vfork(), which runs
+#: gRPC's fork handlers in the child; a parent using gRPC (the tests, `lookalike serve --index`) then saw
+#: children abort before exec ("Epoll1Poller ... epoll_wait error: Bad file descriptor", SIGABRT).
+SETPRIV = shutil.which("setpriv")
+
+
 def _die_with_parent() -> None:
     """In the child before exec: get SIGTERM when the parent dies, so a killed supervisor leaves no orphans."""
     try:
@@ -63,9 +70,11 @@ class ManagedProcess:
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            # SIGTERM when the parent dies, so a killed supervisor leaves no orphans
+            argv = [SETPRIV, "--pdeathsig", "SIGTERM", "--", *self.argv] if SETPRIV else self.argv
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          env=self.env, cwd=self.cwd, start_new_session=True,
-                                         preexec_fn=_die_with_parent)
+                                         preexec_fn=None if SETPRIV else _die_with_parent)
         log.info("started %s (pid %d), log %s", self.name, self.proc.pid, self.log_path)
 
     def alive(self) -> bool:
@@ -242,7 +251,7 @@ class Stack:
             "LOOKALIKE_GATEWAY_REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/0",
             "LOOKALIKE_GATEWAY_DATA_DIR": self.data_dir / "gateway",
             "LOOKALIKE_GATEWAY_API_KEYS": self.config.api_keys,
-            "LOOKALIKE_GATEWAY_STACK_STATUS_FILE": self.status_path if self.config.supervise else "",
+            **({"LOOKALIKE_GATEWAY_STACK_STATUS_FILE": self.status_path} if self.config.supervise else {}),
             **self.config.extra_gateway_env})
 
     def start_gateway(self) -> None:
