@@ -2,15 +2,21 @@
 Schemathesis (every route, PUT and DELETE included; all checks; a fixed seed; a bounded number of
 examples) finds nothing to report, with no answer slower than 10 s.
 
-Runs on its own small stack: Schemathesis writes and deletes products and trains classifiers, which the
-shared session stack's tests must not see."""
+A client generated from the spec by openapi-python-client (at test time, into a temporary folder) runs
+search / put / get / delete / classify, and gRPC errors carry the same details as REST's.
+
+Runs on its own small stack: Schemathesis writes and deletes products, trains classifiers and adapts,
+which the shared session stack's tests must not see."""
 from __future__ import annotations
 
+import importlib
+import io
 import json
 import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -50,6 +56,100 @@ def test_served_spec_is_the_committed_one(contract_stack):
     served = httpx.get(f"{contract_stack.http_url}/openapi.json", timeout=30).json()
     committed = json.loads((ROOT / "openapi.json").read_text())
     assert served == committed, "the gateway serves another spec: run python scripts/gen_openapi.py"
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    """A REST client generated from the committed spec by openapi-python-client, importable."""
+    out = tmp_path_factory.mktemp("generated") / "lookalike_rest_client"
+    bin_dir = Path(sys.executable).parent
+    done = subprocess.run([str(bin_dir / "openapi-python-client"), "generate", "--path", str(ROOT / "openapi.json"),
+                           "--output-path", str(out), "--meta", "none"],
+                          env={**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}"},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and (out / "client.py").exists(), done.stdout + done.stderr
+    sys.path.insert(0, str(out.parent))
+    try:
+        yield importlib.import_module("lookalike_rest_client")
+    finally:
+        sys.path.remove(str(out.parent))
+        for name in [n for n in sys.modules if n.startswith("lookalike_rest_client")]:
+            del sys.modules[name]
+
+
+def test_generated_client_searches_writes_reads_deletes_and_classifies(contract_stack, generated,
+                                                                        clothing_test_photos):
+    """Runs before Schemathesis (which trains and adapts on this stack)."""
+    from lookalike_rest_client import Client
+    from lookalike_rest_client.api.classification import classify, train, training_job
+    from lookalike_rest_client.api.products import delete_product, get_product, put_product
+    from lookalike_rest_client.api.search import search
+    from lookalike_rest_client.models import (BodyClassify, BodyPutProduct, BodyPutProductAttributes, BodySearch,
+                                              ClassifierTrainingJob, ClassifierTrainingJobState, ClassifyResponse,
+                                              DeleteProductResponse, ErrorBody, Product, PutProductResponse,
+                                              ResourceInfoDetail, SearchResponse, TrainRequest)
+    from lookalike_rest_client.types import File
+
+    photo = clothing_test_photos["shoes"][0].read_bytes()
+
+    def upload() -> File:
+        return File(payload=io.BytesIO(photo), file_name="shoe.jpg", mime_type="image/jpeg")
+
+    client = Client(base_url=contract_stack.http_url, timeout=httpx.Timeout(120), raise_on_unexpected_status=True)
+    found = search.sync(client=client, body=BodySearch(image=upload(), top_k=3))
+    assert isinstance(found, SearchResponse) and len(found.results) == 3, found
+    assert found.results[0].category == "shoes" and 0 < found.results[0].score <= 1
+
+    product_id = "generated/sku-1"
+    stored = put_product.sync(product_id, client=client, body=BodyPutProduct(
+        image=upload(), title="Generated", category="shoes", price=12.5,
+        attributes=BodyPutProductAttributes.from_dict({"colour": "red"})))
+    assert isinstance(stored, PutProductResponse) and stored.ok and stored.id == product_id
+    product = get_product.sync(product_id, client=client)
+    assert isinstance(product, Product) and (product.title, product.category, product.price) == \
+        ("Generated", "shoes", 12.5)
+    assert product.attributes.additional_properties == {"colour": "red"} and product.image_url
+
+    started = train.sync_detailed(client=client, body=TrainRequest(label_field="category",
+                                                                 min_examples_per_label=2))  # PER_CLASS photos each
+    assert started.status_code == 202 and isinstance(started.parsed, ClassifierTrainingJob), started.content
+    job = started.parsed
+    deadline = time.monotonic() + 300
+    while job.state not in (ClassifierTrainingJobState.SUCCEEDED, ClassifierTrainingJobState.FAILED):
+        assert time.monotonic() < deadline, "training did not finish"
+        time.sleep(0.2)
+        job = training_job.sync(job.id, client=client)
+    assert job.state == ClassifierTrainingJobState.SUCCEEDED and job.report.labels, job
+    labels = classify.sync(client=client, body=BodyClassify(image=upload(), top_k=2))
+    assert isinstance(labels, ClassifyResponse) and labels.predictions[0].label == "shoes"
+    assert labels.classifier_version == job.report.version
+
+    deleted = delete_product.sync(product_id, client=client)
+    assert isinstance(deleted, DeleteProductResponse) and deleted.deleted
+    gone = get_product.sync(product_id, client=client)
+    assert isinstance(gone, ErrorBody) and gone.error.code == "NOT_FOUND"
+    assert isinstance(gone.error.details[0], ResourceInfoDetail) and gone.error.details[0].resource_name == product_id
+
+
+def test_grpc_errors_carry_details(contract_stack):
+    """The same details as the REST error body, in google.rpc.Status (grpcio-status), read back by
+    lookalike.client: BadRequest field violations, ResourceInfo for what is missing."""
+    from lookalike.client import LookalikeClient, LookalikeError
+
+    with LookalikeClient(contract_stack.grpc_address, timeout=30) as client:
+        with pytest.raises(LookalikeError) as err:
+            client.search_similar("shoes/whatever.jpg", top_k=0)
+        assert err.value.code.name == "INVALID_ARGUMENT" and err.value.http_status == 400
+        assert err.value.details == [{"type": "BadRequest", "field_violations": [
+            {"field": "top_k", "description": "top_k must be between 1 and 1000, got 0"}]}]
+        with pytest.raises(LookalikeError) as err:
+            client.get_product("no/such-product")
+        assert err.value.code.name == "NOT_FOUND"
+        assert err.value.details == [{"type": "ResourceInfo", "resource_type": "product",
+                                      "resource_name": "no/such-product",
+                                      "description": "product 'no/such-product' not found"}]
+    rest = httpx.get(f"{contract_stack.http_url}/v1/products/no%2Fsuch-product", timeout=30).json()["error"]
+    assert rest["details"] == err.value.details  # one set of details, both transports
 
 
 def test_schemathesis_finds_nothing(contract_stack, tmp_path):

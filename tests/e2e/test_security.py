@@ -14,6 +14,7 @@ import httpx
 import numpy as np
 import pytest
 
+from lookalike import status
 from lookalike.torchserve import default_config_template, read_properties
 from lookalike.torchserve_api import inference_pb2, inference_pb2_grpc
 from lookalike.v1 import lookalike_pb2, lookalike_pb2_grpc, types_pb2
@@ -149,11 +150,13 @@ def test_rate_limit_answers_429_with_retry_after(secure):
         assert statuses.count(404) >= 5 and limited is not None, statuses  # the burst, then 429
         assert int(limited.headers["Retry-After"]) >= 1
         assert limited.json()["error"]["code"] == "RESOURCE_EXHAUSTED"
+        (retry,) = limited.json()["error"]["details"]  # google.rpc.RetryInfo, as on gRPC
+        assert retry["type"] == "RetryInfo" and 0 < retry["retry_delay_s"] <= int(limited.headers["Retry-After"])
         with httpx.Client(base_url=secure.http_url, timeout=30, headers={"X-API-Key": KEYS[0]}) as other:
             assert other.get("/v1/products/no-such-product").status_code == 404  # per key
     with grpc.insecure_channel(secure.grpc_address) as channel:
         stub = lookalike_pb2_grpc.LookalikeStub(channel)
-        codes, trailers = [], None
+        codes, trailers, details = [], None, None
         while trailers is None and len(codes) < 500:
             try:
                 stub.GetProduct(lookalike_pb2.GetProductRequest(product_id="no-such-product"), timeout=10,
@@ -162,8 +165,10 @@ def test_rate_limit_answers_429_with_retry_after(secure):
                 codes.append(exc.code())
                 if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
                     trailers = dict(exc.trailing_metadata() or ())
+                    details = status.rpc_error_details(exc)
         assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes, codes
-        assert int(trailers["retry-after"]) >= 1
+        assert int(trailers["retry-after"]) >= 1 and trailers["x-request-id"]
+        assert [d["type"] for d in details] == ["RetryInfo"] and details[0]["retry_delay_s"] > 0
     time.sleep(1.5)  # the bucket refills: the key works again
     with httpx.Client(base_url=secure.http_url, timeout=30, headers={"X-API-Key": KEYS[2]}) as http:
         assert http.get("/v1/products/no-such-product").status_code == 404

@@ -442,6 +442,7 @@ def test_grpc_service_over_a_real_server(service, catalogue):
             with pytest.raises(grpc.RpcError) as err:
                 stub.Classify(classifier_pb2.ClassifyRequest(image=b"hat"), timeout=5)
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert status.rpc_error_details(err.value) == [status.retry_info(1.0)]  # RetryInfo on UNAVAILABLE
     finally:
         host.stop()
 

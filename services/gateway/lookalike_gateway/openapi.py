@@ -70,6 +70,8 @@ def refine(spec: dict) -> dict:
         properties = schemas[name].get("properties", {})
         for field, schema in properties.items():
             properties[field] = _plain_optional(schema)
+            if properties[field].get("contentMediaType") == "application/octet-stream":
+                properties[field]["format"] = "binary"  # a file part, to generators that read OpenAPI 3.0's form
         schemas[name]["additionalProperties"] = False  # http_errors.DECLARED_FORM_FIELDS_ONLY
     for item in spec.get("paths", {}).values():
         for operation in item.values():
