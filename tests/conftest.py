@@ -30,11 +30,15 @@ def clothing_test_photos() -> dict[str, list[Path]]:
 @pytest.fixture(scope="session")
 def small_catalogue(tmp_path_factory) -> Path:
     """A catalogue folder of CATALOGUE_PER_CLASS training photos per category (symlinks to the originals)."""
+    return make_catalogue(tmp_path_factory.mktemp("catalogue"), CATALOGUE_PER_CLASS)
+
+
+def make_catalogue(target: Path, per_class: int) -> Path:
+    """`target` filled with `per_class` training photos per category (symlinks to the originals)."""
     source = clothing_split("train")
-    target = tmp_path_factory.mktemp("catalogue")
     for category in sorted(p for p in source.iterdir() if p.is_dir()):
         (target / category.name).mkdir()
-        for photo in sorted(category.iterdir())[:CATALOGUE_PER_CLASS]:
+        for photo in sorted(category.iterdir())[:per_class]:
             (target / category.name / photo.name).symlink_to(photo)
     return target
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ROOT, clothing_split
+from tests.conftest import ROOT, make_catalogue
 
 pytestmark = pytest.mark.e2e
 
@@ -38,12 +38,7 @@ def contract_stack(tmp_path_factory):
     from lookalike.ingest import index_items, scan_folder
     from lookalike.stack import Stack, StackConfig
 
-    source = clothing_split("train")
-    catalogue = tmp_path_factory.mktemp("contract-catalogue")
-    for category in sorted(p for p in source.iterdir() if p.is_dir()):
-        (catalogue / category.name).mkdir()
-        for photo in sorted(category.iterdir())[:PER_CLASS]:
-            (catalogue / category.name / photo.name).symlink_to(photo)
+    catalogue = make_catalogue(tmp_path_factory.mktemp("contract-catalogue"), PER_CLASS)
     config = StackConfig(data_dir=tmp_path_factory.mktemp("contract-stack"), http_port=0, grpc_port=0,
                          extra_gateway_env={"LOOKALIKE_GATEWAY_REDIS_TIMEOUT_S": "0.5"})
     with Stack(config) as running:

@@ -175,6 +175,14 @@ class ClassifierVersions(BaseModel):
     current: str | None
 
 
+def _label_field(value: str, pattern: str) -> str:
+    """The label field when it matches `pattern` (a field validator; the spec shows the pattern)."""
+    if not re.fullmatch(pattern, value):
+        choices = pattern.strip("^$()").replace("\\..+", ".<name>").split("|")
+        raise ValueError(f"unknown label field {value!r}: use {' or '.join(repr(c) for c in choices)}")
+    return value
+
+
 def _integral(value):
     """5.0 is a JSON integer (JSON Schema); the strict model takes it as 5 (and still refuses 5.5, "5", true)."""
     return int(value) if isinstance(value, float) and value.is_integer() else value
@@ -192,12 +200,7 @@ class TrainRequest(BaseModel):
     min_examples_per_label: Annotated[int | None, BeforeValidator(_integral)] = Field(None, ge=2, le=1_000_000,
                                                description="labels with fewer examples are left out (5)")
 
-    @field_validator("label_field")
-    @classmethod
-    def _label_field(cls, value: str) -> str:
-        if not re.fullmatch(LABEL_FIELD_PATTERN, value):
-            raise ValueError(f"unknown label field {value!r}: use 'category' or 'attributes.<name>'")
-        return value
+    check_label_field = field_validator("label_field")(lambda value: _label_field(value, LABEL_FIELD_PATTERN))
 
 
 class Job(BaseModel):
@@ -227,12 +230,7 @@ class AdaptRequest(BaseModel):
     force: bool = Field(False, description="activate even when a held-out figure got worse")
     plain: bool = Field(False, description="back to the plain space (a collection of the raw vectors)")
 
-    @field_validator("label_field")
-    @classmethod
-    def _label_field(cls, value: str) -> str:
-        if not re.fullmatch(ADAPT_LABEL_FIELD_PATTERN, value):
-            raise ValueError(f"unknown label field {value!r}: use 'product', 'category' or 'attributes.<name>'")
-        return value
+    check_label_field = field_validator("label_field")(lambda value: _label_field(value, ADAPT_LABEL_FIELD_PATTERN))
 
 
 class AdaptationResult(BaseModel):
