@@ -172,3 +172,29 @@ def perturbed_jpeg(data: bytes, seed: int) -> bytes:
     out = io.BytesIO()
     img.save(out, format="JPEG", quality=90)
     return out.getvalue()
+
+
+# ----------------------------------------------------------------------------- CPU per process
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds so far of this process and every process it started (the stack), by short name."""
+    import psutil
+
+    out: dict[str, float] = {}
+    me = psutil.Process()
+    for proc in [me] + me.children(recursive=True):
+        try:
+            line = " ".join(proc.cmdline())
+            times = proc.cpu_times()
+        except psutil.Error:
+            continue
+        name = ("bench (client)" if proc.pid == me.pid else "torchserve worker" if "model_service_worker" in line
+                else "torchserve java" if "java" in line else "gateway" if "lookalike_gateway" in line
+                else "search" if "lookalike_search" in line else "redis" if "redis" in line else "other")
+        out[name] = out.get(name, 0.0) + times.user + times.system + times.children_user + times.children_system
+    return out
+
+
+def cpu_delta(before: dict, after: dict, images: int) -> dict:
+    return {name: round((after.get(name, 0) - before.get(name, 0)) / images * 1000, 2)
+            for name in sorted(after) if after.get(name, 0) - before.get(name, 0) > 0.05}

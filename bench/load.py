@@ -1,7 +1,9 @@
 """Load test of the gateway's REST search: N concurrent clients for a fixed time, a mix of cached queries
 (photos seen before: embedding from Redis) and uncached ones (unique images: TorchServe runs), loopback only.
 
-Prints (and writes as JSON) requests, errors by status, QPS and latency p50/p90/p99, overall and per kind.
+Prints (and writes as JSON) requests, errors by status, QPS and latency p50/p90/p99, overall and per kind, and
+(with its own stack) the CPU milliseconds per request of every process: the load client, gateway, search,
+Redis, TorchServe.
 
     python bench/load.py                         # starts its own stack with a small catalogue
     python bench/load.py --url http://127.0.0.1:8080 --clients 32 --seconds 60 --uncached 0.2
@@ -176,8 +178,14 @@ def main() -> int:
         print(f"load: {args.clients} clients x {args.seconds:.0f}s against {url}, "
               f"{args.uncached:.0%} uncached ({len(hot)} cached images, {len(cold)} unique ones ready)",
               file=sys.stderr)
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from common import cpu_delta, cpu_seconds
+
+        before = cpu_seconds() if stack is not None else None
         result = asyncio.run(run_load(url, hot, cold, args.clients, args.seconds, args.uncached, args.seed,
                                       args.api_key, args.timeout))
+        if before is not None:  # its own stack: where the CPU went, per request (load client included)
+            result["cpu_ms_per_request"] = cpu_delta(before, cpu_seconds(), max(1, result["requests"]))
     finally:
         if stack is not None:
             stack.stop()
@@ -190,6 +198,8 @@ def main() -> int:
         print(f"  {kind:9s} n={stats.get('n', 0):6d}  p50 {stats.get('p50_ms')} ms  p90 {stats.get('p90_ms')} ms  "
               f"p99 {stats.get('p99_ms')} ms  max {stats.get('max_ms')} ms")
     print(f"  statuses {result['statuses']}  cache {result['cache_hit_by_kind']}")
+    if "cpu_ms_per_request" in result:
+        print(f"  CPU ms per request: {result['cpu_ms_per_request']}")
     for sample in result["error_samples"][:5]:
         print("  error:", sample)
     result["machine"] = {"cpus": os.cpu_count(), "loadavg_1m": round(os.getloadavg()[0], 2)}

@@ -39,7 +39,7 @@ import numpy as np
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
-from common import latency_stats, load_now, machine_info, usable_cpus  # noqa: E402
+from common import cpu_delta, cpu_seconds, latency_stats, load_now, machine_info, usable_cpus  # noqa: E402
 from quality import DEFAULT_DATASET, list_split  # noqa: E402
 
 BATCH = 16
@@ -102,30 +102,6 @@ def model_only(run, photos: list[bytes]) -> dict:
         run(x[None])
         lat.append(time.perf_counter() - t)
     return {"batch16_images_per_s": round(per_s, 2), "batch1": latency_stats(lat)}
-
-
-def cpu_seconds() -> dict[str, float]:
-    """CPU seconds so far of this process and every process it started (the stack), by short name."""
-    import psutil
-
-    out: dict[str, float] = {}
-    me = psutil.Process()
-    for proc in [me] + me.children(recursive=True):
-        try:
-            line = " ".join(proc.cmdline())
-            times = proc.cpu_times()
-        except psutil.Error:
-            continue
-        name = ("bench (client)" if proc.pid == me.pid else "torchserve worker" if "model_service_worker" in line
-                else "torchserve java" if "java" in line else "gateway" if "lookalike_gateway" in line
-                else "search" if "lookalike_search" in line else "redis" if "redis" in line else "other")
-        out[name] = out.get(name, 0.0) + times.user + times.system + times.children_user + times.children_system
-    return out
-
-
-def cpu_delta(before: dict, after: dict, images: int) -> dict:
-    return {name: round((after.get(name, 0) - before.get(name, 0)) / images * 1000, 2)
-            for name in sorted(after) if after.get(name, 0) - before.get(name, 0) > 0.05}
 
 
 def served_throughput(client, photos: list[bytes], clients: int) -> tuple[dict, np.ndarray]:
