@@ -261,6 +261,7 @@ def test_adaptation_runs_as_a_job_with_progress_and_a_json_result(tmp_path):
 def test_coarse_labels_blend_lightly_so_search_does_not_turn_into_classification():
     assert adapt_fit.alphas_for(np.repeat(np.arange(100), 4)) == adapt_fit.DEFAULT_ALPHAS  # product groups
     assert adapt_fit.alphas_for(np.repeat(np.arange(10), 300)) == adapt_fit.FIELD_ALPHAS  # categories
+    assert adapt_fit.alphas_for(np.repeat(np.arange(10), 12), coarse=True) == adapt_fit.FIELD_ALPHAS  # "category"
     assert max(adapt_fit.FIELD_ALPHAS) < min(adapt_fit.DEFAULT_ALPHAS)
 
 

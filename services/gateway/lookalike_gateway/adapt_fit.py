@@ -35,10 +35,13 @@ FIELD_ALPHAS = (0.1, 0.2)
 GROUP_MAX_PHOTOS = 20
 
 
-def alphas_for(labels) -> tuple[float, ...]:
-    """The blend weights to choose among: DEFAULT_ALPHAS for product groups, FIELD_ALPHAS for coarse labels."""
-    _, counts = np.unique(np.asarray(labels), return_counts=True)
-    return DEFAULT_ALPHAS if np.median(counts) <= GROUP_MAX_PHOTOS else FIELD_ALPHAS
+def alphas_for(labels, coarse: bool | None = None) -> tuple[float, ...]:
+    """The blend weights to choose among: DEFAULT_ALPHAS for product groups, FIELD_ALPHAS for coarse labels
+    (`coarse` None: judged from the photos per label)."""
+    if coarse is None:
+        _, counts = np.unique(np.asarray(labels), return_counts=True)
+        coarse = bool(np.median(counts) > GROUP_MAX_PHOTOS)
+    return FIELD_ALPHAS if coarse else DEFAULT_ALPHAS
 DEFAULT_DIMS = (64, 128, 256)
 DEFAULT_SHRINKAGE = (0.1, 0.3, 0.6)
 MIN_GROUPS = 2
@@ -205,7 +208,8 @@ def select(x: np.ndarray, labels, split, trials: list[dict], alphas=DEFAULT_ALPH
 
 def adapt(x: np.ndarray, labels, trials: list[dict] | None = None, alphas=None, seed: int = 0,
           group_holdout: float = 0.2, progress: Callable[[str, float], None] | None = None,
-          max_selection_photos: int = MAX_SELECTION_PHOTOS) -> tuple[Projection | None, dict]:
+          max_selection_photos: int = MAX_SELECTION_PHOTOS, coarse: bool | None = None,
+          ) -> tuple[Projection | None, dict]:
     """Select on one split (of at most `max_selection_photos` photos: whole labels sampled), report on
     another, refit on all. Returns (projection or None when the plain space wins, report). The report's
     `regressions` lists held-out figures the adaptation made worse."""
@@ -217,7 +221,7 @@ def adapt(x: np.ndarray, labels, trials: list[dict] | None = None, alphas=None, 
                          f"found {(counts >= 2).sum()}")
     started = time.perf_counter()
     trials = trials if trials is not None else candidates()
-    alphas = alphas or alphas_for(labels)
+    alphas = alphas or alphas_for(labels, coarse)
     report_progress = (lambda m, f: progress(m, 0.8 * f)) if progress else None
     sample = sample_labels(labels, max_selection_photos, seed)
     selection_split = make_split(labels[sample], group_holdout, seed)

@@ -99,8 +99,10 @@ class Adapter:
             try:
                 # BLAS on every core fights the serving threads (and is many times slower on a busy machine)
                 with threadpool_limits(limits=max(1, (os.cpu_count() or 2) - 1)):
+                    # a category is coarse, a product is a group; an attribute is judged from its photos
+                    coarse = {"category": True, "product": False}.get(report["label_field"])
                     projection, fit_report = adapt_fit.adapt(
-                        x, y, progress=lambda stage, f: progress(READ_SHARE + FIT_SHARE * f, stage))
+                        x, y, coarse=coarse, progress=lambda stage, f: progress(READ_SHARE + FIT_SHARE * f, stage))
             except adapt_fit.AdaptError as exc:
                 raise ApiError(grpc.StatusCode.FAILED_PRECONDITION, str(exc)) from None
             report.update(fit_report)
