@@ -295,3 +295,19 @@ def test_the_gate_guards_a_reindex_too(tmp_path):
     assert forced[-1].activated
     reports = [json.loads(p.read_text()) for p in sorted((tmp_path / "adaptations" / "reports").glob("*.json"))]
     assert [r["kind"] for r in reports] == ["reindex"] * 3 and reports[-1]["forced"] is True
+
+
+def test_the_reindex_gate_compares_each_collection_as_it_is_searched(tmp_path):
+    """Out of an adapted collection, a plain reindex is measured against the adapted space (what searches
+    see now), not against the raw vectors inside it."""
+    items, vectors = catalogue(40, 4, seed=8)  # weak signal: the adaptation helps a lot
+    gateway = make_gateway(tmp_path, embedder=FakeEmbedder(vectors, dim=DIM), search=FakeSearch())
+    ingest(gateway, items)
+    assert run(gateway, label_field="attributes.sku", activate=True).activated
+    for product, _ in items:
+        product.category = product.attributes["sku"]
+    ingest(gateway, items)  # metadata only: categories for the gate's labels
+    from lookalike_gateway.core import ApiError
+
+    with pytest.raises(ApiError, match="searches worse"):
+        list(gateway.catalogue.reindex(lookalike_pb2.ReindexRequest(activate=True), lambda: Deadline(30)))

@@ -40,9 +40,9 @@ def point_vectors(point) -> list[bytes]:
     return ([point.vector] if point.vector else []) + more
 
 
-def read_labelled(gateway, target, label: Callable) -> tuple[np.ndarray, list[str], list[str]]:
-    """(raw vectors [n, d], their labels, their product ids) of a collection: every image of every
-    product with a label (an adapted collection gives its raw vectors back)."""
+def read_labelled(gateway, target, label: Callable, raw: bool = True) -> tuple[np.ndarray, list[str], list[str]]:
+    """(vectors [n, d], their labels, their product ids) of a collection: every image of every product
+    with a label; raw: an adapted collection gives its raw vectors back (else: as stored and searched)."""
     xs, ys, ids = [], [], []
     for points in pages(gateway, target.collection):
         for point in points:
@@ -50,7 +50,8 @@ def read_labelled(gateway, target, label: Callable) -> tuple[np.ndarray, list[st
             if not value:
                 continue
             for packed in point_vectors(point):
-                xs.append(target.raw(vectors.unpack(packed)))
+                vector = vectors.unpack(packed)
+                xs.append(target.raw(vector) if raw else vector)
                 ys.append(value)
                 ids.append(point.product.id)
     if not xs:
@@ -64,8 +65,8 @@ def _key(product) -> str:
 
 def compare(gateway, source, target) -> dict:
     """Figures of `target` against `source` on the same held-out photos (see the module docstring)."""
-    sx, _, sids = read_labelled(gateway, source, _key)
-    tx, _, tids = read_labelled(gateway, target, _key)
+    sx, _, sids = read_labelled(gateway, source, _key, raw=False)  # each space as it is searched
+    tx, _, tids = read_labelled(gateway, target, _key, raw=False)
     by_product: dict[str, list[int]] = {}
     for i, pid in enumerate(sids):
         by_product.setdefault(pid, []).append(i)
