@@ -8,12 +8,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ClassifyRequest(_message.Message):
-    __slots__ = ("image", "top_k")
+    __slots__ = ("image", "top_k", "crop")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
+    CROP_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     top_k: int
-    def __init__(self, image: _Optional[bytes] = ..., top_k: _Optional[int] = ...) -> None: ...
+    crop: _types_pb2.CropBox
+    def __init__(self, image: _Optional[bytes] = ..., top_k: _Optional[int] = ..., crop: _Optional[_Union[_types_pb2.CropBox, _Mapping]] = ...) -> None: ...
 
 class Prediction(_message.Message):
     __slots__ = ("label", "probability")

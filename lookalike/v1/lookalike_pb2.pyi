@@ -9,36 +9,44 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SearchByImageRequest(_message.Message):
-    __slots__ = ("image", "top_k", "filter", "category_boost")
+    __slots__ = ("image", "top_k", "filter", "category_boost", "crop", "min_score")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
     CATEGORY_BOOST_FIELD_NUMBER: _ClassVar[int]
+    CROP_FIELD_NUMBER: _ClassVar[int]
+    MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     top_k: int
     filter: _types_pb2.Filter
     category_boost: float
-    def __init__(self, image: _Optional[bytes] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Union[_types_pb2.Filter, _Mapping]] = ..., category_boost: _Optional[float] = ...) -> None: ...
+    crop: _types_pb2.CropBox
+    min_score: float
+    def __init__(self, image: _Optional[bytes] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Union[_types_pb2.Filter, _Mapping]] = ..., category_boost: _Optional[float] = ..., crop: _Optional[_Union[_types_pb2.CropBox, _Mapping]] = ..., min_score: _Optional[float] = ...) -> None: ...
 
 class SearchByImageResponse(_message.Message):
-    __slots__ = ("results", "cache_hit", "category_boost")
+    __slots__ = ("results", "cache_hit", "category_boost", "weak_match_score")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     CACHE_HIT_FIELD_NUMBER: _ClassVar[int]
     CATEGORY_BOOST_FIELD_NUMBER: _ClassVar[int]
+    WEAK_MATCH_SCORE_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[_types_pb2.SearchResult]
     cache_hit: bool
     category_boost: float
-    def __init__(self, results: _Optional[_Iterable[_Union[_types_pb2.SearchResult, _Mapping]]] = ..., cache_hit: _Optional[bool] = ..., category_boost: _Optional[float] = ...) -> None: ...
+    weak_match_score: float
+    def __init__(self, results: _Optional[_Iterable[_Union[_types_pb2.SearchResult, _Mapping]]] = ..., cache_hit: _Optional[bool] = ..., category_boost: _Optional[float] = ..., weak_match_score: _Optional[float] = ...) -> None: ...
 
 class SearchSimilarRequest(_message.Message):
-    __slots__ = ("product_id", "top_k", "filter")
+    __slots__ = ("product_id", "top_k", "filter", "min_score")
     PRODUCT_ID_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
+    MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
     product_id: str
     top_k: int
     filter: _types_pb2.Filter
-    def __init__(self, product_id: _Optional[str] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Union[_types_pb2.Filter, _Mapping]] = ...) -> None: ...
+    min_score: float
+    def __init__(self, product_id: _Optional[str] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Union[_types_pb2.Filter, _Mapping]] = ..., min_score: _Optional[float] = ...) -> None: ...
 
 class SearchSimilarResponse(_message.Message):
     __slots__ = ("results",)
@@ -47,17 +55,19 @@ class SearchSimilarResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[_types_pb2.SearchResult, _Mapping]]] = ...) -> None: ...
 
 class UpsertProductsRequest(_message.Message):
-    __slots__ = ("product", "image", "skip_duplicates")
+    __slots__ = ("product", "image", "more_images", "skip_duplicates")
     PRODUCT_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
+    MORE_IMAGES_FIELD_NUMBER: _ClassVar[int]
     SKIP_DUPLICATES_FIELD_NUMBER: _ClassVar[int]
     product: _types_pb2.Product
     image: bytes
+    more_images: _containers.RepeatedScalarFieldContainer[bytes]
     skip_duplicates: bool
-    def __init__(self, product: _Optional[_Union[_types_pb2.Product, _Mapping]] = ..., image: _Optional[bytes] = ..., skip_duplicates: _Optional[bool] = ...) -> None: ...
+    def __init__(self, product: _Optional[_Union[_types_pb2.Product, _Mapping]] = ..., image: _Optional[bytes] = ..., more_images: _Optional[_Iterable[bytes]] = ..., skip_duplicates: _Optional[bool] = ...) -> None: ...
 
 class UpsertProductsResponse(_message.Message):
-    __slots__ = ("product_id", "ok", "error", "outcome", "duplicate_of", "exact_duplicate", "duplicate_similarity")
+    __slots__ = ("product_id", "ok", "error", "outcome", "duplicate_of", "exact_duplicate", "duplicate_similarity", "duplicate_image", "images")
     class Outcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         OUTCOME_UNSPECIFIED: _ClassVar[UpsertProductsResponse.Outcome]
@@ -79,6 +89,8 @@ class UpsertProductsResponse(_message.Message):
     DUPLICATE_OF_FIELD_NUMBER: _ClassVar[int]
     EXACT_DUPLICATE_FIELD_NUMBER: _ClassVar[int]
     DUPLICATE_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
     product_id: str
     ok: bool
     error: str
@@ -86,7 +98,9 @@ class UpsertProductsResponse(_message.Message):
     duplicate_of: str
     exact_duplicate: bool
     duplicate_similarity: float
-    def __init__(self, product_id: _Optional[str] = ..., ok: _Optional[bool] = ..., error: _Optional[str] = ..., outcome: _Optional[_Union[UpsertProductsResponse.Outcome, str]] = ..., duplicate_of: _Optional[str] = ..., exact_duplicate: _Optional[bool] = ..., duplicate_similarity: _Optional[float] = ...) -> None: ...
+    duplicate_image: int
+    images: int
+    def __init__(self, product_id: _Optional[str] = ..., ok: _Optional[bool] = ..., error: _Optional[str] = ..., outcome: _Optional[_Union[UpsertProductsResponse.Outcome, str]] = ..., duplicate_of: _Optional[str] = ..., exact_duplicate: _Optional[bool] = ..., duplicate_similarity: _Optional[float] = ..., duplicate_image: _Optional[int] = ..., images: _Optional[int] = ...) -> None: ...
 
 class DeleteProductsRequest(_message.Message):
     __slots__ = ("product_ids",)

@@ -8,12 +8,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Point(_message.Message):
-    __slots__ = ("product", "vector")
+    __slots__ = ("product", "vector", "more_vectors")
     PRODUCT_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
+    MORE_VECTORS_FIELD_NUMBER: _ClassVar[int]
     product: _types_pb2.Product
     vector: bytes
-    def __init__(self, product: _Optional[_Union[_types_pb2.Product, _Mapping]] = ..., vector: _Optional[bytes] = ...) -> None: ...
+    more_vectors: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, product: _Optional[_Union[_types_pb2.Product, _Mapping]] = ..., vector: _Optional[bytes] = ..., more_vectors: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class UpsertPointsRequest(_message.Message):
     __slots__ = ("points", "collection")
@@ -114,12 +116,14 @@ class DeletePointsResponse(_message.Message):
     def __init__(self, deleted: _Optional[int] = ...) -> None: ...
 
 class CountPointsRequest(_message.Message):
-    __slots__ = ("filter", "collection")
+    __slots__ = ("filter", "images", "collection")
     FILTER_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     filter: _types_pb2.Filter
+    images: bool
     collection: str
-    def __init__(self, filter: _Optional[_Union[_types_pb2.Filter, _Mapping]] = ..., collection: _Optional[str] = ...) -> None: ...
+    def __init__(self, filter: _Optional[_Union[_types_pb2.Filter, _Mapping]] = ..., images: _Optional[bool] = ..., collection: _Optional[str] = ...) -> None: ...
 
 class CountPointsResponse(_message.Message):
     __slots__ = ("count",)

@@ -104,7 +104,8 @@ class SearchServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SearchByVector(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The top_k most similar products, each once at its best-matching image (SearchResult.matched_image).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -118,7 +119,7 @@ class SearchServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SearchById(self, request, context):
-        """Nearest neighbours of a stored point, the point itself excluded.
+        """Products nearest to a stored product by any of its images, the product itself excluded.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18lookalike/v1/types.proto\x12\x0clookalike.v1\"\xd8\x01\n\x07Product\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12\x12\n\x05price\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x39\n\nattributes\x18\x05 \x03(\x0b\x32%.lookalike.v1.Product.AttributesEntry\x12\x14\n\x0cimage_sha256\x18\x06 \x01(\t\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x08\n\x06_price\"f\n\x06\x46ilter\x12\x10\n\x08\x63\x61tegory\x18\x01 \x01(\t\x12\x16\n\tmin_price\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x16\n\tmax_price\x18\x03 \x01(\x01H\x01\x88\x01\x01\x42\x0c\n\n_min_priceB\x0c\n\n_max_price\"E\n\x0cSearchResult\x12&\n\x07product\x18\x01 \x01(\x0b\x32\x15.lookalike.v1.Product\x12\r\n\x05score\x18\x02 \x01(\x02\"\xd5\x01\n\tJobStatus\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12%\n\x05state\x18\x03 \x01(\x0e\x32\x16.lookalike.v1.JobState\x12\x10\n\x08progress\x18\x04 \x01(\x01\x12\r\n\x05stage\x18\x05 \x01(\t\x12\x12\n\ncreated_at\x18\x06 \x01(\t\x12\x12\n\nstarted_at\x18\x07 \x01(\t\x12\x13\n\x0b\x66inished_at\x18\x08 \x01(\t\x12\x12\n\nerror_code\x18\t \x01(\t\x12\x15\n\rerror_message\x18\n \x01(\t*\x81\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18lookalike/v1/types.proto\x12\x0clookalike.v1\"\xef\x01\n\x07Product\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12\x12\n\x05price\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x39\n\nattributes\x18\x05 \x03(\x0b\x32%.lookalike.v1.Product.AttributesEntry\x12\x14\n\x0cimage_sha256\x18\x06 \x01(\t\x12\x15\n\rimage_sha256s\x18\x07 \x03(\t\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x08\n\x06_price\"f\n\x06\x46ilter\x12\x10\n\x08\x63\x61tegory\x18\x01 \x01(\t\x12\x16\n\tmin_price\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x16\n\tmax_price\x18\x03 \x01(\x01H\x01\x88\x01\x01\x42\x0c\n\n_min_priceB\x0c\n\n_max_price\"z\n\x0cSearchResult\x12&\n\x07product\x18\x01 \x01(\x0b\x32\x15.lookalike.v1.Product\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x15\n\rmatched_image\x18\x03 \x01(\x05\x12\x1c\n\x14matched_image_sha256\x18\x04 \x01(\t\">\n\x07\x43ropBox\x12\t\n\x01x\x18\x01 \x01(\x02\x12\t\n\x01y\x18\x02 \x01(\x02\x12\r\n\x05width\x18\x03 \x01(\x02\x12\x0e\n\x06height\x18\x04 \x01(\x02\"\xd5\x01\n\tJobStatus\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12%\n\x05state\x18\x03 \x01(\x0e\x32\x16.lookalike.v1.JobState\x12\x10\n\x08progress\x18\x04 \x01(\x01\x12\r\n\x05stage\x18\x05 \x01(\t\x12\x12\n\ncreated_at\x18\x06 \x01(\t\x12\x12\n\nstarted_at\x18\x07 \x01(\t\x12\x13\n\x0b\x66inished_at\x18\x08 \x01(\t\x12\x12\n\nerror_code\x18\t \x01(\t\x12\x15\n\rerror_message\x18\n \x01(\t*\x81\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,16 +33,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PRODUCT_ATTRIBUTESENTRY']._loaded_options = None
   _globals['_PRODUCT_ATTRIBUTESENTRY']._serialized_options = b'8\001'
-  _globals['_JOBSTATE']._serialized_start=653
-  _globals['_JOBSTATE']._serialized_end=782
+  _globals['_JOBSTATE']._serialized_start=793
+  _globals['_JOBSTATE']._serialized_end=922
   _globals['_PRODUCT']._serialized_start=43
-  _globals['_PRODUCT']._serialized_end=259
-  _globals['_PRODUCT_ATTRIBUTESENTRY']._serialized_start=200
-  _globals['_PRODUCT_ATTRIBUTESENTRY']._serialized_end=249
-  _globals['_FILTER']._serialized_start=261
-  _globals['_FILTER']._serialized_end=363
-  _globals['_SEARCHRESULT']._serialized_start=365
-  _globals['_SEARCHRESULT']._serialized_end=434
-  _globals['_JOBSTATUS']._serialized_start=437
-  _globals['_JOBSTATUS']._serialized_end=650
+  _globals['_PRODUCT']._serialized_end=282
+  _globals['_PRODUCT_ATTRIBUTESENTRY']._serialized_start=223
+  _globals['_PRODUCT_ATTRIBUTESENTRY']._serialized_end=272
+  _globals['_FILTER']._serialized_start=284
+  _globals['_FILTER']._serialized_end=386
+  _globals['_SEARCHRESULT']._serialized_start=388
+  _globals['_SEARCHRESULT']._serialized_end=510
+  _globals['_CROPBOX']._serialized_start=512
+  _globals['_CROPBOX']._serialized_end=574
+  _globals['_JOBSTATUS']._serialized_start=577
+  _globals['_JOBSTATUS']._serialized_end=790
 # @@protoc_insertion_point(module_scope)

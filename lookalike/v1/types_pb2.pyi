@@ -2,7 +2,7 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -21,7 +21,7 @@ JOB_STATE_SUCCEEDED: JobState
 JOB_STATE_FAILED: JobState
 
 class Product(_message.Message):
-    __slots__ = ("id", "title", "category", "price", "attributes", "image_sha256")
+    __slots__ = ("id", "title", "category", "price", "attributes", "image_sha256", "image_sha256s")
     class AttributesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -35,13 +35,15 @@ class Product(_message.Message):
     PRICE_FIELD_NUMBER: _ClassVar[int]
     ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
     IMAGE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_SHA256S_FIELD_NUMBER: _ClassVar[int]
     id: str
     title: str
     category: str
     price: float
     attributes: _containers.ScalarMap[str, str]
     image_sha256: str
-    def __init__(self, id: _Optional[str] = ..., title: _Optional[str] = ..., category: _Optional[str] = ..., price: _Optional[float] = ..., attributes: _Optional[_Mapping[str, str]] = ..., image_sha256: _Optional[str] = ...) -> None: ...
+    image_sha256s: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., title: _Optional[str] = ..., category: _Optional[str] = ..., price: _Optional[float] = ..., attributes: _Optional[_Mapping[str, str]] = ..., image_sha256: _Optional[str] = ..., image_sha256s: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Filter(_message.Message):
     __slots__ = ("category", "min_price", "max_price")
@@ -54,12 +56,28 @@ class Filter(_message.Message):
     def __init__(self, category: _Optional[str] = ..., min_price: _Optional[float] = ..., max_price: _Optional[float] = ...) -> None: ...
 
 class SearchResult(_message.Message):
-    __slots__ = ("product", "score")
+    __slots__ = ("product", "score", "matched_image", "matched_image_sha256")
     PRODUCT_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
+    MATCHED_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    MATCHED_IMAGE_SHA256_FIELD_NUMBER: _ClassVar[int]
     product: Product
     score: float
-    def __init__(self, product: _Optional[_Union[Product, _Mapping]] = ..., score: _Optional[float] = ...) -> None: ...
+    matched_image: int
+    matched_image_sha256: str
+    def __init__(self, product: _Optional[_Union[Product, _Mapping]] = ..., score: _Optional[float] = ..., matched_image: _Optional[int] = ..., matched_image_sha256: _Optional[str] = ...) -> None: ...
+
+class CropBox(_message.Message):
+    __slots__ = ("x", "y", "width", "height")
+    X_FIELD_NUMBER: _ClassVar[int]
+    Y_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    x: float
+    y: float
+    width: float
+    height: float
+    def __init__(self, x: _Optional[float] = ..., y: _Optional[float] = ..., width: _Optional[float] = ..., height: _Optional[float] = ...) -> None: ...
 
 class JobStatus(_message.Message):
     __slots__ = ("id", "kind", "state", "progress", "stage", "created_at", "started_at", "finished_at", "error_code", "error_message")

@@ -41,7 +41,7 @@ class FakeStore:
         self._maybe_fail("search_by_id", pid, top_k, flt)
         raise NotFound(pid)
 
-    def count(self, flt=None):
+    def count(self, flt=None, images=False):
         self._maybe_fail("count", flt)
         return 3
 

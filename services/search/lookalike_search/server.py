@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 import grpc
+import numpy as np
 
 from lookalike.grpc_server import ServiceHost, configure_logging
 from lookalike.limits import MAX_ID_LENGTH, MAX_TOP_K
@@ -22,7 +23,8 @@ from lookalike.vectors import pack, unpack
 from .collections import Active, CollectionNotFound, Collections
 from .observability import ObservabilityInterceptor, start_metrics_server
 from .settings import SearchSettings
-from .store import CollectionMismatch, Hit, NotFound, SearchFilter, StoreError, VectorStore
+from .store import (IMAGE_DIGEST, IMAGE_LIST, MAX_IMAGES_PER_PRODUCT, CollectionMismatch, Hit, NotFound, Record,
+                    SearchFilter, StoreError, VectorStore)
 
 log = logging.getLogger("lookalike_search")
 
@@ -43,15 +45,20 @@ class InvalidArgument(ValueError):
 def product_payload(product: types_pb2.Product) -> dict:
     payload = {"title": product.title, "category": product.category, "attributes": dict(product.attributes),
                "image_sha256": product.image_sha256}
+    if product.image_sha256s:
+        payload[IMAGE_LIST] = list(product.image_sha256s)
     if product.HasField("price"):
         payload["price"] = product.price
     return payload
 
 
 def payload_product(product_id: str, payload: dict) -> types_pb2.Product:
+    """The product of a stored point's payload; image_sha256s as stored on the main point (a hit on another
+    image's point, or a product stored before several images, lists what it knows: the main image)."""
+    main = str(payload.get("image_sha256") or "")
     product = types_pb2.Product(id=product_id, title=str(payload.get("title") or ""),
-                                category=str(payload.get("category") or ""),
-                                image_sha256=str(payload.get("image_sha256") or ""))
+                                category=str(payload.get("category") or ""), image_sha256=main,
+                                image_sha256s=[str(h) for h in payload.get(IMAGE_LIST) or ([main] if main else [])])
     price = payload.get("price")
     if price is not None:
         product.price = float(price)
@@ -85,6 +92,8 @@ def check_id(product_id: str, what: str = "product_id") -> str:
         raise InvalidArgument(f"{what} is empty")
     if len(product_id) > MAX_ID_LENGTH:
         raise InvalidArgument(f"{what} is longer than {MAX_ID_LENGTH} characters")
+    if "\x00" in product_id:
+        raise InvalidArgument(f"{what} contains a NUL character")
     return product_id
 
 
@@ -155,8 +164,20 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
 
     @staticmethod
     def _results(hits: list[Hit]) -> list[types_pb2.SearchResult]:
-        return [types_pb2.SearchResult(product=payload_product(h.product_id, h.payload), score=h.score)
-                for h in hits]
+        return [types_pb2.SearchResult(
+            product=payload_product(h.product_id, h.payload), score=h.score, matched_image=h.image,
+            matched_image_sha256=str(h.payload.get(IMAGE_DIGEST)
+                                     or (h.payload.get("image_sha256") or "" if h.image == 0 else "")))
+            for h in hits]
+
+    @staticmethod
+    def _point(record: Record, with_vectors: bool) -> search_pb2.Point:
+        point = search_pb2.Point(product=payload_product(record.product_id, record.payload))
+        if with_vectors and record.vector is not None:
+            point.vector = pack(record.vector)
+            if record.vectors is not None:
+                point.more_vectors.extend(pack(v) for v in record.vectors[1:])
+        return point
 
     @rpc
     def UpsertPoints(self, request, context):
@@ -168,10 +189,19 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         points = []
         for i, point in enumerate(request.points):
             pid = check_id(point.product.id, f"points[{i}].product.id")
-            vector = check_vector(point.vector, self._dim(store), f"points[{i}].vector")
+            if len(point.more_vectors) >= MAX_IMAGES_PER_PRODUCT:
+                raise InvalidArgument(f"points[{i}] has {len(point.more_vectors) + 1} images; at most "
+                                      f"{MAX_IMAGES_PER_PRODUCT} per product")
+            rows = [check_vector(point.vector, self._dim(store), f"points[{i}].vector")]
+            rows += [check_vector(raw, self._dim(store), f"points[{i}].more_vectors[{j}]")
+                     for j, raw in enumerate(point.more_vectors)]
+            hashes = point.product.image_sha256s
+            if hashes and len(hashes) != len(rows):
+                raise InvalidArgument(f"points[{i}].product.image_sha256s lists {len(hashes)} images for "
+                                      f"{len(rows)} vectors")
             if point.product.HasField("price") and not math.isfinite(point.product.price):
                 raise InvalidArgument(f"points[{i}].product.price must be a finite number")
-            points.append((pid, vector, product_payload(point.product)))
+            points.append((pid, np.stack(rows), product_payload(point.product)))
         return search_pb2.UpsertPointsResponse(upserted=store.upsert(points))
 
     @rpc
@@ -207,10 +237,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     def GetPoints(self, request, context):
         ids = check_ids(request.product_ids)
         records = self._store(request).get(ids, with_vectors=request.with_vectors)
-        return search_pb2.GetPointsResponse(points=[
-            search_pb2.Point(product=payload_product(r.product_id, r.payload),
-                             vector=pack(r.vector) if request.with_vectors and r.vector is not None else b"")
-            for r in records])
+        return search_pb2.GetPointsResponse(points=[self._point(r, request.with_vectors) for r in records])
 
     @rpc
     def DeletePoints(self, request, context):
@@ -220,7 +247,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     @rpc
     def CountPoints(self, request, context):
         flt = to_filter(request.filter) if request.HasField("filter") else None
-        return search_pb2.CountPointsResponse(count=self._store(request).count(flt))
+        return search_pb2.CountPointsResponse(count=self._store(request).count(flt, images=request.images))
 
     @rpc
     def ScrollPoints(self, request, context):
@@ -230,10 +257,8 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                                   f"got {request.limit}")
         flt = to_filter(request.filter) if request.HasField("filter") else None
         records, next_offset = self._store(request).scroll(limit, request.offset or None, flt, request.with_vectors)
-        return search_pb2.ScrollPointsResponse(points=[
-            search_pb2.Point(product=payload_product(r.product_id, r.payload),
-                             vector=pack(r.vector) if request.with_vectors and r.vector is not None else b"")
-            for r in records], next_offset=next_offset or "")
+        return search_pb2.ScrollPointsResponse(points=[self._point(r, request.with_vectors) for r in records],
+                                               next_offset=next_offset or "")
 
 
     @rpc

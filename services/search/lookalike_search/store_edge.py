@@ -24,14 +24,16 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from .store import (PAYLOAD_INDEXES, CollectionMismatch, Hit, NotFound, PointIn, Record, SearchFilter,
-                    StoreError, check_scroll_limit, check_vector, clamp_score, dedupe_points, ef_for,
-                    payload_product_id, point_uuid, scroll_offset, stored_vector, unique)
+from .store import (IMAGE_INDEX, PAYLOAD_INDEXES, CollectionMismatch, Hit, NotFound, PointIn, Record,
+                    SearchFilter, StoreError, all_point_ids, check_scroll_limit, check_vector, dedupe_points,
+                    ef_for, extra_point_ids, grouped, hit, image_points, merge_best, payload_product_id,
+                    point_uuid, scroll_offset, stale_point_ids, stored_vector, unique, with_all_vectors)
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +169,8 @@ class QdrantEdgeStore:
                         raise StoreError(f"cannot create qdrant-edge shard {self.path}: {exc}") from exc
                     log.info("created qdrant-edge shard %s (size %d, cosine, quantization %s)",
                              self.path, self.vector_size, self._quantization)
-                schema = {"keyword": qe.PayloadSchemaType.Keyword, "float": qe.PayloadSchemaType.Float}
+                schema = {"keyword": qe.PayloadSchemaType.Keyword, "float": qe.PayloadSchemaType.Float,
+                          "integer": qe.PayloadSchemaType.Integer}
                 existing = self._shard.info().payload_schema
                 for field, kind in PAYLOAD_INDEXES.items():
                     if field not in existing:
@@ -235,7 +238,8 @@ class QdrantEdgeStore:
     # ---- translation -----------------------------------------------------------------------------
 
     @staticmethod
-    def _filter(flt: SearchFilter | None, exclude: str | None = None):
+    def _filter(flt: SearchFilter | None, exclude: str | None = None, main_only: bool = False):
+        """`exclude`: leave out every image of that product; `main_only`: products (their main points)."""
         import qdrant_edge as qe
 
         must, must_not = [], []
@@ -245,7 +249,9 @@ class QdrantEdgeStore:
             if flt.min_price is not None or flt.max_price is not None:
                 must.append(qe.FieldCondition("price", range=qe.RangeFloat(gte=flt.min_price, lte=flt.max_price)))
         if exclude is not None:
-            must_not.append(qe.HasIdCondition({point_uuid(exclude)}))
+            must_not.append(qe.FieldCondition("product_id", match=qe.MatchValue(exclude)))
+        if main_only:  # points stored before several images have no image_index: main ones
+            must_not.append(qe.FieldCondition(IMAGE_INDEX, range=qe.RangeFloat(gte=1)))
         if not must and not must_not:
             return None
         return qe.Filter(must=must or None, must_not=must_not or None)
@@ -266,8 +272,13 @@ class QdrantEdgeStore:
         clean = dedupe_points(points, self.vector_size)
         if not clean:
             return 0
-        edge_points = [qe.Point(point_uuid(pid), vec.tolist(), payload) for pid, vec, payload in clean]
+        edge_points = [qe.Point(p.id, p.vector.tolist(), p.payload)
+                       for pid, vecs, payload in clean for p in image_points(pid, vecs, payload)]
         with self._errors("upsert") as shard:
+            stored = self._main_records(shard, [pid for pid, _, _ in clean], False)
+            stale = stale_point_ids(stored, {pid: len(vecs) for pid, vecs, _ in clean})
+            if stale:  # first, so a crash in between never leaves images past the new set searchable
+                shard.update(qe.UpdateOperation.delete_points(stale))
             shard.update(qe.UpdateOperation.upsert_points(edge_points))
             self._written(shard)
         self._wake.set()
@@ -276,11 +287,13 @@ class QdrantEdgeStore:
     def _query(self, vector: np.ndarray, top_k: int, flt, what: str) -> list[Hit]:
         import qdrant_edge as qe
 
-        request = qe.QueryRequest(limit=top_k, query=qe.Query.Nearest(vector.tolist()), filter=flt,
-                                  params=self._params(top_k), with_payload=True, with_vector=False)
-        with self._errors(what) as shard:
-            points = shard.query(request)
-        return [Hit(payload_product_id(p.payload), clamp_score(p.score), dict(p.payload or {})) for p in points]
+        def query(limit: int) -> list[Hit]:
+            request = qe.QueryRequest(limit=limit, query=qe.Query.Nearest(vector.tolist()), filter=flt,
+                                      params=self._params(limit), with_payload=True, with_vector=False)
+            with self._errors(what) as shard:
+                points = shard.query(request)
+            return [hit(payload_product_id(p.payload), p.score, p.payload) for p in points]
+        return grouped(query, top_k)  # Edge has no group-by: over-fetch and collapse
 
     def search(self, vector, top_k: int, filter: SearchFilter | None = None) -> list[Hit]:
         return self._query(check_vector(vector, self.vector_size), top_k, self._filter(filter), "search")
@@ -288,22 +301,35 @@ class QdrantEdgeStore:
     def search_by_id(self, product_id: str, top_k: int, filter: SearchFilter | None = None) -> list[Hit]:
         with self._lock:
             records = self.get([product_id], with_vectors=True)
-            if not records or records[0].vector is None:
+            if not records or records[0].vectors is None:
                 raise NotFound(product_id)
-            return self._query(records[0].vector, top_k, self._filter(filter, exclude=product_id), "search_by_id")
+            flt = self._filter(filter, exclude=product_id)
+            return merge_best((self._query(v, top_k, flt, "search_by_id") for v in records[0].vectors), top_k)
+
+    def _main_records(self, shard, ids: list[str], with_vectors: bool) -> list[Record]:
+        """The stored products among ids (unique), in ids order."""
+        found = shard.retrieve([point_uuid(i) for i in ids], True, bool(with_vectors))
+        by_pid = {}
+        for rec in found:
+            payload = dict(rec.payload or {})
+            by_pid[payload_product_id(payload)] = Record(payload_product_id(payload), payload,
+                                                         stored_vector(rec.vector) if with_vectors else None)
+        records = [by_pid[i] for i in ids if i in by_pid]
+        if not with_vectors:
+            return records
+        extra = extra_point_ids(records)
+        vectors = {}
+        if extra:
+            vectors = {uuid.UUID(str(rec.id)): stored_vector(rec.vector)
+                       for rec in shard.retrieve([pid for _, _, pid in extra], False, True)}
+        return with_all_vectors(records, vectors)
 
     def get(self, product_ids: Sequence[str], with_vectors: bool = False) -> list[Record]:
         ids = unique(product_ids)
         if not ids:
             return []
         with self._errors("get") as shard:
-            found = shard.retrieve([point_uuid(i) for i in ids], True, bool(with_vectors))
-        by_pid = {}
-        for rec in found:
-            payload = dict(rec.payload or {})
-            pid = payload_product_id(payload)
-            by_pid[pid] = Record(pid, payload, stored_vector(rec.vector) if with_vectors else None)
-        return [by_pid[i] for i in ids if i in by_pid]
+            return self._main_records(shard, ids, with_vectors)
 
     def delete(self, product_ids: Sequence[str]) -> int:
         import qdrant_edge as qe
@@ -312,17 +338,17 @@ class QdrantEdgeStore:
         if not ids:
             return 0
         with self._errors("delete") as shard:
-            existing = shard.retrieve([point_uuid(i) for i in ids], False, False)
+            existing = self._main_records(shard, ids, False)
             if existing:
-                shard.update(qe.UpdateOperation.delete_points([rec.id for rec in existing]))
+                shard.update(qe.UpdateOperation.delete_points(all_point_ids(existing)))
                 self._written(shard)
         return len(existing)
 
-    def count(self, filter: SearchFilter | None = None) -> int:
+    def count(self, filter: SearchFilter | None = None, images: bool = False) -> int:
         import qdrant_edge as qe
 
         with self._errors("count") as shard:
-            return int(shard.count(qe.CountRequest(exact=True, filter=self._filter(filter))))
+            return int(shard.count(qe.CountRequest(exact=True, filter=self._filter(filter, main_only=not images))))
 
     def scroll(self, limit: int, offset: str | None = None, filter: SearchFilter | None = None,
                with_vectors: bool = False) -> tuple[list[Record], str | None]:
@@ -330,15 +356,13 @@ class QdrantEdgeStore:
 
         limit = check_scroll_limit(limit)
         start = scroll_offset(offset)
-        request = qe.ScrollRequest(offset=start, limit=limit, filter=self._filter(filter), with_payload=True,
-                                   with_vector=bool(with_vectors))
+        request = qe.ScrollRequest(offset=start, limit=limit, filter=self._filter(filter, main_only=True),
+                                   with_payload=True, with_vector=False)
         with self._errors("scroll") as shard:
             found, next_id = shard.scroll(request)
-        records = []
-        for rec in found:
-            payload = dict(rec.payload or {})
-            records.append(Record(payload_product_id(payload), payload,
-                                  stored_vector(rec.vector) if with_vectors else None))
+            ids = [payload_product_id(rec.payload) for rec in found]
+            records = self._main_records(shard, ids, True) if with_vectors and ids else [
+                Record(payload_product_id(rec.payload), dict(rec.payload or {}), None) for rec in found]
         return records, None if next_id is None else str(next_id)
 
     def info(self) -> dict:

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .store import (PAYLOAD_INDEXES, CollectionMismatch, Hit, NotFound, PointIn, Record, SearchFilter,
-                    StoreError, check_scroll_limit, check_vector, clamp_score, dedupe_points, ef_for,
-                    payload_product_id, point_uuid, scroll_offset, stored_vector, unique)
+from .store import (IMAGE_INDEX, PAYLOAD_INDEXES, CollectionMismatch, Hit, NotFound, PointIn, Record,
+                    SearchFilter, StoreError, all_point_ids, check_scroll_limit, check_vector, dedupe_points,
+                    ef_for, extra_point_ids, hit, image_points, merge_best, payload_product_id, point_uuid,
+                    scroll_offset, stale_point_ids, stored_vector, unique, with_all_vectors)
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,8 @@ class QdrantClientStore:
                 log.info("created collection %r (size %d, cosine, quantization %s) on %s",
                          self.collection, self.vector_size, self._quantization, self.where)
             if not self.local:  # local mode ignores payload indexes (and warns about them)
-                schema = {"keyword": models.PayloadSchemaType.KEYWORD, "float": models.PayloadSchemaType.FLOAT}
+                schema = {"keyword": models.PayloadSchemaType.KEYWORD, "float": models.PayloadSchemaType.FLOAT,
+                          "integer": models.PayloadSchemaType.INTEGER}
                 existing = self.client.get_collection(self.collection).payload_schema or {}
                 for field, kind in PAYLOAD_INDEXES.items():
                     if field not in existing:
@@ -174,7 +176,8 @@ class QdrantClientStore:
 
     # ---- translation -----------------------------------------------------------------------------
 
-    def _filter(self, flt: SearchFilter | None, exclude: str | None = None):
+    def _filter(self, flt: SearchFilter | None, exclude: str | None = None, main_only: bool = False):
+        """`exclude`: leave out every image of that product; `main_only`: products (their main points)."""
         from qdrant_client import models
 
         must, must_not = [], []
@@ -185,7 +188,9 @@ class QdrantClientStore:
                 must.append(models.FieldCondition(key="price", range=models.Range(gte=flt.min_price,
                                                                                  lte=flt.max_price)))
         if exclude is not None:
-            must_not.append(models.HasIdCondition(has_id=[str(point_uuid(exclude))]))
+            must_not.append(models.FieldCondition(key="product_id", match=models.MatchValue(value=exclude)))
+        if main_only:  # points stored before several images have no image_index: main ones
+            must_not.append(models.FieldCondition(key=IMAGE_INDEX, range=models.Range(gte=1)))
         if not must and not must_not:
             return None
         return models.Filter(must=must or None, must_not=must_not or None)
@@ -206,19 +211,28 @@ class QdrantClientStore:
         clean = dedupe_points(points, self.vector_size)
         if not clean:
             return 0
-        structs = [models.PointStruct(id=str(point_uuid(pid)), vector=vec.tolist(), payload=payload)
-                   for pid, vec, payload in clean]
-        with self._lock, self._errors("upsert"):
-            self.client.upsert(self.collection, points=structs, wait=True)
+        structs = [models.PointStruct(id=str(p.id), vector=p.vector.tolist(), payload=p.payload)
+                   for pid, vecs, payload in clean for p in image_points(pid, vecs, payload)]
+        with self._lock:
+            stored = self._main_records([pid for pid, _, _ in clean], False)
+            stale = stale_point_ids(stored, {pid: len(vecs) for pid, vecs, _ in clean})
+            with self._errors("upsert"):
+                if stale:  # first, so a crash in between never leaves images past the new set searchable
+                    self.client.delete(self.collection, points_selector=models.PointIdsList(
+                        points=[str(i) for i in stale]), wait=True)
+                self.client.upsert(self.collection, points=structs, wait=True)
         return len(clean)
 
     def _query(self, vector: np.ndarray, top_k: int, flt, what: str) -> list[Hit]:
+        """Qdrant's group-by on product_id: each product once, at its best image."""
         with self._lock, self._errors(what):
-            response = self.client.query_points(self.collection, query=vector.tolist(), query_filter=flt,
-                                                search_params=None if self.local else self._params(top_k),
-                                                limit=top_k,
-                                                with_payload=True, with_vectors=False)
-        return [Hit(payload_product_id(p.payload), clamp_score(p.score), dict(p.payload or {})) for p in response.points]
+            response = self.client.query_points_groups(
+                self.collection, group_by="product_id", query=vector.tolist(), query_filter=flt,
+                search_params=None if self.local else self._params(top_k), limit=top_k, group_size=1,
+                with_payload=True, with_vectors=False)
+        hits = [hit(payload_product_id(g.hits[0].payload, str(g.id)), g.hits[0].score, g.hits[0].payload)
+                for g in response.groups if g.hits]
+        return sorted(hits, key=lambda h: -h.score)
 
     def search(self, vector, top_k: int, filter: SearchFilter | None = None) -> list[Hit]:
         vec = check_vector(vector, self.vector_size)
@@ -227,23 +241,34 @@ class QdrantClientStore:
     def search_by_id(self, product_id: str, top_k: int, filter: SearchFilter | None = None) -> list[Hit]:
         with self._lock:
             records = self.get([product_id], with_vectors=True)
-            if not records:
+            if not records or records[0].vectors is None:
                 raise NotFound(product_id)
-            return self._query(records[0].vector, top_k, self._filter(filter, exclude=product_id), "search_by_id")
+            flt = self._filter(filter, exclude=product_id)
+            return merge_best((self._query(v, top_k, flt, "search_by_id") for v in records[0].vectors), top_k)
 
-    def get(self, product_ids: Sequence[str], with_vectors: bool = False) -> list[Record]:
-        ids = unique(product_ids)
-        if not ids:
-            return []
+    def _main_records(self, ids: list[str], with_vectors: bool) -> list[Record]:
+        """The stored products among ids (unique), in ids order."""
         with self._lock, self._errors("get"):
             found = self.client.retrieve(self.collection, ids=[str(point_uuid(i)) for i in ids],
                                          with_payload=True, with_vectors=with_vectors)
-        by_pid = {}
-        for rec in found:
-            payload = dict(rec.payload or {})
-            by_pid[payload_product_id(payload)] = Record(payload_product_id(payload), payload,
-                                                         stored_vector(rec.vector) if with_vectors else None)
-        return [by_pid[i] for i in ids if i in by_pid]
+            by_pid = {}
+            for rec in found:
+                payload = dict(rec.payload or {})
+                by_pid[payload_product_id(payload)] = Record(payload_product_id(payload), payload,
+                                                             stored_vector(rec.vector) if with_vectors else None)
+            records = [by_pid[i] for i in ids if i in by_pid]
+            if not with_vectors:
+                return records
+            extra = extra_point_ids(records)
+            vectors = {}
+            if extra:
+                vectors = {str(rec.id): stored_vector(rec.vector) for rec in self.client.retrieve(
+                    self.collection, ids=[str(pid) for _, _, pid in extra], with_payload=False, with_vectors=True)}
+        return with_all_vectors(records, {pid: vectors.get(str(pid)) for _, _, pid in extra})
+
+    def get(self, product_ids: Sequence[str], with_vectors: bool = False) -> list[Record]:
+        ids = unique(product_ids)
+        return self._main_records(ids, with_vectors) if ids else []
 
     def delete(self, product_ids: Sequence[str]) -> int:
         from qdrant_client import models
@@ -252,30 +277,30 @@ class QdrantClientStore:
         if not ids:
             return 0
         with self._lock:
-            existing = self.get(ids)
+            existing = self._main_records(ids, False)
             if existing:
                 with self._errors("delete"):
                     self.client.delete(self.collection, points_selector=models.PointIdsList(
-                        points=[str(point_uuid(r.product_id)) for r in existing]), wait=True)
+                        points=[str(i) for i in all_point_ids(existing)]), wait=True)
         return len(existing)
 
-    def count(self, filter: SearchFilter | None = None) -> int:
+    def count(self, filter: SearchFilter | None = None, images: bool = False) -> int:
+        flt = self._filter(filter, main_only=not images)
         with self._lock, self._errors("count"):
-            return int(self.client.count(self.collection, count_filter=self._filter(filter), exact=True).count)
+            return int(self.client.count(self.collection, count_filter=flt, exact=True).count)
 
     def scroll(self, limit: int, offset: str | None = None, filter: SearchFilter | None = None,
                with_vectors: bool = False) -> tuple[list[Record], str | None]:
         limit = check_scroll_limit(limit)
         start = scroll_offset(offset)
-        with self._lock, self._errors("scroll"):
-            found, next_id = self.client.scroll(self.collection, scroll_filter=self._filter(filter), limit=limit,
-                                                offset=None if start is None else str(start),
-                                                with_payload=True, with_vectors=with_vectors)
-        records = []
-        for rec in found:
-            payload = dict(rec.payload or {})
-            records.append(Record(payload_product_id(payload), payload,
-                                  stored_vector(rec.vector) if with_vectors else None))
+        with self._lock:
+            with self._errors("scroll"):
+                found, next_id = self.client.scroll(self.collection, scroll_filter=self._filter(filter, main_only=True),
+                                                    limit=limit, offset=None if start is None else str(start),
+                                                    with_payload=True, with_vectors=False)
+            ids = [payload_product_id(rec.payload) for rec in found]
+            records = self._main_records(ids, True) if with_vectors and ids else [
+                Record(payload_product_id(rec.payload), dict(rec.payload or {}), None) for rec in found]
         return records, None if next_id is None else str(next_id)
 
     def close(self) -> None:
