@@ -2,11 +2,15 @@
 UpsertProducts, shows progress, reports outcomes and failures.
 
 Catalogues:
-  * a folder laid out ``<category>/<image>``: the id is the image's path below the folder, the title its
-    stem, the category its parent folder;
+  * a folder laid out ``<category>/<image>`` (one photo per product: the id is the image's path below the
+    folder, the title its stem, the category its parent folder) and/or ``<category>/<product>/<images>``
+    (one product per folder of photos, in name order, the first the main one: the id is the folder's
+    path below the catalogue folder, the title its name, the category the folder above it);
   * a manifest, CSV (header row) or JSON Lines (``.jsonl``/``.ndjson``, one object per line), with
-    ``id`` and ``image`` (a path, relative to the manifest's folder), optional ``title``, ``category``,
-    ``price``, and any other column/key as a string attribute (a JSON ``attributes`` object is merged in).
+    ``id`` and ``image`` and/or ``images`` (paths, relative to the manifest's folder: ``image`` the main
+    photo, ``images`` the product's photos -- a JSON list, or in CSV one cell with the paths separated by
+    ``|``), optional ``title``, ``category``, ``price``, and any other column/key as a string attribute
+    (a JSON ``attributes`` object is merged in).
 
 Everything is streamed: the catalogue is read lazily, at most `read_ahead` images are in memory on
 this side, and the gRPC stream's flow control holds the rest back, so memory stays flat whatever the
@@ -46,11 +50,17 @@ class CatalogueError(ValueError):
 
 @dataclass
 class CatalogueItem:
-    """One product to index: metadata plus where its image is; `error` when the catalogue entry itself is
-    unusable (bad price, repeated id): the item is then reported failed without its image being sent."""
+    """One product to index: metadata plus where its images are (`image_path` the main one, `more_paths` the
+    others); `error` when the catalogue entry itself is unusable (bad price, repeated id): the item is then
+    reported failed without its images being sent."""
     product: types_pb2.Product
     image_path: Path
     error: str = ""
+    more_paths: list[Path] = field(default_factory=list)
+
+    @property
+    def image_paths(self) -> list[Path]:
+        return [self.image_path, *self.more_paths]
 
 
 # ---- reading catalogues ------------------------------------------------------------------------------
@@ -72,17 +82,37 @@ def _image_files(root: Path) -> Iterator[Path]:
 
 
 def iter_folder(root: Path) -> Iterator[CatalogueItem]:
-    """Products of a folder laid out `<category>/<image>` (deeper folders: the image's parent is the category).
-
-    The product id is the image's path relative to `root` (stable across runs); the title is its stem.
+    """Products of a folder: `<category>/<image>` is a product with one photo (id: the image's path relative
+    to `root`, title: its stem); `<category>/<product>/<images>` is one product with several photos in name
+    order (id: the product folder's path relative to `root`, title: its name). Deeper trees: a folder two or
+    more levels down holding photos is a product, the folder above it its category. Ids are stable across runs.
     """
     root = Path(root)
     if not root.is_dir():
         raise CatalogueError(f"catalogue folder not found: {root}")
-    for path in _image_files(root):
+    group: list[Path] = []
+    for path in _image_files(root):  # a folder's photos come together, in name order
         rel = path.relative_to(root)
-        category = rel.parent.name if rel.parent != Path(".") else ""
-        yield CatalogueItem(types_pb2.Product(id=rel.as_posix(), title=path.stem, category=category), path)
+        if len(rel.parts) < 3:
+            yield from _product_folder(root, group)
+            group = []
+            category = rel.parent.name if rel.parent != Path(".") else ""
+            yield CatalogueItem(types_pb2.Product(id=rel.as_posix(), title=path.stem, category=category), path)
+        elif group and group[0].parent != path.parent:
+            yield from _product_folder(root, group)
+            group = [path]
+        else:
+            group.append(path)
+    yield from _product_folder(root, group)
+
+
+def _product_folder(root: Path, photos: list[Path]) -> Iterator[CatalogueItem]:
+    if not photos:
+        return
+    folder = photos[0].parent
+    rel = folder.relative_to(root)
+    product = types_pb2.Product(id=rel.as_posix(), title=folder.name, category=rel.parent.name)
+    yield CatalogueItem(product, photos[0], more_paths=photos[1:])
 
 
 def scan_folder(root: Path) -> list[CatalogueItem]:
@@ -93,7 +123,8 @@ def scan_folder(root: Path) -> list[CatalogueItem]:
         raise FileNotFoundError(str(exc)) from None
 
 
-KNOWN = ("id", "image", "title", "category", "price", "attributes")
+KNOWN = ("id", "image", "images", "title", "category", "price", "attributes")
+IMAGES_SEPARATOR = "|"  # between the paths of a CSV `images` cell
 
 
 def _manifest_item(row: dict, base: Path, where: str) -> CatalogueItem:
@@ -104,13 +135,22 @@ def _manifest_item(row: dict, base: Path, where: str) -> CatalogueItem:
     pid = "" if pid is None else str(pid).strip()
     image = fields.get("image")
     image = "" if image is None else str(image).strip()
-    path = base / image if image else base
-    product = types_pb2.Product(id=pid, title=str(fields.get("title") or (Path(image).stem if image else "")),
-                                category=str(fields.get("category") or ""))
     errors = []
+    listed = fields.get("images")
+    if isinstance(listed, str):
+        listed = [p for p in (part.strip() for part in listed.split(IMAGES_SEPARATOR)) if p]
+    elif listed is None:
+        listed = []
+    elif not isinstance(listed, list) or not all(isinstance(p, str) for p in listed):
+        errors.append("images must be a list of paths")
+        listed = []
+    photos = ([image] if image else []) + [p.strip() for p in listed if p.strip() and p.strip() != image]
+    path = base / photos[0] if photos else base
+    product = types_pb2.Product(id=pid, title=str(fields.get("title") or (Path(photos[0]).stem if photos else "")),
+                                category=str(fields.get("category") or ""))
     if not pid:
         errors.append("no id")
-    if not image:
+    if not photos:
         errors.append("no image path")
     price = fields.get("price")
     if price not in (None, ""):
@@ -137,7 +177,8 @@ def _manifest_item(row: dict, base: Path, where: str) -> CatalogueItem:
         if key in KNOWN or value is None or value == "":
             continue
         product.attributes[key] = value if isinstance(value, str) else json.dumps(value)
-    return CatalogueItem(product, path, f"{where}: {'; '.join(errors)}" if errors else "")
+    return CatalogueItem(product, path, f"{where}: {'; '.join(errors)}" if errors else "",
+                         more_paths=[base / p for p in photos[1:]])
 
 
 def iter_manifest(manifest: Path) -> Iterator[CatalogueItem]:
@@ -153,8 +194,8 @@ def iter_manifest(manifest: Path) -> Iterator[CatalogueItem]:
         if suffix == ".csv":
             reader = csv.DictReader(handle)
             header = {h.strip().lower() for h in reader.fieldnames or []}
-            if not {"id", "image"} <= header:
-                raise CatalogueError(f"manifest {manifest} needs 'id' and 'image' columns; it has "
+            if "id" not in header or not header & {"image", "images"}:
+                raise CatalogueError(f"manifest {manifest} needs 'id' and 'image' (or 'images') columns; it has "
                                      f"{sorted(header) or 'no header'}")
             for row in reader:
                 extra = row.pop(None, None)
@@ -181,7 +222,7 @@ def open_catalogue(path: Path) -> tuple[Iterator[CatalogueItem], int]:
     """(items, how many) of a catalogue folder or manifest; ids repeated within it fail after the first."""
     path = Path(path)
     if path.is_dir():
-        return _unique_ids(iter_folder(path)), sum(1 for _ in _image_files(path))
+        return _unique_ids(iter_folder(path)), sum(1 for _ in iter_folder(path))
     if not path.exists():
         raise CatalogueError(f"catalogue not found: {path}")
     if path.suffix.lower() not in MANIFEST_SUFFIXES:
@@ -229,15 +270,19 @@ def read_image_file(path: Path, max_bytes: int) -> bytes:
         os.close(fd)
 
 
-def _read(item: CatalogueItem, max_bytes: int) -> tuple[bytes, str]:
+def _read(item: CatalogueItem, max_bytes: int) -> tuple[list[bytes], str]:
+    """The bytes of each of the item's images, or ([], why not)."""
     if item.error:
-        return b"", item.error
-    try:
-        return read_image_file(item.image_path, max_bytes), ""
-    except OSError as exc:
-        return b"", f"cannot read {item.image_path}: {exc.strerror or exc}"
-    except ValueError as exc:
-        return b"", str(exc)
+        return [], item.error
+    out = []
+    for path in item.image_paths:
+        try:
+            out.append(read_image_file(path, max_bytes))
+        except OSError as exc:
+            return [], f"cannot read {path}: {exc.strerror or exc}"
+        except ValueError as exc:
+            return [], str(exc)
+    return out, ""
 
 
 def _requests(items: Iterable[CatalogueItem], local_errors: dict[int, str], skip_duplicates: bool = False,
@@ -257,12 +302,12 @@ def _requests(items: Iterable[CatalogueItem], local_errors: dict[int, str], skip
             following = next(remaining, None)
             if following is not None:
                 window.append((following, pool.submit(_read, following, max_bytes)))
-            image, error = future.result()
+            photos, error = future.result()
             if error:
                 local_errors[sequence] = error
             sequence += 1
-            yield lookalike_pb2.UpsertProductsRequest(product=item.product, image=image,
-                                                      skip_duplicates=skip_duplicates)
+            yield lookalike_pb2.UpsertProductsRequest(product=item.product, image=photos[0] if photos else b"",
+                                                      more_images=photos[1:], skip_duplicates=skip_duplicates)
 
 
 @dataclass

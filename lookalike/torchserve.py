@@ -673,10 +673,13 @@ class EmbedderClient:
             md.append(("x-request-id", request_id))
         return md
 
-    def _request(self, image_bytes: bytes, request_id: str | None) -> inference_pb2.PredictionsRequest:
+    def _request(self, image_bytes: bytes, request_id: str | None,
+                 crop: str | None = None) -> inference_pb2.PredictionsRequest:
         inputs = {"data": bytes(image_bytes)}
         if request_id:
             inputs["request_id"] = request_id.encode("utf-8")
+        if crop:  # lookalike.crop.CropBox.key: the handler crops the decoded photo before resizing
+            inputs["crop"] = crop.encode("ascii")
         return inference_pb2.PredictionsRequest(model_name=self.model_name, model_version=self.model_version,
                                                  input=inputs)
 
@@ -693,9 +696,11 @@ class EmbedderClient:
             return changed
 
     # ------------------------------------------------------------------ API
-    def embed(self, image_bytes: bytes, timeout: float = 10.0, request_id: str | None = None) -> np.ndarray:
-        """Embeds one image (raw file bytes); returns float32 [dim] with L2 norm 1."""
-        request = self._request(image_bytes, request_id)
+    def embed(self, image_bytes: bytes, timeout: float = 10.0, request_id: str | None = None,
+              crop: str | None = None) -> np.ndarray:
+        """Embeds one image (raw file bytes), or the region `crop` of it (a lookalike.crop.CropBox key
+        "x,y,w,h"); returns float32 [dim] with L2 norm 1."""
+        request = self._request(image_bytes, request_id, crop)
         try:
             response = self.stub.Predictions(request, timeout=timeout, metadata=self._metadata(request_id))
         except grpc.RpcError as exc:

@@ -53,6 +53,7 @@ class FakeEmbedder:
         self.vectors = vectors or {}
         self.dim = dim
         self.calls = 0  # images embedded
+        self.crops: list[str | None] = []  # the crop of each embed() call
         self.lock = threading.Lock()
         self.target, self.token_file, self.channel = "fake:1", None, None
 
@@ -62,8 +63,10 @@ class FakeEmbedder:
         seed = int.from_bytes(hashlib.sha256(image).digest()[:8], "little")
         return unit(np.random.default_rng(seed).standard_normal(self.dim))
 
-    def embed(self, image, timeout=10.0, request_id=None):
-        result = self.embed_many([image])[0]
+    def embed(self, image, timeout=10.0, request_id=None, crop=None):
+        """`crop` (a CropBox key) gives another vector, as a region of the photo would."""
+        self.crops.append(crop)
+        result = self.embed_many([image + (crop or "").encode()])[0] if crop else self.embed_many([image])[0]
         if isinstance(result, Exception):
             raise result
         return result
@@ -121,6 +124,7 @@ class FakeSearch:
                     p.CopyFrom(col[pid])
                     if not request.with_vectors:
                         p.vector = b""
+                        p.ClearField("more_vectors")
                     points.append(p)
             return search_pb2.GetPointsResponse(points=points)
 
@@ -132,6 +136,10 @@ class FakeSearch:
                 stored = search_pb2.Point()
                 stored.CopyFrom(point)
                 stored.vector = pack(unit(unpack(point.vector)))
+                stored.ClearField("more_vectors")
+                stored.more_vectors.extend(pack(unit(unpack(v))) for v in point.more_vectors)
+                if not stored.product.image_sha256s:
+                    stored.product.image_sha256s.append(stored.product.image_sha256)
                 col[point.product.id] = stored
             return search_pb2.UpsertPointsResponse(upserted=len(request.points))
 
@@ -140,9 +148,16 @@ class FakeSearch:
             self._count("SearchByVector")
             col = self._col(request.collection)
             query = unit(unpack(request.vector))
-            scored = sorted(((float(unpack(p.vector) @ query), pid) for pid, p in col.items()), reverse=True)
+            scored = []  # each product at its best image
+            for pid, p in col.items():
+                sims = [float(unpack(v) @ query) for v in [p.vector, *p.more_vectors]]
+                best = int(np.argmax(sims))
+                scored.append((sims[best], pid, best))
+            scored.sort(key=lambda row: (row[0], row[1]), reverse=True)
             return search_pb2.SearchByVectorResponse(results=[
-                types_pb2.SearchResult(product=col[pid].product, score=score) for score, pid in scored[:request.top_k]])
+                types_pb2.SearchResult(product=col[pid].product, score=score, matched_image=image,
+                                       matched_image_sha256=col[pid].product.image_sha256s[image])
+                for score, pid, image in scored[:request.top_k]])
 
     def SearchByVectors(self, request, timeout=None, metadata=()):
         with self.lock:
@@ -176,6 +191,7 @@ class FakeSearch:
                 p.CopyFrom(col[pid])
                 if not request.with_vectors:
                     p.vector = b""
+                    p.ClearField("more_vectors")
                 points.append(p)
             return search_pb2.ScrollPointsResponse(points=points, next_offset=following)
 

@@ -166,7 +166,7 @@ class FakeGateway:
         if image not in self.known:
             raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "invalid image")
 
-    def query_embedding(self, image, deadline, target=None):
+    def query_embedding(self, image, deadline, target=None, crop=None):
         assert target is self.target
         if image in self.cached:
             return self.known[image], True

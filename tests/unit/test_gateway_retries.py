@@ -98,7 +98,7 @@ def test_invalid_argument_from_the_embedder_is_never_retried(tmp_path, jpeg, fai
 
 def test_unavailable_embedder_is_retried_then_succeeds(tmp_path, jpeg):
     embedder = FakeEmbedder(FakeRpcError(grpc.StatusCode.UNAVAILABLE), FakeRpcError(grpc.StatusCode.UNAVAILABLE))
-    results, cache_hit, _ = search(make_gateway(tmp_path, embedder, FakeSearch()), jpeg, 2.0)
+    results, cache_hit, *_ = search(make_gateway(tmp_path, embedder, FakeSearch()), jpeg, 2.0)
     assert [r.product.id for r in results] == ["p1"] and not cache_hit
     assert embedder.calls == 3
     assert embedder.timeouts[2] < embedder.timeouts[0]  # every try gets only what is left of the deadline
@@ -163,5 +163,5 @@ def test_search_service_down_is_503_naming_it(tmp_path, jpeg):
 
 def test_search_service_back_after_a_blip(tmp_path, jpeg):
     fake = FakeSearch(FakeRpcError(grpc.StatusCode.UNAVAILABLE))
-    results, _, _ = search(make_gateway(tmp_path, FakeEmbedder(), fake), jpeg, 2.0)
+    results, *_ = search(make_gateway(tmp_path, FakeEmbedder(), fake), jpeg, 2.0)
     assert results and fake.calls == 2

@@ -12,10 +12,13 @@ from lookalike import limits
 
 LABEL_FIELD_PATTERN = r"^(category|attributes\..+)$"
 ADAPT_LABEL_FIELD_PATTERN = r"^(product|category|attributes\..+)$"
-# No control characters (core.validate_product_id). Over REST, an id ending in /image or /similar would name
+# No control characters (core.validate_product_id). Over REST, an id ending in /image, /similar or /images/N would name
 # those sub-resources of another id: such ids are for gRPC only.
-PRODUCT_ID_PATTERN = r"^(?!.*/(image|similar)$)[^\x00-\x1f\x7f]+$"
+PRODUCT_ID_PATTERN = r"^(?!.*/(image|similar|images/[0-9]+)$)[^\x00-\x1f\x7f]+$"
 IMAGE_CONTENT_TYPES = "image/jpeg, image/png, image/webp, image/gif, image/bmp"  # images.ALLOWED_FORMATS
+CROP_DOC = ("x,y,width,height: search with this region of the photo, as fractions 0..1 of its width and height "
+            "after EXIF orientation (0 < width, 0 < height, x + width <= 1, y + height <= 1; else 400)")
+MIN_SCORE_DOC = "drop results scoring (cosine) below this, -1..1"
 
 
 # ---- errors ------------------------------------------------------------------------------------------
@@ -99,14 +102,30 @@ class Product(BaseModel):
                                   examples=["/v1/products/shoes%2Foxford-123.jpg/image"])
 
 
+class ProductImage(BaseModel):
+    index: int = Field(ge=0, description="0 = the main photo")
+    sha256: str = Field(description="SHA-256 (hex) of the original bytes")
+    url: str = Field(examples=["/v1/products/shoes%2Foxford-123.jpg/images/1"])
+
+
+class StoredProduct(Product):
+    images: list[ProductImage] = Field(description="every photo of the product, the main one first")
+
+
 class SearchResult(Product):
-    score: float = Field(description="cosine similarity to the query, -1..1", examples=[0.8731])
+    score: float = Field(description="cosine similarity to the query (of the best-matching photo), -1..1",
+                         examples=[0.8731])
+    matched_image: int = Field(ge=0, description="which of the product's photos matched best (0 = the main one)")
+    matched_image_url: str = Field(examples=["/v1/products/shoes%2Foxford-123.jpg/images/0"])
 
 
 class SearchResponse(BaseModel):
-    results: list[SearchResult] = Field(description="best first")
+    results: list[SearchResult] = Field(description="best first, each product once")
     cache_hit: bool = Field(description="the query embedding came from the cache")
     category_boost: float = Field(description="the category boost applied to the order (0: plain similarity)")
+    weak_match_score: float = Field(description=(
+        "below this score even the best result is usually not the same kind of product: show 'no close match' "
+        "when results[0].score is below it (calibrated from the catalogue's own photos; 0: not calibrated)"))
     took_ms: float
 
 
@@ -117,6 +136,8 @@ class SimilarResponse(BaseModel):
 class PutProductResponse(BaseModel):
     id: str
     ok: bool = Field(description="true: stored durably")
+    outcome: Literal["CREATED", "UPDATED", "UNCHANGED"]
+    images: int = Field(ge=1, description="photos the product now has")
 
 
 class DeleteProductResponse(BaseModel):

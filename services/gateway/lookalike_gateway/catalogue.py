@@ -372,13 +372,17 @@ class Catalogue:
                 collection=source.collection, limit=SCROLL_PAGE, offset=offset), Deadline(30.0))
             for point in page.points:
                 product = point.product
-                image = self.gateway.images.get(product.image_sha256) if product.image_sha256 else None
-                if image is None:
-                    missing[product.id] = (f"the original image of {product.id!r} is not in the gateway's image "
-                                           "store (index it again)")
-                    image = b""
+                hashes = list(product.image_sha256s) or [product.image_sha256]
+                originals = [self.gateway.images.get(h) if h else None for h in hashes]
+                if any(image is None for image in originals):
+                    lost = [i for i, image in enumerate(originals) if image is None]
+                    missing[product.id] = (f"original image{'s' if len(lost) > 1 else ''} "
+                                           f"{', '.join(map(str, lost))} of {product.id!r} not in the gateway's "
+                                           "image store (index it again)")
+                    originals = [b""]
                 product.ClearField("image_sha256")
-                yield IngestItem(product, image)
+                product.ClearField("image_sha256s")
+                yield IngestItem(product, originals[0], more_images=originals[1:])
             offset = page.next_offset
             if not offset:
                 return

@@ -33,7 +33,7 @@ from lookalike.v1 import search_pb2
 
 from .classifier_head import DEFAULT_C_VALUES, DEFAULT_HOLDOUT, LinearHead, TrainingError, fit_head
 from .classifier_store import ClassifierRepository
-from .core import ApiError, Deadline, Gateway, bad_argument, not_found, validate_top_k
+from .core import ApiError, Deadline, Gateway, bad_argument, not_found, validate_crop, validate_top_k
 from .jobs import Job, JobRunner, Progress
 
 log = logging.getLogger(__name__)
@@ -154,9 +154,9 @@ class ClassifierService:
 
     # -- API -------------------------------------------------------------------------------------
 
-    def classify(self, image: bytes, top_k: int | None,
-                 deadline: Deadline) -> tuple[list[tuple[str, float]], bool, str]:
-        """(predictions best first, cache_hit, classifier version)."""
+    def classify(self, image: bytes, top_k: int | None, deadline: Deadline,
+                 crop=None) -> tuple[list[tuple[str, float]], bool, str]:
+        """(predictions best first, cache_hit, classifier version); `crop`: classify that region only."""
         if len(image) > self.gateway.settings.max_upload_bytes:
             self.gateway.check_image(image)  # the size error, before hashing a huge body
         if not image:
@@ -164,7 +164,7 @@ class ClassifierService:
         top_k = validate_top_k(top_k, DEFAULT_TOP_K)
         target = self.target()  # one snapshot: the model the classifier must have been trained on
         active = self._require(target.model_id)  # before the embedder: no work without a classifier
-        vector, cache_hit = self.gateway.query_embedding(image, deadline, target)
+        vector, cache_hit = self.gateway.query_embedding(image, deadline, target, validate_crop(crop))
         if vector.shape[0] != active.head.dim:
             raise ApiError(grpc.StatusCode.FAILED_PRECONDITION,
                            f"the active classifier {active.version} expects {active.head.dim}-d embeddings, the "

@@ -54,7 +54,8 @@ class ClassificationServicer(GatewayServicer, classifier_pb2_grpc.Classification
     @_unary
     def Classify(self, request, context, deadline):
         top_k = request.top_k if request.HasField("top_k") else None
-        predictions, cache_hit, version = self.service.classify(request.image, top_k, deadline)
+        predictions, cache_hit, version = self.service.classify(
+            request.image, top_k, deadline, request.crop if request.HasField("crop") else None)
         return classifier_pb2.ClassifyResponse(
             predictions=[classifier_pb2.Prediction(label=label, probability=p) for label, p in predictions],
             cache_hit=cache_hit, classifier_version=version)
@@ -111,13 +112,15 @@ def build_router(service: ClassifierService) -> APIRouter:
                  dependencies=[http_errors.DECLARED_FORM_FIELDS_ONLY])
     async def classify(image: Annotated[UploadFile, File(description=image_doc)],
                        top_k: Annotated[int | None, Form(ge=1, le=limits.MAX_TOP_K, description=(
-                           f"labels (default {DEFAULT_TOP_K}, at most the number of labels)"))] = None):
-        """The active classifier's labels for the uploaded photo (multipart `image`), most probable first
-        (404 before any training; 400 when it was trained on another model's embeddings)."""
+                           f"labels (default {DEFAULT_TOP_K}, at most the number of labels)"))] = None,
+                       crop: Annotated[str | None, Form(description=m.CROP_DOC)] = None):
+        """The active classifier's labels for the uploaded photo (multipart `image`), or a region of it
+        (`crop`), most probable first (404 before any training; 400 when it was trained on another model's
+        embeddings)."""
         data = await http_errors.read_image(image, settings.max_upload_bytes)
         started = time.perf_counter()
         predictions, cache_hit, version = await run_in_threadpool(
-            service.classify, data, top_k, Deadline(settings.request_timeout_s))
+            service.classify, data, top_k, Deadline(settings.request_timeout_s), crop)
         return {"predictions": [{"label": label, "probability": round(p, 6)} for label, p in predictions],
                 "cache_hit": cache_hit, "classifier_version": version,
                 "took_ms": round((time.perf_counter() - started) * 1000, 2)}

@@ -15,6 +15,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from lookalike import crop as crops
 from lookalike import images, request_id, status, vectors
 from lookalike.limits import MAX_ID_LENGTH, MAX_TOP_K
 from lookalike.torchserve import EmbedderClient, EmbedderImageError, EmbedderNotReady
@@ -128,12 +129,40 @@ def validate_filter(flt: types_pb2.Filter) -> types_pb2.Filter:
 
 
 class ImageSearch(NamedTuple):
-    """What search_by_image found: results best first, whether the query embedding was cached, and the
-    category boost applied to their order (0: plain similarity order)."""
+    """What search_by_image found: results best first, whether the query embedding was cached, the
+    category boost applied to their order (0: plain similarity order) and the catalogue's weak-match score
+    (0 when not calibrated)."""
 
     results: list[types_pb2.SearchResult]
     cache_hit: bool
     category_boost: float
+    weak_match_score: float = 0.0
+
+
+def validate_min_score(min_score: float | None) -> float | None:
+    """None (keep every result) or a cosine similarity -1..1."""
+    if min_score is None:
+        return None
+    if not np.isfinite(min_score) or min_score < -1 or min_score > 1:
+        raise bad_argument("min_score", f"min_score must be between -1 and 1, got {min_score}")
+    return float(min_score)
+
+
+def validate_crop(crop) -> crops.CropBox | None:
+    """A lookalike.v1.CropBox, "x,y,w,h" text (REST), a CropBox or None -> a checked CropBox or None
+    (INVALID_ARGUMENT)."""
+    if crop is None:
+        return None
+    try:
+        if isinstance(crop, str):
+            return crops.parse_crop(crop)
+        return crop if isinstance(crop, crops.CropBox) else crops.from_proto(crop)
+    except ValueError as exc:
+        raise bad_argument("crop", str(exc)) from None
+
+
+def above(results: list[types_pb2.SearchResult], min_score: float | None) -> list[types_pb2.SearchResult]:
+    return results if min_score is None else [r for r in results if r.score >= min_score]
 
 
 def validate_category_boost(boost: float | None, default: float) -> float:
@@ -239,13 +268,18 @@ class Gateway:
             return ApiError(code, details)
         return ApiError(grpc.StatusCode.UNAVAILABLE, f"{name} failed: {code.name}: {details}")
 
-    def _embed(self, image: bytes, deadline: Deadline, embedder: EmbedderClient | None = None) -> np.ndarray:
-        """Embeds one image via TorchServe, retrying UNAVAILABLE with backoff inside the deadline."""
+    def _embed(self, image: bytes, deadline: Deadline, embedder: EmbedderClient | None = None,
+               crop: crops.CropBox | None = None) -> np.ndarray:
+        """Embeds one image (or its region `crop`) via TorchServe, retrying UNAVAILABLE with backoff inside
+        the deadline."""
+        region = {"crop": crop.key} if crop is not None else {}
+
         def call(timeout: float) -> np.ndarray:
             if not self.embedder_ready():
                 raise EmbedderNotReady()
             try:
-                vector = (embedder or self.embedder).embed(image, timeout=timeout, request_id=request_id.current.get())
+                vector = (embedder or self.embedder).embed(image, timeout=timeout, request_id=request_id.current.get(),
+                                                           **region)
             except EmbedderImageError as exc:
                 metrics.EMBEDDER_CALLS.labels(outcome="bad_image").inc()
                 raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid image: {exc}") from None
@@ -256,35 +290,42 @@ class Gateway:
             metrics.EMBEDDER_CALLS.labels(outcome=exc.code().name.lower()).inc()
         return self._with_retries(EMBEDDER_NAME, "calling the embedder", call, deadline, on_error=count)
 
-    def query_embedding(self, image: bytes, deadline: Deadline, target=None) -> tuple[np.ndarray, bool]:
-        """The embedding of a query image (with the model of `target`, a catalogue.Target, default the
-        active collection's) and whether it came from the cache."""
+    def query_embedding(self, image: bytes, deadline: Deadline, target=None,
+                        crop: crops.CropBox | None = None) -> tuple[np.ndarray, bool]:
+        """The embedding of a query image, or of its region `crop` (with the model of `target`, a
+        catalogue.Target, default the active collection's) and whether it came from the cache (keyed by
+        the image's hash and the region)."""
         target = target or self.catalogue.active()
-        digest = image_digest(image)
+        digest = image_digest(image) + (f"@{crop.key}" if crop is not None else "")
         cached = target.cache.get(digest)
         if cached is not None:
             return cached, True
         self.check_image(image)
-        vector = self._embed(image, deadline, target.embedder)
+        vector = self._embed(image, deadline, target.embedder, crop)
         target.cache.put(digest, vector)
         return vector, False
 
     # -- API -----------------------------------------------------------------------------------------
 
     def search_by_image(self, image: bytes, top_k: int | None, flt: types_pb2.Filter,
-                        deadline: Deadline, category_boost: float | None = None) -> ImageSearch:
-        """Products that look like `image`. With a category classifier trained on the active collection
-        and no category filter, candidates are re-ranked by category (see lookalike_gateway.ranking);
-        `category_boost` None = the configured default, 0 = plain similarity order."""
+                        deadline: Deadline, category_boost: float | None = None, crop=None,
+                        min_score: float | None = None) -> ImageSearch:
+        """Products that look like `image` (or its region `crop`), each once at its best-matching image.
+        With a category classifier trained on the active collection and no category filter, candidates are
+        re-ranked by category (see lookalike_gateway.ranking); `category_boost` None = the configured
+        default, 0 = plain similarity order. Results scoring below `min_score` are dropped."""
         if len(image) > self.settings.max_upload_bytes:
             self.check_image(image)  # raises the size error before hashing a huge body
         top_k = validate_top_k(top_k, self.settings.default_top_k)
         validate_filter(flt)
         boost = validate_category_boost(category_boost, self.settings.category_boost)
+        region = validate_crop(crop)
+        min_score = validate_min_score(min_score)
         if not image:
             raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "image is empty")
         target = self.catalogue.active()  # one snapshot: embed with the model of the collection searched
-        vector, cache_hit = self.query_embedding(image, deadline, target)
+        vector, cache_hit = self.query_embedding(image, deadline, target, region)
+        weak = self.settings.weak_match_score
         classifier = self.classifier
         head = (classifier.category_head(target.model_id, vector.shape[0])
                 if classifier is not None and boost > 0 and not flt.category else None)
@@ -294,18 +335,20 @@ class Gateway:
             deadline)  # the cache keeps the raw embedding; an adapted collection searches its projection
         results = list(response.results)
         if head is None:
-            return ImageSearch(results, cache_hit, 0.0)
+            return ImageSearch(above(results, min_score), cache_hit, 0.0, weak)
         ranked = ranking.rerank_by_category(results, head.probabilities(vector), head.labels, boost)
-        return ImageSearch(ranked[:top_k], cache_hit, boost)
+        return ImageSearch(above(ranked[:top_k], min_score), cache_hit, boost, weak)
 
     def search_similar(self, product_id: str, top_k: int | None, flt: types_pb2.Filter,
-                       deadline: Deadline) -> list[types_pb2.SearchResult]:
+                       deadline: Deadline, min_score: float | None = None) -> list[types_pb2.SearchResult]:
+        """"More like this": products nearest to any of the product's images."""
         validate_product_id(product_id)
         top_k = validate_top_k(top_k, self.settings.default_top_k)
         validate_filter(flt)
+        min_score = validate_min_score(min_score)
         response = self._call_search("SearchById", search_pb2.SearchByIdRequest(
             product_id=product_id, top_k=top_k, filter=flt), deadline)
-        return list(response.results)
+        return above(list(response.results), min_score)
 
     def get_product(self, product_id: str, deadline: Deadline) -> types_pb2.Product:
         validate_product_id(product_id)
@@ -324,19 +367,17 @@ class Gateway:
                                          deadline)
         return response.deleted
 
-    def image_of(self, product_id: str, deadline: Deadline) -> bytes:
-        """The stored original image of a product (NOT_FOUND when either is missing)."""
+    def image_of(self, product_id: str, deadline: Deadline, index: int = 0) -> bytes:
+        """The stored original of a product's image `index` (0 = main; NOT_FOUND when either is missing)."""
         product = self.get_product(product_id, deadline)
-        data = self.images.get(product.image_sha256) if product.image_sha256 else None
+        hashes = list(product.image_sha256s) or ([product.image_sha256] if product.image_sha256 else [])
+        if index < 0 or index >= len(hashes):
+            raise not_found("image", f"{product_id}/{index}", f"product {product_id!r} has no image {index} "
+                                                             f"(it has {len(hashes)}: 0..{len(hashes) - 1})")
+        data = self.images.get(hashes[index]) if hashes[index] else None
         if data is None:
-            raise not_found("image", product_id, f"no stored image for product {product_id!r}")
+            raise not_found("image", product_id, f"no stored image {index} for product {product_id!r}")
         return data
-
-    def upsert_products(self, items: Iterable[tuple[types_pb2.Product, bytes]],
-                        deadline_for_batch: Callable[[], Deadline]) -> Iterator[tuple[str, ApiError | None]]:
-        """Indexes products; yields (product_id, ApiError or None) per item, in order (see `ingest`)."""
-        for result in self.ingestor.run(items, deadline_for_batch):
-            yield result.product_id, result.error
 
     def ingest(self, items: Iterable[IngestItem | tuple], deadline_for_batch: Callable[[], Deadline],
                cancelled: Callable[[], bool] | None = None) -> Iterator[IngestResult]:

@@ -57,6 +57,10 @@ def _top_k(request) -> int | None:
     return request.top_k if request.HasField("top_k") else None
 
 
+def _min_score(request) -> float | None:
+    return request.min_score if request.HasField("min_score") else None
+
+
 class GatewayServicer:
     """What every gateway gRPC servicer shares: auth, drain refusal and the caller's deadline (see `_unary`)."""
 
@@ -82,13 +86,17 @@ class LookalikeServicer(GatewayServicer, lookalike_pb2_grpc.LookalikeServicer):
     @_unary
     def SearchByImage(self, request, context, deadline):
         boost = request.category_boost if request.HasField("category_boost") else None
-        found = self.gateway.search_by_image(request.image, _top_k(request), request.filter, deadline, boost)
+        found = self.gateway.search_by_image(request.image, _top_k(request), request.filter, deadline, boost,
+                                             crop=request.crop if request.HasField("crop") else None,
+                                             min_score=_min_score(request))
         return lookalike_pb2.SearchByImageResponse(results=found.results, cache_hit=found.cache_hit,
-                                                   category_boost=found.category_boost)
+                                                   category_boost=found.category_boost,
+                                                   weak_match_score=found.weak_match_score)
 
     @_unary
     def SearchSimilar(self, request, context, deadline):
-        results = self.gateway.search_similar(request.product_id, _top_k(request), request.filter, deadline)
+        results = self.gateway.search_similar(request.product_id, _top_k(request), request.filter, deadline,
+                                              min_score=_min_score(request))
         return lookalike_pb2.SearchSimilarResponse(results=results)
 
     @_unary
@@ -111,7 +119,8 @@ class LookalikeServicer(GatewayServicer, lookalike_pb2_grpc.LookalikeServicer):
             metrics.REQUESTS.labels(api="grpc", method="UpsertProducts", status=exc.code.name).inc()
             abort(context, exc)
         batch_timeout = self.gateway.settings.ingest_batch_timeout_s
-        items = (IngestItem(request.product, request.image, request.skip_duplicates) for request in request_iterator)
+        items = (IngestItem(request.product, request.image, request.skip_duplicates, list(request.more_images))
+                 for request in request_iterator)
         try:
             for result in self.gateway.ingest(items, lambda: Deadline(batch_timeout),
                                               cancelled=lambda: not context.is_active()):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import grpc
 from fastapi import Depends, FastAPI, Request, UploadFile
+from fastapi._compat import field_annotation_is_sequence
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -82,12 +83,15 @@ def install(app: FastAPI) -> None:
 
 async def _declared_form_fields_only(request: Request) -> None:
     """Refuses multipart fields the route does not declare (the spec says additionalProperties: false:
-    a misspelt field is an error, not silently ignored) and fields given twice (which one counts?)."""
+    a misspelt field is an error, not silently ignored) and fields given twice (which one counts?), unless
+    the route declares a list (PUT /v1/products/{id}: one `image` per photo)."""
     route = request.scope.get("route")
-    declared = {field.alias for field in getattr(getattr(route, "dependant", None), "body_params", ())}
+    fields = getattr(getattr(route, "dependant", None), "body_params", ())
+    declared = {field.alias for field in fields}
+    lists = {field.alias for field in fields if field_annotation_is_sequence(field.field_info.annotation)}
     form = await request.form()
     names = [name for name, _ in form.multi_items()]
-    repeated = sorted({name for name in names if names.count(name) > 1} & declared)
+    repeated = sorted({name for name in names if names.count(name) > 1} & (declared - lists))
     if repeated:
         message = f"form field(s) {', '.join(map(repr, repeated))} given more than once"
         raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, message,

@@ -3,27 +3,26 @@
 For each micro-batch of products (one gRPC UpsertProducts stream, a REST PUT, or a reindex pass):
 
   1. prepare (batches run concurrently, so the embedder always has work queued):
-     validate each item and hash its image; read the stored points of the batch's ids from the target
-     collection; an item whose image hash AND metadata equal what is stored is UNCHANGED (neither
-     embedded nor written); a metadata-only change reuses the stored vector; everything else is
-     decoded, looked up in the embedding cache and, on a miss, embedded (one concurrent burst per
-     batch, which TorchServe batches).
+     validate each item and hash its images (a product has 1..max_images_per_product, the first the main
+     one); read the stored products of the batch's ids from the target collection; an item whose image
+     hashes (in order) AND metadata equal what is stored is UNCHANGED (neither embedded nor written);
+     every image already stored for the product reuses its stored vector (a metadata-only change embeds
+     nothing); every other image is looked up in the embedding cache and, on a miss, embedded (one
+     concurrent burst per batch, which TorchServe batches).
   2. commit (strictly in batch order, so each batch sees everything stored before it): duplicate
-     detection (same SHA-256 as another product, or an embedding within `duplicate_max_distance` of
-     another product's: the nearest stored neighbours, plus earlier items of the same stream), then the
-     original images go to the ImageStore and the points to the search service; the acknowledgements
-     follow only once the search service stored them durably.
+     detection per new image (lookalike_gateway.duplicates), then the original images go to the
+     ImageStore and the products to the search service (which replaces each product's image set); the
+     acknowledgements follow only once the search service stored them durably.
 
-A failure of one item (bad image, bad id, embedder error for that image) fails that item alone; a
+A failure of one item (bad image, bad id, embedder error for one of its images) fails that item alone; a
 failure of the search service fails the batch's items that were to be written.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
-import queue
 import threading
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -34,10 +33,14 @@ import numpy as np
 
 from lookalike import images, request_id, vectors
 from lookalike.torchserve import EmbedderImageError
-from lookalike.v1 import lookalike_pb2, search_pb2, types_pb2
+from lookalike.v1 import search_pb2, types_pb2
 
 from . import metrics
 from .cache import image_digest
+from .duplicates import Stream, find_duplicates
+from .ingest_types import (CREATED, FAILED, SKIPPED, UNCHANGED, UPDATED, IngestItem, IngestResult,  # noqa: F401
+                           Outcome, same_metadata)
+from .microbatch import batches
 
 if TYPE_CHECKING:
     from .catalogue import Target
@@ -45,79 +48,46 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Outcome = lookalike_pb2.UpsertProductsResponse.Outcome
-CREATED, UPDATED, UNCHANGED, FAILED, SKIPPED = (Outcome.Value(n) for n in (
-    "CREATED", "UPDATED", "UNCHANGED", "FAILED", "SKIPPED_DUPLICATE"))
 BATCHES_IN_FLIGHT = 3
 # Embedding bursts queued at TorchServe at once: the next burst is there when the current one ends, so the
 # worker never waits for the gateway between batches (and always finds full batches of 16).
 BURSTS_IN_FLIGHT = 2
-EMBED_BUDGET_PER_IMAGE_S = 1.0  # an embedding burst's deadline: at least this per image (a hung embedder)  # prepared concurrently (embedding overlaps the previous batch's commit)
-SEEN_DIGESTS_MAX = 200_000  # per stream: exact duplicates among earlier items of the same stream
-PREDICTED, PROBABILITY = "_predicted", "_probability"  # attribute suffixes of predicted fields
-DUPLICATE_CANDIDATES = 3  # nearest stored neighbours looked at (the product itself may be one)
-
-
-@dataclass
-class IngestItem:
-    product: types_pb2.Product
-    image: bytes
-    skip_duplicates: bool = False
-
-
-@dataclass
-class IngestResult:
-    """The acknowledgement of one item."""
-    product_id: str
-    outcome: int
-    error: ApiError | None = None
-    duplicate_of: str = ""
-    exact_duplicate: bool = False
-    duplicate_similarity: float = 0.0
-    embedded: bool = False  # a new embedding was computed for it (not reused, not from the cache)
-
-    @property
-    def ok(self) -> bool:
-        return self.outcome != FAILED
-
-    def to_proto(self) -> lookalike_pb2.UpsertProductsResponse:
-        return lookalike_pb2.UpsertProductsResponse(
-            product_id=self.product_id, ok=self.ok, error=self.error.message if self.error else "",
-            outcome=self.outcome, duplicate_of=self.duplicate_of, exact_duplicate=self.exact_duplicate,
-            duplicate_similarity=self.duplicate_similarity)
-
-
-def same_metadata(stored: types_pb2.Product, incoming: types_pb2.Product) -> bool:
-    """Title, category, price and attributes equal (the id and image hash are compared elsewhere).
-
-    A category the gateway predicted for a product sent without one (attributes `category_predicted`
-    = "true" and `category_probability`) counts as the empty category it was sent with."""
-    category, attributes = stored.category, dict(stored.attributes)
-    if not incoming.category and attributes.get("category" + PREDICTED) == "true":
-        category = ""
-        attributes.pop("category" + PREDICTED, None)
-        attributes.pop("category" + PROBABILITY, None)
-    if stored.title != incoming.title or category != incoming.category or attributes != dict(incoming.attributes):
-        return False
-    if stored.HasField("price") != incoming.HasField("price"):
-        return False
-    return not stored.HasField("price") or stored.price == incoming.price
+EMBED_BUDGET_PER_IMAGE_S = 1.0  # an embedding burst's deadline: at least this per image (a hung embedder)
 
 
 @dataclass
 class _Slot:
-    """One item of a batch on its way through prepare and commit."""
+    """One item of a batch on its way through prepare and commit; lists hold one entry per image."""
     item: IngestItem
-    digest: str = ""
-    vector: np.ndarray | None = None
+    digests: list[str] = field(default_factory=list)
+    vectors: list[np.ndarray | None] = field(default_factory=list)
+    fresh: list[bool] = field(default_factory=list)  # the image is new for this product (dedupe it)
     existed: bool = False
-    fresh_vector: bool = False  # the vector is new for this product (dedupe it); False for metadata-only
     embedded: bool = False
-    duplicate: tuple[str, bool, float] | None = None  # (product id, exact, cosine similarity)
     result: IngestResult | None = None
 
+    @property
+    def product_id(self) -> str:
+        return self.item.product.id
+
+    @property
+    def skip_duplicates(self) -> bool:
+        return self.item.skip_duplicates
+
+    @property
+    def digest(self) -> str:
+        return self.digests[0] if self.digests else ""
+
+    @property
+    def vector(self) -> np.ndarray | None:
+        return self.vectors[0] if self.vectors else None
+
     def finish(self, outcome: int, error: ApiError | None = None) -> None:
-        self.result = IngestResult(self.item.product.id, outcome, error, embedded=self.embedded)
+        self.result = IngestResult(self.item.product.id, outcome, error, embedded=self.embedded,
+                                   images=len(self.digests) if outcome in (CREATED, UPDATED, UNCHANGED) else 0)
+
+    def reset(self) -> None:
+        self.result, self.vectors, self.fresh, self.existed = None, [None] * len(self.digests), [], False
 
 
 @dataclass
@@ -156,7 +126,7 @@ class Ingestor:
         (nobody would receive their acknowledgements; the same items are UNCHANGED or new next time)."""
         target = target or self.gateway.catalogue.active
         detect = self.settings.detect_duplicates if detect_duplicates is None else detect_duplicates
-        stream = _Stream(detect, cancelled)
+        stream = Stream(detect, cancelled)
         size = batch_size or self.settings.upsert_batch_size
         committed = threading.Event()
         committed.set()
@@ -164,7 +134,7 @@ class Ingestor:
         with ThreadPoolExecutor(BATCHES_IN_FLIGHT, thread_name_prefix="ingest") as pool:
             in_flight: deque = deque()
             rid = request_id.current.get()
-            for raw in _batches((_item(i) for i in items), size, max_wait_s=0.02):
+            for raw in batches((_item(i) for i in items), size, max_wait_s=0.02):
                 if raw is not None:
                     batch = _Batch([_Slot(item) for item in raw])
                     turns = _Turns(embed_after=embedded[0], commit_after=committed)
@@ -179,7 +149,7 @@ class Ingestor:
                 yield from in_flight.popleft().result()
 
     def _process(self, batch: _Batch, turns: _Turns, new_deadline: Callable[[], Deadline],
-                 target: Callable[[], Target], stream: _Stream, rid: str | None,
+                 target: Callable[[], Target], stream: Stream, rid: str | None,
                  gated: bool) -> list[IngestResult]:
         """Prepare (concurrently with the neighbouring batches), embed (at most BURSTS_IN_FLIGHT bursts at
         TorchServe at once, in order: each gets a deadline for its own images and the burst ahead, instead of
@@ -207,7 +177,7 @@ class Ingestor:
                     if current.collection != batch.target.collection:  # the alias moved meanwhile
                         for slot in batch.slots:
                             if slot.result is None or slot.result.outcome == UNCHANGED:
-                                slot.result, slot.vector, slot.existed, slot.fresh_vector = None, None, False, False
+                                slot.reset()
                         batch.target = current
                         self._prepare(batch, new_deadline, batch.embedded, stream)
                     self._commit(batch, new_deadline(), stream)
@@ -226,68 +196,58 @@ class Ingestor:
     # ---- prepare ------------------------------------------------------------------------------------
 
     def _prepare(self, batch: _Batch, new_deadline: Callable[[], Deadline], embed_after: threading.Event,
-                 stream: _Stream) -> None:
-        from .core import ApiError, validate_product_id
+                 stream: Stream) -> None:
+        from .core import ApiError
 
         gateway, target = self.gateway, batch.target
         deadline = new_deadline()
-        pending: list[_Slot] = []
-        for slot in batch.slots:
-            if slot.result is not None:
-                continue
-            product, image = slot.item.product, slot.item.image
-            try:
-                validate_product_id(product.id)
-                if product.HasField("price") and not np.isfinite(product.price):
-                    raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "price must be a finite number")
-                if not image:
-                    raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "image is empty")
-                if len(image) > self.settings.max_upload_bytes:
-                    gateway.check_image(image)  # the size error, without hashing a huge body
-                slot.digest = image_digest(image)
-                pending.append(slot)
-            except ApiError as exc:
-                slot.finish(FAILED, exc)
+        pending = [slot for slot in batch.slots if slot.result is None and self._validate(slot)]
         if not pending:
             return
         existing = gateway._call_search("GetPoints", search_pb2.GetPointsRequest(
             product_ids=list(dict.fromkeys(s.item.product.id for s in pending)), with_vectors=True,
             collection=target.collection), deadline)
         stored = {p.product.id: p for p in existing.points}
-        to_embed: list[_Slot] = []
+        to_embed: list[tuple[_Slot, int]] = []
         for slot in pending:
             point = stored.get(slot.item.product.id)
             slot.existed = point is not None
-            if point is not None and point.product.image_sha256 == slot.digest and point.vector:
-                if same_metadata(point.product, slot.item.product):
-                    if not gateway.images.exists(slot.digest):  # keep the original for re-embedding
-                        gateway.images.put(slot.digest, slot.item.image)
-                    slot.finish(UNCHANGED)
+            # slots hold raw vectors (what the embedder and the cache give): target.project on writes
+            reusable = {d: target.raw(v) for d, v in _stored_vectors(point).items()} if point is not None else {}
+            slot.vectors = [reusable.get(d) for d in slot.digests]
+            if point is not None and list(point.product.image_sha256s) == slot.digests and all(
+                    v is not None for v in slot.vectors) and same_metadata(point.product, slot.item.product):
+                for digest, image in zip(slot.digests, slot.item.images):
+                    if not gateway.images.exists(digest):  # keep the originals for re-embedding
+                        gateway.images.put(digest, image)
+                slot.finish(UNCHANGED)
+                continue
+            slot.fresh = [v is None for v in slot.vectors]  # images already stored keep their vectors
+            jobs = []
+            for i, digest in enumerate(slot.digests):
+                if not slot.fresh[i]:
                     continue
-                # metadata-only change: same image, same vector (slots hold raw vectors: target.project on writes)
-                slot.vector = target.raw(vectors.unpack(point.vector))
-                continue
-            slot.fresh_vector = True
-            first = stream.digests.get(slot.digest) if stream.detect else None
-            if slot.item.skip_duplicates and first is not None and first != slot.item.product.id:
-                # the same image as an earlier product of this stream: skipped without an embedding
-                metrics.DUPLICATES.labels(kind="exact").inc()
-                slot.finish(SKIPPED)
-                slot.result.duplicate_of, slot.result.exact_duplicate, slot.result.duplicate_similarity = \
-                    first, True, 1.0
-                continue
-            cached = target.cache.get(slot.digest)
-            if cached is not None:
-                slot.vector = cached
-                continue
-            try:
-                # Non-images, other formats and decompression bombs stop here, from the header alone; the
-                # embedder decodes with the same rules and fails a corrupt or truncated body per item.
-                images.probe_image(slot.item.image, max_pixels=self.settings.max_image_pixels)
-            except images.ImageRejected as exc:
-                slot.finish(FAILED, ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid image: {exc}"))
-                continue
-            to_embed.append(slot)
+                first = stream.seen(digest, slot.product_id)
+                if slot.item.skip_duplicates and first is not None:
+                    # the same image as an earlier product of this stream: skipped without an embedding
+                    metrics.DUPLICATES.labels(kind="exact").inc()
+                    self._skip(slot, first, True, 1.0, i)
+                    break
+                cached = target.cache.get(digest)
+                if cached is not None:
+                    slot.vectors[i] = cached
+                    continue
+                try:
+                    # Non-images, other formats and decompression bombs stop here, from the header alone; the
+                    # embedder decodes with the same rules and fails a corrupt or truncated body per item.
+                    images.probe_image(slot.item.images[i], max_pixels=self.settings.max_image_pixels)
+                except images.ImageRejected as exc:
+                    slot.finish(FAILED, ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                                                 f"{_which(slot, i)}invalid image: {exc}"))
+                    break
+                jobs.append((slot, i))
+            if slot.result is None:
+                to_embed.extend(jobs)
         if to_embed:
             embed_after.wait()
             stream.check()
@@ -296,206 +256,169 @@ class Ingestor:
             # A burst waits in TorchServe's queue for its turn: a slow CPU needs more than a query's deadline.
             queued = len(to_embed) + (BURSTS_IN_FLIGHT - 1) * len(batch.slots)  # own + the burst ahead
             budget = max(new_deadline().remaining("embedding"), EMBED_BUDGET_PER_IMAGE_S * queued)
-            distinct: dict[str, _Slot] = {}  # one embedding per distinct image of the batch
-            for slot in to_embed:
-                distinct.setdefault(slot.digest, slot)
-            self._embed(list(distinct.values()), target, Deadline(budget))
-            for slot in to_embed:
-                first = distinct[slot.digest]
-                if slot is first:
+            distinct: dict[str, tuple[_Slot, int]] = {}  # one embedding per distinct image of the batch
+            for slot, i in to_embed:
+                distinct.setdefault(slot.digests[i], (slot, i))
+            vectors_by_digest = self._embed(list(distinct.values()), target, Deadline(budget))
+            for slot, i in to_embed:
+                if slot.result is not None:
                     continue
-                if first.result is not None:  # its embedding failed: so does this one's
-                    slot.finish(first.result.outcome, first.result.error)
+                found = vectors_by_digest.get(slot.digests[i])
+                if isinstance(found, Exception):  # its embedding failed: so does the product
+                    slot.finish(FAILED, _prefixed(found, _which(slot, i)))
                 else:
-                    slot.vector = first.vector
+                    slot.vectors[i] = found
+                    slot.embedded = slot.embedded or distinct[slot.digests[i]][0] is slot
 
-    def _embed(self, slots: list[_Slot], target: Target, deadline: Deadline) -> None:
-        """One concurrent burst for the batch (TorchServe batches it); UNAVAILABLE items are retried
-        with backoff inside the deadline, per-image errors fail their item only."""
+    def _validate(self, slot: _Slot) -> bool:
+        """Checks the item's id, price and images and hashes them; fails the slot and returns False if bad."""
+        from .core import ApiError, validate_product_id
+
+        product, all_images = slot.item.product, slot.item.images
+        try:
+            validate_product_id(product.id)
+            if product.HasField("price") and not np.isfinite(product.price):
+                raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "price must be a finite number")
+            if len(all_images) > self.settings.max_images_per_product:
+                raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"{len(all_images)} images; at most {self.settings.max_images_per_product} per "
+                               "product (LOOKALIKE_GATEWAY_MAX_IMAGES_PER_PRODUCT)")
+            total = sum(len(image) for image in all_images)
+            if total > self.settings.max_product_bytes:
+                raise ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               f"the product's images are {total} bytes together, above the limit of "
+                               f"{self.settings.max_product_bytes}", http_status=413)
+            for i, image in enumerate(all_images):
+                if not image:
+                    raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"{_which(slot, i)}image is empty")
+                if len(image) > self.settings.max_upload_bytes:
+                    try:
+                        self.gateway.check_image(image)  # the size error, without hashing a huge body
+                    except ApiError as exc:
+                        raise _prefixed(exc, _which(slot, i)) from None
+            slot.digests = [image_digest(image) for image in all_images]
+            slot.vectors = [None] * len(slot.digests)
+            return True
+        except ApiError as exc:
+            slot.finish(FAILED, exc)
+            return False
+
+    @staticmethod
+    def _skip(slot: _Slot, other: str, exact: bool, similarity: float, image: int) -> None:
+        slot.finish(SKIPPED)
+        result = slot.result
+        result.duplicate_of, result.exact_duplicate, result.duplicate_similarity = other, exact, similarity
+        result.duplicate_image = image
+
+    def _embed(self, jobs: list[tuple[_Slot, int]], target: Target, deadline: Deadline) -> dict:
+        """One concurrent burst for the batch's images (TorchServe batches it): digest -> vector, or the
+        ApiError of that image. UNAVAILABLE images are retried with backoff inside the deadline."""
         import time
 
         from .core import EMBEDDER_NAME, RETRY_BACKOFF_MAX_S, RETRY_BACKOFF_S, ApiError
 
         gateway = self.gateway
         backoff = RETRY_BACKOFF_S
-        todo = slots
+        out: dict[str, np.ndarray | Exception] = {}
+        todo = jobs
         while todo:
             metrics.EMBEDDER_BATCH_SIZE.observe(len(todo))  # one burst (in flight: EMBEDDER_QUEUE_DEPTH)
-            results = target.embedder.embed_many([s.item.image for s in todo],
+            results = target.embedder.embed_many([slot.item.images[i] for slot, i in todo],
                                                  timeout=deadline.remaining("calling the embedder"))
             retry = []
-            for slot, result in zip(todo, results):
+            for (slot, i), result in zip(todo, results):
+                digest = slot.digests[i]
                 if isinstance(result, EmbedderImageError):
                     metrics.EMBEDDER_CALLS.labels(outcome="bad_image").inc()
-                    slot.finish(FAILED, ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid image: {result}"))
+                    out[digest] = ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid image: {result}")
                 elif isinstance(result, grpc.RpcError):
                     metrics.EMBEDDER_CALLS.labels(outcome=result.code().name.lower()).inc()
                     if result.code() == grpc.StatusCode.UNAVAILABLE:
-                        retry.append(slot)
-                    slot.finish(FAILED, gateway._dependency_error(EMBEDDER_NAME, result))
+                        retry.append((slot, i))
+                    out[digest] = gateway._dependency_error(EMBEDDER_NAME, result)
                 elif isinstance(result, Exception):
                     metrics.EMBEDDER_CALLS.labels(outcome="error").inc()
-                    slot.finish(FAILED, ApiError(grpc.StatusCode.UNAVAILABLE, f"{EMBEDDER_NAME} failed: {result}"))
+                    out[digest] = ApiError(grpc.StatusCode.UNAVAILABLE, f"{EMBEDDER_NAME} failed: {result}")
                 else:
                     metrics.EMBEDDER_CALLS.labels(outcome="ok").inc()
-                    slot.vector, slot.embedded = result, True
-                    target.cache.put(slot.digest, result)
+                    out[digest] = result
+                    target.cache.put(digest, result)
             if not retry or deadline.expires - time.monotonic() < backoff + 0.05:
-                return
+                return out
             time.sleep(backoff)
             backoff = min(backoff * 2, RETRY_BACKOFF_MAX_S)
-            for slot in retry:
-                slot.result = None
             todo = retry
+        return out
 
     # ---- commit -------------------------------------------------------------------------------------
 
-    def _commit(self, batch: _Batch, deadline: Deadline, stream: _Stream) -> None:
+    def _commit(self, batch: _Batch, deadline: Deadline, stream: Stream) -> None:
         gateway, target = self.gateway, batch.target
-        writes = [s for s in batch.slots if s.result is None and s.vector is not None]
+        writes = [s for s in batch.slots if s.result is None and s.vectors and all(v is not None for v in s.vectors)]
+        duplicates = {}
         if stream.detect:
-            self._find_duplicates(writes, target, deadline, stream)
+            duplicates = find_duplicates(gateway, writes, target.collection, deadline, stream,
+                                         self.settings.duplicate_max_distance, target.project)
         points, written = [], []
-        for slot in writes:
-            if slot.result is not None:  # skipped as a duplicate
+        for n, slot in enumerate(writes):
+            duplicate = duplicates.get(n)
+            if duplicate is not None and slot.item.skip_duplicates:
+                self._skip(slot, duplicate.product_id, duplicate.exact, duplicate.similarity, duplicate.image)
+                for digest in slot.digests:
+                    stream.digests.setdefault(digest, duplicate.product_id)
                 continue
             product = types_pb2.Product()
             product.CopyFrom(slot.item.product)
-            product.image_sha256 = slot.digest
+            product.image_sha256 = slot.digests[0]
+            product.ClearField("image_sha256s")
+            product.image_sha256s.extend(slot.digests)
             classifier = gateway.classifier
             if classifier is not None:  # a category predicted for products sent without one
-                classifier.annotate(product, slot.vector)
-            gateway.images.put(slot.digest, slot.item.image)
-            points.append(search_pb2.Point(product=product, vector=vectors.pack(target.project(slot.vector))))
-            written.append(slot)
+                classifier.annotate(product, slot.vectors[0])
+            for digest, image in zip(slot.digests, slot.item.images):
+                gateway.images.put(digest, image)
+            points.append(search_pb2.Point(product=product, vector=vectors.pack(target.project(slot.vectors[0])),
+                                           more_vectors=[vectors.pack(target.project(v)) for v in slot.vectors[1:]]))
+            written.append((slot, duplicate))
         if points:
             gateway._call_search("UpsertPoints", search_pb2.UpsertPointsRequest(
                 points=points, collection=target.collection), deadline)
             metrics.UPSERTED.inc(len(points))
-        for slot in written:
+        for slot, duplicate in written:
             slot.finish(UPDATED if slot.existed else CREATED)
-            if slot.duplicate is not None:
+            if duplicate is not None:
                 result = slot.result
-                result.duplicate_of, result.exact_duplicate, result.duplicate_similarity = slot.duplicate
+                result.duplicate_of, result.exact_duplicate, result.duplicate_similarity = duplicate[:3]
+                result.duplicate_image = duplicate.image
+            stream.remember(slot.product_id, slot.digests)
         for slot in batch.slots:
             if slot.result is None:  # no vector (should not happen): say so rather than ack silently
                 from .core import ApiError
 
                 slot.finish(FAILED, ApiError(grpc.StatusCode.INTERNAL, "no embedding was computed"))
-        for slot in writes:
-            if slot.result.outcome in (CREATED, UPDATED, SKIPPED):
-                stream.remember(slot)
-
-    def _find_duplicates(self, slots: list[_Slot], target: Target, deadline: Deadline, stream: _Stream) -> None:
-        """Sets slot.duplicate = (product id, exact, similarity) for fresh vectors that duplicate another
-        product; marks SKIPPED those whose item asked to skip duplicates."""
-        max_distance = self.settings.duplicate_max_distance
-        fresh = [slot for slot in slots if slot.fresh_vector]
-        stored_neighbours = {}  # id(slot) -> its nearest stored points: one search call for the whole batch
-        if fresh:
-            response = self.gateway._call_search("SearchByVectors", search_pb2.SearchByVectorsRequest(
-                vectors=[vectors.pack(target.project(slot.vector)) for slot in fresh], top_k=DUPLICATE_CANDIDATES,
-                collection=target.collection), deadline)
-            stored_neighbours = {id(slot): search.results for slot, search in zip(fresh, response.searches)}
-        earlier: list[_Slot] = []
-        for slot in slots:
-            slot.duplicate = None
-            if not slot.fresh_vector:
-                continue
-            pid = slot.item.product.id
-            found: tuple[str, bool, float] | None = None
-            seen = stream.digests.get(slot.digest)
-            if seen is not None and seen != pid:
-                found = (seen, True, 1.0)
-            if found is None:
-                for hit in stored_neighbours.get(id(slot), ()):
-                    if hit.product.id == pid:
-                        continue
-                    exact = hit.product.image_sha256 == slot.digest
-                    if exact or 1.0 - hit.score <= max_distance:
-                        found = (hit.product.id, exact, float(hit.score))
-                    break
-            if found is None and earlier:  # items of this batch are not stored yet
-                others = [o for o in earlier if o.item.product.id != pid]
-                if others:
-                    sims = np.stack([o.vector for o in others]) @ slot.vector
-                    best = int(np.argmax(sims))
-                    exact = others[best].digest == slot.digest
-                    if exact or 1.0 - float(sims[best]) <= max_distance:
-                        found = (others[best].item.product.id, exact, min(1.0, float(sims[best])))
-            slot.duplicate = found
-            if found is not None:
-                metrics.DUPLICATES.labels(kind="exact" if found[1] else "near").inc()
-                if slot.item.skip_duplicates:
-                    slot.finish(SKIPPED)
-                    slot.result.duplicate_of, slot.result.exact_duplicate, slot.result.duplicate_similarity = found
-                    stream.digests.setdefault(slot.digest, found[0])
-                    continue
-            earlier.append(slot)
 
 
-class _Stream:
-    """What one ingest stream remembers across its batches."""
-
-    def __init__(self, detect: bool, cancelled: Callable[[], bool] | None = None):
-        self.detect = detect
-        self.cancelled = cancelled
-        self.digests: OrderedDict[str, str] = OrderedDict()  # image hash -> first product id with it
-
-    def check(self) -> None:
-        from .core import ApiError
-
-        if self.cancelled is not None and self.cancelled():
-            raise ApiError(grpc.StatusCode.CANCELLED, "the client cancelled the stream before this was stored")
-
-    def remember(self, slot: _Slot) -> None:
-        if not self.detect or not slot.digest:
-            return
-        if slot.digest not in self.digests:
-            self.digests[slot.digest] = slot.item.product.id
-            if len(self.digests) > SEEN_DIGESTS_MAX:
-                self.digests.popitem(last=False)
+def _stored_vectors(point: search_pb2.Point) -> dict[str, np.ndarray]:
+    """image hash -> stored vector of a stored product (empty when its vectors do not line up with its hashes,
+    e.g. an image lost mid-upsert: then every image is embedded again)."""
+    raw = [point.vector, *point.more_vectors] if point.vector else []
+    hashes = list(point.product.image_sha256s) or ([point.product.image_sha256] if point.product.image_sha256 else [])
+    if not raw or len(raw) != len(hashes):
+        return {}
+    return {digest: vectors.unpack(v) for digest, v in zip(hashes, raw)}
 
 
-def _batches(items: Iterable, size: int, max_wait_s: float, idle_s: float = 0.05) -> Iterator[list | None]:
-    """Groups a (possibly slow, blocking) stream into batches of at most `size`, without holding an item
-    longer than `max_wait_s` once the stream pauses; yields None every `idle_s` while nothing arrives."""
-    q: queue.Queue = queue.Queue(maxsize=size * 2)  # bounded: a fast client waits (gRPC flow control)
-    done = object()
-    failure: list[BaseException] = []
+def _which(slot: _Slot, index: int) -> str:
+    """A message prefix naming the image, for products with several."""
+    return f"image {index}: " if len(slot.item.more_images) else ""
 
-    def read():
-        try:
-            for item in items:
-                q.put(item)
-        except BaseException as exc:  # the client went away: end the stream, report after the items read
-            failure.append(exc)
-        finally:
-            q.put(done)
 
-    threading.Thread(target=read, daemon=True, name="ingest-reader").start()
-    finished = False
-    while not finished:
-        try:
-            first = q.get(timeout=idle_s)
-        except queue.Empty:
-            yield None
-            continue
-        if first is done:
-            break
-        batch = [first]
-        while len(batch) < size:
-            try:
-                item = q.get(timeout=max_wait_s)
-            except queue.Empty:
-                break
-            if item is done:
-                finished = True
-                break
-            batch.append(item)
-        yield batch
-    if failure and not isinstance(failure[0], grpc.RpcError):
-        raise failure[0]
+def _prefixed(exc, prefix: str):
+    from .core import ApiError
+
+    if not prefix:
+        return exc
+    return ApiError(exc.code, prefix + exc.message, http_status=exc.http_status, retry_after_s=exc.retry_after_s)
 
 
 def _item(raw) -> IngestItem:

@@ -28,6 +28,7 @@ from . import api_models as m
 from .auth import HTTP_HEADER, ApiKeyCheck, bearer_token
 from .core import ApiError, Deadline, Gateway, bad_argument, not_found
 from .http_errors import api_error_response, error_response
+from .ingest import IngestItem, Outcome
 
 log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
@@ -41,8 +42,13 @@ PAGE_HEADERS = {
 }
 
 
-def product_json(product: types_pb2.Product) -> dict:
-    return {
+def image_url(product_id: str, index: int = 0) -> str:
+    return f"/v1/products/{quote(product_id, safe='')}/images/{index}"
+
+
+def product_json(product: types_pb2.Product, with_images: bool = True) -> dict:
+    """`with_images`: list every photo (GetProduct); a search hit does not know them all."""
+    body = {
         "id": product.id,
         "title": product.title,
         "category": product.category,
@@ -50,10 +56,16 @@ def product_json(product: types_pb2.Product) -> dict:
         "attributes": dict(product.attributes),
         "image_url": f"/v1/products/{quote(product.id, safe='')}/image" if product.image_sha256 else None,
     }
+    if with_images:
+        hashes = list(product.image_sha256s) or ([product.image_sha256] if product.image_sha256 else [])
+        body["images"] = [{"index": i, "sha256": h, "url": image_url(product.id, i)} for i, h in enumerate(hashes)]
+    return body
 
 
 def result_json(result: types_pb2.SearchResult) -> dict:
-    return {**product_json(result.product), "score": round(float(result.score), 6)}
+    return {**product_json(result.product, with_images=False), "score": round(float(result.score), 6),
+            "matched_image": result.matched_image,
+            "matched_image_url": image_url(result.product.id, result.matched_image)}
 
 
 class Guard:
@@ -103,11 +115,12 @@ class Guard:
             length = int(headers.get("content-length") or 0)
         except ValueError:
             length = 0
-        # Multipart framing adds a little; anything far above the image limit is refused unread.
-        if length > self.settings.max_upload_bytes + limits.MULTIPART_SLACK_BYTES:
+        # Multipart framing adds a little; anything far above the image limit (a product's photos: PUT) is
+        # refused unread.
+        limit = self.settings.max_product_bytes if method == "PUT" else self.settings.max_upload_bytes
+        if length > limit + limits.MULTIPART_SLACK_BYTES:
             return error_response(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                  f"request body of {length} bytes is above the limit of "
-                                  f"{self.settings.max_upload_bytes} bytes", http=413)
+                                  f"request body of {length} bytes is above the limit of {limit} bytes", http=413)
         if route.startswith("/v1/") and self.draining is not None and self.draining.is_set():
             response = error_response(grpc.StatusCode.UNAVAILABLE, "the gateway is shutting down; retry elsewhere")
             response.headers["Connection"] = "close"
@@ -155,6 +168,7 @@ def create_app(gateway: Gateway, auth: ApiKeyCheck, readiness, draining: threadi
     TopK = Annotated[int | None, Query(ge=1, le=limits.MAX_TOP_K,
                                        description=f"results (default {settings.default_top_k})")]
     Price = Annotated[float | None, Query(allow_inf_nan=False)]
+    MinScore = Annotated[float | None, Form(ge=-1, le=1, allow_inf_nan=False, description=m.MIN_SCORE_DOC)]
 
     @app.get("/healthz", tags=["ops"], response_model=m.Health,
              responses={503: {"model": m.Health, "description": "not ready: a dependency is down"}})
@@ -188,37 +202,58 @@ def create_app(gateway: Gateway, auth: ApiKeyCheck, readiness, draining: threadi
                      category_boost: Annotated[float | None, Form(
                          ge=0, le=limits.MAX_CATEGORY_BOOST,
                          description=f"weight of P(category | photo) in the order (default {settings.category_boost:g}; "
-                                     "0 = plain similarity)")] = None):
-        """Products that look like the uploaded photo (multipart field `image`). With a category
-        classifier trained, results are ordered by score + category_boost * P(category | photo)
-        (default 0.2; 0 = plain similarity order)."""
+                                     "0 = plain similarity)")] = None,
+                     crop: Annotated[str | None, Form(description=m.CROP_DOC, examples=["0.25,0.1,0.5,0.6"])] = None,
+                     min_score: MinScore = None):
+        """Products that look like the uploaded photo (multipart field `image`), or a region of it (`crop`),
+        each once at its best-matching photo (`matched_image`). With a category classifier trained, results
+        are ordered by score + category_boost * P(category | photo) (default 0.2; 0 = plain similarity
+        order). `weak_match_score`: below it even the best result is usually not the same kind of product."""
         data = await read_image(image)
         started = time.perf_counter()
         found = await run_in_threadpool(
-            gateway.search_by_image, data, top_k, make_filter(category, min_price, max_price), deadline(),
-            category_boost)
+            lambda: gateway.search_by_image(data, top_k, make_filter(category, min_price, max_price), deadline(),
+                                            category_boost, crop=crop, min_score=min_score))
         return {"results": [result_json(r) for r in found.results], "cache_hit": found.cache_hit,
-                "category_boost": found.category_boost, "took_ms": round((time.perf_counter() - started) * 1000, 2)}
+                "category_boost": found.category_boost, "weak_match_score": found.weak_match_score,
+                "took_ms": round((time.perf_counter() - started) * 1000, 2)}
 
     @app.get("/v1/products/{product_id:path}/similar", tags=["search"], response_model=m.SimilarResponse,
              responses=m.errors(400, 404, 504))
     def similar(product_id: ProductId, top_k: TopK = None, category: str | None = None,
-                min_price: Price = None, max_price: Price = None):
-        """"More like this": products that look like an indexed product."""
-        results = gateway.search_similar(product_id, top_k, make_filter(category, min_price, max_price), deadline())
+                min_price: Price = None, max_price: Price = None,
+                min_score: Annotated[float | None, Query(ge=-1, le=1, allow_inf_nan=False,
+                                                         description=m.MIN_SCORE_DOC)] = None):
+        """"More like this": products that look like an indexed product (by any of its photos)."""
+        results = gateway.search_similar(product_id, top_k, make_filter(category, min_price, max_price), deadline(),
+                                         min_score=min_score)
         return {"results": [result_json(r) for r in results]}
 
-    @app.get("/v1/products/{product_id:path}/image", tags=["products"], response_class=Response,
-             responses={200: {"content": {"image/*": {"schema": {"type": "string", "format": "binary"}}},
-                              "description": "the stored original image"}, **m.errors(400, 404, 504)})
-    def product_image(product_id: ProductId):
-        """The product's stored original image."""
-        data = gateway.image_of(product_id, deadline())
+    def image_response(data: bytes) -> Response:
         fmt = images.sniff_format(data) or "octet-stream"
         media = "application/octet-stream" if fmt == "octet-stream" else f"image/{fmt.lower()}"
         return Response(data, media_type=media, headers={"Cache-Control": "public, max-age=86400",
                                                          "X-Content-Type-Options": "nosniff"})
 
+    image_answer = {200: {"content": {"image/*": {"schema": {"type": "string", "format": "binary"}}},
+                          "description": "the stored original photo"}, **m.errors(400, 404, 504)}
+
+    @app.get("/v1/products/{product_id:path}/image", tags=["products"], response_class=Response,
+             responses=image_answer)
+    def product_image(product_id: ProductId):
+        """The product's stored original main photo."""
+        return image_response(gateway.image_of(product_id, deadline()))
+
+    @app.get("/v1/products/{product_id:path}/images/{index}", tags=["products"], response_class=Response,
+             responses=image_answer)
+    def product_image_n(product_id: ProductId,
+                        index: Annotated[int, PathParam(ge=0, le=limits.MAX_IMAGES_PER_PRODUCT - 1,
+                                                        description="0 = the main photo")]):
+        """The product's stored original photo `index` (404 past its last photo)."""
+        return image_response(gateway.image_of(product_id, deadline(), index))
+
+    @app.api_route("/v1/products/{product_id:path}/images/{index}", methods=["PUT", "POST", "DELETE", "PATCH"],
+                   name=http_errors.METHOD_NOT_ALLOWED, include_in_schema=False)
     @app.api_route("/v1/products/{product_id:path}/image", methods=["PUT", "POST", "DELETE", "PATCH"],
                    name=http_errors.METHOD_NOT_ALLOWED, include_in_schema=False)
     @app.api_route("/v1/products/{product_id:path}/similar", methods=["PUT", "POST", "DELETE", "PATCH"],
@@ -230,7 +265,10 @@ def create_app(gateway: Gateway, auth: ApiKeyCheck, readiness, draining: threadi
 
     @app.put("/v1/products/{product_id:path}", tags=["products"], response_model=m.PutProductResponse,
              responses=m.errors(400, 413, 415, 504), dependencies=[http_errors.DECLARED_FORM_FIELDS_ONLY])
-    async def put_product(product_id: ProductId, image: Annotated[UploadFile, File(description=image_doc)],
+    async def put_product(product_id: ProductId, image: Annotated[list[UploadFile], File(description=(
+                              f"{image_doc}; repeat the field for several photos of the product (at most "
+                              f"{settings.max_images_per_product}, together at most {settings.max_product_bytes} "
+                              "bytes), the main one first: they replace the product's stored photos"))],
                           title: Annotated[str, Form()] = "", category: Annotated[str, Form()] = "",
                           price: Annotated[float | None, Form(allow_inf_nan=False)] = None,
                           attributes: Annotated[str, Form(
@@ -238,8 +276,8 @@ def create_app(gateway: Gateway, auth: ApiKeyCheck, readiness, draining: threadi
                               # a JSON-encoded part: OpenAPI's multipart form of an object property
                               json_schema_extra={"type": "object", "additionalProperties": {"type": "string"}})]
                           = "{}"):
-        """Indexes (or updates) one product: multipart `image` plus metadata fields; answers once it is
-        stored durably."""
+        """Indexes (or updates) one product: multipart `image` (one or several photos) plus metadata fields;
+        answers once it is stored durably."""
         try:
             attrs = json.loads(attributes or "{}")
             if not isinstance(attrs, dict) or not all(isinstance(v, str) for v in attrs.values()):
@@ -250,15 +288,14 @@ def create_app(gateway: Gateway, auth: ApiKeyCheck, readiness, draining: threadi
                                     attributes={str(k): str(v) for k, v in attrs.items()})
         if price is not None:
             product.price = price
-        data = await read_image(image)
+        photos = [await read_image(upload) for upload in image]
         outcome = await run_in_threadpool(
-            lambda: list(gateway.upsert_products([(product, data)], deadline)))
-        _, error = outcome[0]
-        if error is not None:
-            raise error
-        return {"id": product_id, "ok": True}
+            lambda: list(gateway.ingest([IngestItem(product, photos[0], more_images=photos[1:])], deadline)))
+        if outcome[0].error is not None:
+            raise outcome[0].error
+        return {"id": product_id, "ok": True, "outcome": Outcome.Name(outcome[0].outcome), "images": len(photos)}
 
-    @app.get("/v1/products/{product_id:path}", tags=["products"], response_model=m.Product,
+    @app.get("/v1/products/{product_id:path}", tags=["products"], response_model=m.StoredProduct,
              responses=m.errors(400, 404, 504))
     def get_product(product_id: ProductId):
         """One product's metadata."""

@@ -128,7 +128,8 @@ def main() -> None:
     gateway = build_gateway(settings)
     auth = ApiKeyCheck(settings.api_key_set, RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst))
 
-    host = ServiceHost(f"{settings.host}:{settings.grpc_port}", max_message_bytes=settings.max_upload_bytes + 65536)
+    host = ServiceHost(f"{settings.host}:{settings.grpc_port}",
+                       max_message_bytes=max(settings.max_upload_bytes, settings.max_product_bytes) + 65536)
     draining = threading.Event()
     host.add(lookalike_pb2_grpc.add_LookalikeServicer_to_server, LookalikeServicer(gateway, auth, draining),
              lookalike_pb2.DESCRIPTOR.services_by_name["Lookalike"].full_name)

@@ -42,6 +42,9 @@ class GatewaySettings(BaseSettings):
     # Ingest: the deadline of each micro-batch of a stream (embedding 32 images on a busy CPU takes seconds).
     ingest_batch_timeout_s: float = Field(120.0, gt=0, le=3600)
     max_upload_bytes: int = Field(limits.DEFAULT_MAX_UPLOAD_BYTES, ge=1024)
+    # A product's photos: at most this many, together at most max_product_bytes (one upsert message).
+    max_images_per_product: int = Field(limits.DEFAULT_MAX_IMAGES_PER_PRODUCT, ge=1, le=limits.MAX_IMAGES_PER_PRODUCT)
+    max_product_bytes: int = Field(limits.DEFAULT_MAX_PRODUCT_BYTES, ge=1024)
     max_image_pixels: int = Field(40_000_000, ge=1)
     default_top_k: int = Field(limits.DEFAULT_TOP_K, ge=1, le=limits.MAX_TOP_K)
     upsert_batch_size: int = Field(32, ge=1, le=1024)
@@ -49,6 +52,10 @@ class GatewaySettings(BaseSettings):
     # order = cosine + category_boost * P(result's category | query); 0 = plain similarity order.
     category_boost: float = Field(0.2, ge=0, le=limits.MAX_CATEGORY_BOOST)
     category_rerank_depth: int = Field(100, ge=1, le=limits.MAX_TOP_K)  # candidates re-ranked
+    # Below this score even the best result is usually not the same kind of product: searches report it
+    # (weak_match_score) and the page says "no close match". 0 = calibrated by the gateway from the catalogue's
+    # own photos (lookalike_gateway.calibration); a value here overrides it.
+    weak_match_score: float = Field(0.0, ge=0, le=1)
     # Ingest reports products whose image is byte-identical to another product's, or whose embedding is
     # within this cosine distance (1 - similarity) of another product's; 0 = exact duplicates only.
     # On clothing-small, 0.03 flags the one near-identical pair among 3,068 training photos.
