@@ -10,7 +10,9 @@ sent as application/x-www-form-urlencoded -- curl's and urllib's default for POS
 and fails with 500 "Bad string"), or as the single field of a multipart form.
 Accepted images: see `lookalike.images.decode_image` (JPEG/PNG/WEBP/GIF/BMP, <= 40 MP by
 default). An optional input ``"request_id"`` (utf-8 bytes) is echoed in the worker log lines for
-that item (TorchServe does not pass gRPC metadata to handlers).
+that item (TorchServe does not pass gRPC metadata to handlers). An optional input ``"crop"`` (ascii
+``x,y,width,height``, fractions of the photo after EXIF orientation: `lookalike.crop`) embeds only that
+region, cut from the one decode before resizing; a malformed box is a 400 with reason "invalid_crop".
 
 TorchServe batches concurrent requests (batchSize / maxBatchDelay in model-config.yaml) into one
 call of `handle`; every item gets its own answer, and a bad image never fails the other items.
@@ -76,6 +78,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from lookalike.crop import parse_crop
 from lookalike.images import DEFAULT_MAX_PIXELS, ImageRejected
 from lookalike.vectors import pack
 from lookalike_embedder import model as lk_model
@@ -101,6 +104,7 @@ VECTOR_CONTENT_TYPE = "application/octet-stream"
 BATCH_LOG_TAG = "lookalike-embedded-batch"
 #: Input keys looked up, in order, for the image bytes of one request.
 INPUT_KEYS = ("data", "body", "image", "file")
+EXTRA_KEYS = ("request_id", "crop")  # inputs beside the image
 #: Histogram of the requests per batch (declared in services/embedder/metrics.yaml, model_metrics).
 BATCH_SIZE_METRIC = "lookalike_embedder_batch_size"
 BATCH_SIZE_UNIT = "count"
@@ -259,7 +263,7 @@ class EmbedderHandler(BaseHandler):
         payload = next((row[k] for k in INPUT_KEYS if row.get(k) is not None), None)
         if payload is None:
             # e.g. a multipart form field with another name: accept a single unambiguous value
-            others = [v for k, v in row.items() if k != "request_id" and v is not None]
+            others = [v for k, v in row.items() if k not in EXTRA_KEYS and v is not None]
             payload = others[0] if len(others) == 1 else None
         if payload is None:
             return request_id, None, error_payload("missing_input", "the request has no image: send it as input "
@@ -268,8 +272,14 @@ class EmbedderHandler(BaseHandler):
             payload = payload.encode("latin-1", "replace")
         elif not isinstance(payload, (bytes, bytearray, memoryview)):
             return request_id, None, error_payload("not_an_image", "the request input is not binary image data")
+        crop = row.get("crop")
+        try:  # the gateway checked the box already: a bad one here is a client talking to TorchServe directly
+            crop = parse_crop(bytes(crop).decode("ascii", "replace") if isinstance(crop, (bytes, bytearray))
+                              else crop)
+        except ValueError as exc:
+            return request_id, None, error_payload("invalid_crop", str(exc))
         try:
-            return request_id, prepare(payload, self.spec, max_pixels=self.max_pixels), None
+            return request_id, prepare(payload, self.spec, max_pixels=self.max_pixels, crop=crop), None
         except ImageRejected as exc:
             logger.info("rejected image (request_id=%s): %s: %s", request_id, exc.reason, exc.message)
             return request_id, None, error_payload(exc.reason, exc.message)

@@ -21,11 +21,13 @@ bench/preprocess_bench.py). ``draft_margin=0`` turns it off.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
 
+from lookalike.crop import CropBox
 from lookalike.images import DEFAULT_MAX_PIXELS, decode_image, to_rgb
 
 #: Default draft margin: libjpeg may scale down only while the short side stays >= margin * resize.
@@ -116,9 +118,18 @@ def to_array(img: Image.Image, spec: Preprocessing = LITE0) -> np.ndarray:
 
 
 def prepare(data: bytes | bytearray | memoryview, spec: Preprocessing = LITE0, *,
-            max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Untrusted image bytes -> float32 [3, image_size, image_size] (raises `ImageRejected`)."""
-    return to_array(decode_image(data, max_pixels, min_short_side=spec.draft_short_side), spec)
+            max_pixels: int = DEFAULT_MAX_PIXELS, crop: CropBox | None = None) -> np.ndarray:
+    """Untrusted image bytes -> float32 [3, image_size, image_size] (raises `ImageRejected`).
+
+    `crop`: only that region of the photo (fractions of the EXIF-oriented photo), cut from the one decode
+    before resizing; JPEG draft decoding keeps the region's short side >= draft_margin * resize."""
+    draft = spec.draft_short_side
+    if crop is not None and draft:
+        draft = int(math.ceil(draft / max(min(crop.width, crop.height), 1e-3)))
+    img = decode_image(data, max_pixels, min_short_side=draft)
+    if crop is not None:
+        img = img.crop(crop.pixels(*img.size))
+    return to_array(img, spec)
 
 
 __all__ = ["Preprocessing", "LITE0", "DRAFT_MARGIN", "resized_size", "resize_crop", "to_array", "prepare"]
