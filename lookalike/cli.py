@@ -216,36 +216,36 @@ def cmd_collections(args) -> int:
 
 
 def cmd_search(args) -> int:
-    import grpc
-
-    from lookalike.filters import make_filter
-    from lookalike.v1 import lookalike_pb2, lookalike_pb2_grpc
+    from lookalike.client import LookalikeError
 
     try:
         image = Path(args.image).read_bytes()
     except OSError as exc:
         print(f"error: cannot read {args.image}: {exc.strerror or exc}", file=sys.stderr)
         return 2
-    flt = make_filter(args.category, args.min_price, args.max_price)
-    key = _api_key(args)
-    with grpc.insecure_channel(args.gateway) as channel:
-        stub = lookalike_pb2_grpc.LookalikeStub(channel)
+    with _client(args) as client:
         try:
-            request = lookalike_pb2.SearchByImageRequest(image=image, top_k=args.top_k, filter=flt)
-            if args.category_boost is not None:
-                request.category_boost = args.category_boost
-            response = stub.SearchByImage(request,
-                                          timeout=args.timeout, metadata=[("x-api-key", key)] if key else None)
-        except grpc.RpcError as exc:
-            print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            response = client.search_by_image(image, top_k=args.top_k, category=args.category,
+                                              min_price=args.min_price, max_price=args.max_price,
+                                              category_boost=args.category_boost, crop=args.crop,
+                                              min_score=args.min_score)
+        except ValueError as exc:  # a malformed --crop, refused before sending
+            print(f"error: --crop: {exc}", file=sys.stderr)
+            return 2
+        except LookalikeError as exc:
+            print(f"error: {exc.code.name}: {exc.message}", file=sys.stderr)
             return 1
     notes = [note for note, on in (("cached query embedding", response.cache_hit),
                                    (f"ordered with category boost {response.category_boost:g}",
                                     response.category_boost > 0)) if on]
     print(f"{len(response.results)} results{f' ({chr(44).join(notes)})' if notes else ''}")
+    weak = response.weak_match_score
+    if weak and (not response.results or response.results[0].score < weak):
+        print(f"no close match: the best score is below this catalogue's weak-match score {weak:.3f}")
     for rank, result in enumerate(response.results, 1):
         price = f"{result.product.price:.2f}" if result.product.HasField("price") else "-"
-        print(f"{rank:3d}. {result.score:.4f}  {result.product.id}  [{result.product.category}]  {price}")
+        matched = f"  (image {result.matched_image})" if result.matched_image else ""
+        print(f"{rank:3d}. {result.score:.4f}  {result.product.id}  [{result.product.category}]  {price}{matched}")
     return 0
 
 
@@ -301,7 +301,10 @@ def cmd_classify(args) -> int:
         return 2
     with _client(args) as client:
         try:
-            response = client.classify(image, top_k=args.top_k)
+            response = client.classify(image, top_k=args.top_k, crop=args.crop)
+        except ValueError as exc:
+            print(f"error: --crop: {exc}", file=sys.stderr)
+            return 2
         except LookalikeError as exc:
             print(f"error: {exc.code.name}: {exc.message}", file=sys.stderr)
             return 1
@@ -376,6 +379,10 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--max-price", type=float)
     search.add_argument("--category-boost", type=float,
                         help="weight of the category classifier in the order (server default 0.2; 0 = plain similarity)")
+    search.add_argument("--crop", metavar="X,Y,W,H",
+                        help="search with this region of the photo: fractions 0..1 of its width and height "
+                             "(after EXIF orientation), e.g. 0.25,0.1,0.5,0.6")
+    search.add_argument("--min-score", type=float, help="drop results scoring below this (cosine, -1..1)")
     search.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds")
     search.add_argument("--api-key", help="API key (or env LOOKALIKE_API_KEY)")
     search.set_defaults(func=cmd_search)
@@ -396,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--gateway", default=DEFAULT_GATEWAY,
                           help=f"gateway gRPC address (default {DEFAULT_GATEWAY})")
     classify.add_argument("--top-k", type=int, default=5)
+    classify.add_argument("--crop", metavar="X,Y,W,H", help="classify this region of the photo (fractions 0..1)")
     classify.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds")
     classify.add_argument("--api-key", help="API key (or env LOOKALIKE_API_KEY)")
     classify.set_defaults(func=cmd_classify)

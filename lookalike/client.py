@@ -20,12 +20,13 @@ Messages are the generated protobuf classes of lookalike.v1 (`lookalike.v1.types
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import grpc
 
 from lookalike import status as status_table
+from lookalike.crop import crop_box, parse_crop
 from lookalike.filters import make_filter
 from lookalike.v1 import (classifier_pb2, classifier_pb2_grpc, lookalike_pb2, lookalike_pb2_grpc, types_pb2)
 
@@ -94,22 +95,30 @@ class LookalikeClient:
 
     def search_by_image(self, image: bytes, top_k: int | None = None, category: str | None = None,
                         min_price: float | None = None, max_price: float | None = None,
-                        category_boost: float | None = None,
+                        category_boost: float | None = None, crop=None, min_score: float | None = None,
                         timeout: float | None = None) -> lookalike_pb2.SearchByImageResponse:
+        """`crop`: search with that region only (a lookalike.crop.CropBox, "x,y,w,h" or 4 numbers in 0..1);
+        `min_score`: drop results scoring below it. Each result is a distinct product (`matched_image`)."""
         request = lookalike_pb2.SearchByImageRequest(image=image, filter=make_filter(category, min_price, max_price))
         if top_k is not None:
             request.top_k = top_k
         if category_boost is not None:
             request.category_boost = category_boost
+        if crop is not None:
+            request.crop.CopyFrom(crop_message(crop))
+        if min_score is not None:
+            request.min_score = min_score
         return self._call(self.lookalike.SearchByImage, request, timeout)
 
     def search_similar(self, product_id: str, top_k: int | None = None, category: str | None = None,
                        min_price: float | None = None, max_price: float | None = None,
-                       timeout: float | None = None) -> list[types_pb2.SearchResult]:
+                       min_score: float | None = None, timeout: float | None = None) -> list[types_pb2.SearchResult]:
         request = lookalike_pb2.SearchSimilarRequest(product_id=product_id,
                                                      filter=make_filter(category, min_price, max_price))
         if top_k is not None:
             request.top_k = top_k
+        if min_score is not None:
+            request.min_score = min_score
         return list(self._call(self.lookalike.SearchSimilar, request, timeout).results)
 
     def get_product(self, product_id: str, timeout: float | None = None) -> types_pb2.Product:
@@ -121,21 +130,26 @@ class LookalikeClient:
         request = lookalike_pb2.DeleteProductsRequest(product_ids=list(product_ids))
         return self._call(self.lookalike.DeleteProducts, request, timeout).deleted
 
-    def upsert_products(self, items: Iterable[tuple[types_pb2.Product, bytes]], skip_duplicates: bool = False,
+    def upsert_products(self, items: Iterable[tuple[types_pb2.Product, bytes | Sequence[bytes]]],
+                        skip_duplicates: bool = False,
                         timeout: float | None = None) -> Iterator[lookalike_pb2.UpsertProductsResponse]:
-        """Streams (product, image) pairs; yields one result per item, in order (a bad item fails alone:
-        its result carries the error). `timeout` bounds the whole stream (default: none)."""
-        requests = (lookalike_pb2.UpsertProductsRequest(product=product, image=image,
-                                                        skip_duplicates=skip_duplicates)
-                    for product, image in items)
+        """Streams (product, image) pairs -- or (product, [images]), the main one first: an upsert replaces
+        the product's photos; yields one result per item, in order (a bad item fails alone: its result
+        carries the error). `timeout` bounds the whole stream (default: none)."""
+        def request(product, images) -> lookalike_pb2.UpsertProductsRequest:
+            photos = [images] if isinstance(images, (bytes, bytearray)) else list(images)
+            return lookalike_pb2.UpsertProductsRequest(product=product, image=bytes(photos[0]) if photos else b"",
+                                                       more_images=photos[1:], skip_duplicates=skip_duplicates)
+        requests = (request(product, images) for product, images in items)
         try:
             yield from self.lookalike.UpsertProducts(requests, timeout=timeout, metadata=self._metadata)
         except grpc.RpcError as exc:
             raise LookalikeError.from_rpc_error(exc) from None
 
-    def upsert_product(self, product: types_pb2.Product, image: bytes,
+    def upsert_product(self, product: types_pb2.Product, image: bytes | Sequence[bytes],
                        timeout: float | None = None) -> lookalike_pb2.UpsertProductsResponse:
-        """Indexes one product; raises LookalikeError when it was not stored."""
+        """Indexes one product (one photo, or several: the main one first); raises LookalikeError when it was
+        not stored."""
         (result,) = list(self.upsert_products([(product, image)], timeout=timeout or self.timeout))
         if not result.ok:  # the stream result carries the reason as text only
             raise LookalikeError(grpc.StatusCode.UNKNOWN, result.error)
@@ -143,11 +157,13 @@ class LookalikeClient:
 
     # -- classification -----------------------------------------------------------------------------
 
-    def classify(self, image: bytes, top_k: int | None = None,
+    def classify(self, image: bytes, top_k: int | None = None, crop=None,
                  timeout: float | None = None) -> classifier_pb2.ClassifyResponse:
         request = classifier_pb2.ClassifyRequest(image=image)
         if top_k is not None:
             request.top_k = top_k
+        if crop is not None:
+            request.crop.CopyFrom(crop_message(crop))
         return self._call(self.classification.Classify, request, timeout)
 
     def start_classifier_training(self, label_field: str = "category", holdout_fraction: float | None = None,
@@ -196,3 +212,9 @@ class LookalikeClient:
         return self._call(self.classification.GetClassifier, classifier_pb2.GetClassifierRequest(),
                           timeout).classifier
 
+
+def crop_message(crop) -> types_pb2.CropBox:
+    """A lookalike.crop.CropBox, "x,y,w,h" text or four numbers -> the gRPC CropBox (ValueError when invalid,
+    before anything is sent)."""
+    box = parse_crop(crop) if isinstance(crop, str) else crop_box(*crop)
+    return types_pb2.CropBox(x=box.x, y=box.y, width=box.width, height=box.height)

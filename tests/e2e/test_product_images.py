@@ -135,3 +135,21 @@ def test_rest_images_crop_and_bad_inputs(stack, products):
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(missing, timeout=30)
     assert err.value.code == 404
+
+
+def test_cli_search_with_a_region_and_min_score(stack, products):
+    import subprocess
+    import sys
+
+    pid, paths = next(iter(products.items()))
+    command = [sys.executable, "-m", "lookalike.cli", "search", str(paths[0]), "--gateway", stack.grpc_address,
+               "--category-boost", "0"]
+    region = subprocess.run(command + ["--crop", "0.25,0.25,0.5,0.5", "--top-k", "3"], capture_output=True,
+                            text=True, timeout=120)
+    assert region.returncode == 0, region.stderr
+    first = region.stdout.splitlines()[1]
+    assert pid in first and first.endswith("(image 2)")
+    strict = subprocess.run(command + ["--min-score", "0.999"], capture_output=True, text=True, timeout=120)
+    assert strict.returncode == 0 and strict.stdout.startswith("1 results"), strict.stdout
+    bad = subprocess.run(command + ["--crop", "0.5,0.5,0.6,0.2"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "reaches outside" in bad.stderr
