@@ -205,13 +205,20 @@ def main() -> int:
 
             if not args.limit and not args.train_only:
                 print(f"ingest: lookalike index {args.dataset} (train+validation+test) ...", flush=True)
+                # one photo per product: <split>/<class>/<photo> would be a folder of photos per product
+                flat = tmp / "all"
+                for split in ("train", "validation", "test"):
+                    for item in iter_folder(args.dataset / split):
+                        (flat / item.product.category).mkdir(parents=True, exist_ok=True)
+                        (flat / item.product.category / f"{split}-{item.image_path.name}").symlink_to(item.image_path)
                 inferences = stack.torchserve.inference_count()
-                full = run_client([str(args.dataset), *common], tmp / "full.log")
+                full = run_client([str(flat), *common], tmp / "full.log")
                 full["embedder_requests"] = stack.torchserve.inference_count() - inferences
                 figures["ingest_3.8k"] = full
                 print(json.dumps(full), flush=True)
             if args.synthetic and not args.train_only:
-                photos = [item.image_path for item in iter_folder(args.dataset if not args.limit else train)]
+                photos = [path for item in iter_folder(tmp / "all" if not args.limit else train)
+                          for path in item.image_paths]
                 manifest = tmp / "synthetic.csv"
                 write_manifest(manifest, photos, args.synthetic)
                 print(f"ingest: synthetic manifest of {args.synthetic} rows, --skip-duplicates ...", flush=True)
