@@ -129,7 +129,7 @@ def test_an_embedder_known_not_ready_gets_nothing_sent_then_503_naming_it(tmp_pa
     assert "not ready" in err.value.message and embedder.calls == 0
     ready = iter([False, False, True])  # ready again within the deadline: answered
     gateway.embedder_ready = lambda: next(ready, True)
-    results, cache_hit, _ = search(gateway, jpeg, 10.0)
+    results, cache_hit, *_ = search(gateway, jpeg, 10.0)
     assert [r.product.id for r in results] == ["p1"] and embedder.calls == 1
 
 
