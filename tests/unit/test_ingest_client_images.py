@@ -3,17 +3,13 @@ against an in-process gateway (gRPC over a socket, fake embedder and search serv
 from __future__ import annotations
 
 import json
-from concurrent import futures
 
-import grpc
 import pytest
 
 from lookalike.ingest import index_items, iter_folder, iter_manifest, open_catalogue
-from lookalike.v1 import lookalike_pb2_grpc
-from lookalike_gateway.auth import ApiKeyCheck
-from lookalike_gateway.grpc_api import LookalikeServicer
 
-from .gateway_fakes import make_gateway, png
+from .gateway_fakes import png
+from .test_ingest_client import gateway_address  # noqa: F401
 
 
 @pytest.fixture
@@ -65,18 +61,7 @@ def test_manifests_list_several_photos(mixed, tmp_path):
     assert "no image path" in items[2].error
 
 
-@pytest.fixture
-def gateway_address(tmp_path):
-    gateway = make_gateway(tmp_path / "gw", upsert_batch_size=2)
-    server = grpc.server(futures.ThreadPoolExecutor(8))
-    lookalike_pb2_grpc.add_LookalikeServicer_to_server(LookalikeServicer(gateway, ApiKeyCheck(frozenset())), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    yield f"127.0.0.1:{port}", gateway
-    server.stop(0)
-
-
-def test_index_a_catalogue_with_product_folders_then_rerun(mixed, gateway_address):
+def test_index_a_catalogue_with_product_folders_then_rerun(mixed, gateway_address):  # noqa: F811
     address, gateway = gateway_address
     items, total = open_catalogue(mixed)
     report = index_items(address, items, total=total, progress=False)

@@ -283,6 +283,24 @@ def with_all_vectors(records: list[Record], extra: dict[uuid.UUID, np.ndarray]) 
     return out
 
 
+def read_products(ids: list[str], retrieve: Callable[[list[uuid.UUID], bool], Iterable[tuple]],
+                  with_vectors: bool) -> list[Record]:
+    """The stored products among `ids` (unique), in ids order, read through an engine's
+    `retrieve(point ids, with_vectors) -> [(point id, payload, raw vector)]`: their main points, plus the
+    other images' vectors when asked for."""
+    by_pid = {}
+    for _, payload, raw in retrieve([point_uuid(i) for i in ids], with_vectors):
+        payload = dict(payload or {})
+        pid = payload_product_id(payload)
+        by_pid[pid] = Record(pid, payload, stored_vector(raw) if with_vectors else None)
+    records = [by_pid[i] for i in ids if i in by_pid]
+    if not with_vectors:
+        return records
+    extra = [point_id for _, _, point_id in extra_point_ids(records)]
+    vectors = {uuid.UUID(str(point_id)): stored_vector(raw) for point_id, _, raw in retrieve(extra, True)} if extra else {}
+    return with_all_vectors(records, vectors)
+
+
 def all_point_ids(records: Iterable[Record]) -> list[uuid.UUID]:
     return [point_uuid(r.product_id, i) for r in records for i in range(image_count(r.payload))]
 

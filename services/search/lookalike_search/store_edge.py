@@ -24,7 +24,6 @@ import logging
 import os
 import threading
 import time
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,8 +31,8 @@ import numpy as np
 
 from .store import (IMAGE_INDEX, PAYLOAD_INDEXES, CollectionMismatch, Hit, NotFound, PointIn, Record,
                     SearchFilter, StoreError, all_point_ids, check_scroll_limit, check_vector, dedupe_points,
-                    ef_for, extra_point_ids, grouped, hit, image_points, merge_best, payload_product_id,
-                    point_uuid, scroll_offset, stale_point_ids, stored_vector, unique, with_all_vectors)
+                    ef_for, grouped, hit, image_points, merge_best, payload_product_id, read_products,
+                    scroll_offset, stale_point_ids, unique)
 
 log = logging.getLogger(__name__)
 
@@ -306,23 +305,12 @@ class QdrantEdgeStore:
             flt = self._filter(filter, exclude=product_id)
             return merge_best((self._query(v, top_k, flt, "search_by_id") for v in records[0].vectors), top_k)
 
-    def _main_records(self, shard, ids: list[str], with_vectors: bool) -> list[Record]:
+    @staticmethod
+    def _main_records(shard, ids: list[str], with_vectors: bool) -> list[Record]:
         """The stored products among ids (unique), in ids order."""
-        found = shard.retrieve([point_uuid(i) for i in ids], True, bool(with_vectors))
-        by_pid = {}
-        for rec in found:
-            payload = dict(rec.payload or {})
-            by_pid[payload_product_id(payload)] = Record(payload_product_id(payload), payload,
-                                                         stored_vector(rec.vector) if with_vectors else None)
-        records = [by_pid[i] for i in ids if i in by_pid]
-        if not with_vectors:
-            return records
-        extra = extra_point_ids(records)
-        vectors = {}
-        if extra:
-            vectors = {uuid.UUID(str(rec.id)): stored_vector(rec.vector)
-                       for rec in shard.retrieve([pid for _, _, pid in extra], False, True)}
-        return with_all_vectors(records, vectors)
+        def retrieve(point_ids, vectors: bool):
+            return [(rec.id, rec.payload, rec.vector) for rec in shard.retrieve(point_ids, True, bool(vectors))]
+        return read_products(ids, retrieve, with_vectors)
 
     def get(self, product_ids: Sequence[str], with_vectors: bool = False) -> list[Record]:
         ids = unique(product_ids)

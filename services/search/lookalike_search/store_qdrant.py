@@ -19,8 +19,8 @@ import numpy as np
 
 from .store import (IMAGE_INDEX, PAYLOAD_INDEXES, CollectionMismatch, Hit, NotFound, PointIn, Record,
                     SearchFilter, StoreError, all_point_ids, check_scroll_limit, check_vector, dedupe_points,
-                    ef_for, extra_point_ids, hit, image_points, merge_best, payload_product_id, point_uuid,
-                    scroll_offset, stale_point_ids, stored_vector, unique, with_all_vectors)
+                    ef_for, hit, image_points, merge_best, payload_product_id, read_products,
+                    scroll_offset, stale_point_ids, unique)
 
 log = logging.getLogger(__name__)
 
@@ -248,23 +248,12 @@ class QdrantClientStore:
 
     def _main_records(self, ids: list[str], with_vectors: bool) -> list[Record]:
         """The stored products among ids (unique), in ids order."""
+        def retrieve(point_ids, vectors: bool):
+            found = self.client.retrieve(self.collection, ids=[str(i) for i in point_ids], with_payload=True,
+                                         with_vectors=vectors)
+            return [(rec.id, rec.payload, rec.vector) for rec in found]
         with self._lock, self._errors("get"):
-            found = self.client.retrieve(self.collection, ids=[str(point_uuid(i)) for i in ids],
-                                         with_payload=True, with_vectors=with_vectors)
-            by_pid = {}
-            for rec in found:
-                payload = dict(rec.payload or {})
-                by_pid[payload_product_id(payload)] = Record(payload_product_id(payload), payload,
-                                                             stored_vector(rec.vector) if with_vectors else None)
-            records = [by_pid[i] for i in ids if i in by_pid]
-            if not with_vectors:
-                return records
-            extra = extra_point_ids(records)
-            vectors = {}
-            if extra:
-                vectors = {str(rec.id): stored_vector(rec.vector) for rec in self.client.retrieve(
-                    self.collection, ids=[str(pid) for _, _, pid in extra], with_payload=False, with_vectors=True)}
-        return with_all_vectors(records, {pid: vectors.get(str(pid)) for _, _, pid in extra})
+            return read_products(ids, retrieve, with_vectors)
 
     def get(self, product_ids: Sequence[str], with_vectors: bool = False) -> list[Record]:
         ids = unique(product_ids)
