@@ -18,6 +18,7 @@ PRODUCT_ID_PATTERN = r"^(?!.*/(image|similar|images/[0-9]+)$)[^\x00-\x1f\x7f]+$"
 IMAGE_CONTENT_TYPES = "image/jpeg, image/png, image/webp, image/gif, image/bmp"  # images.ALLOWED_FORMATS
 CROP_DOC = ("x,y,width,height: search with this region of the photo, as fractions 0..1 of its width and height "
             "after EXIF orientation (0 < width, 0 < height, x + width <= 1, y + height <= 1; else 400)")
+CROP_PATTERN = r"^ *[0-9]*\.?[0-9]+ *(, *[0-9]*\.?[0-9]+ *){3}$"  # four numbers; lookalike.crop checks the box
 MIN_SCORE_DOC = "drop results scoring (cosine) below this, -1..1"
 
 

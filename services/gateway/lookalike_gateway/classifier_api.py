@@ -113,7 +113,7 @@ def build_router(service: ClassifierService) -> APIRouter:
     async def classify(image: Annotated[UploadFile, File(description=image_doc)],
                        top_k: Annotated[int | None, Form(ge=1, le=limits.MAX_TOP_K, description=(
                            f"labels (default {DEFAULT_TOP_K}, at most the number of labels)"))] = None,
-                       crop: Annotated[str | None, Form(description=m.CROP_DOC)] = None):
+                       crop: Annotated[str | None, Form(pattern=m.CROP_PATTERN, description=m.CROP_DOC)] = None):
         """The active classifier's labels for the uploaded photo (multipart `image`), or a region of it
         (`crop`), most probable first (404 before any training; 400 when it was trained on another model's
         embeddings)."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import grpc
 from fastapi import Depends, FastAPI, Request, UploadFile
-from fastapi._compat import field_annotation_is_sequence
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -81,17 +80,21 @@ def install(app: FastAPI) -> None:
                               headers=getattr(exc, "headers", None))
 
 
-async def _declared_form_fields_only(request: Request) -> None:
-    """Refuses multipart fields the route does not declare (the spec says additionalProperties: false:
-    a misspelt field is an error, not silently ignored) and fields given twice (which one counts?), unless
-    the route declares a list (PUT /v1/products/{id}: one `image` per photo)."""
+def declared_form_fields_only(repeatable: frozenset[str] = frozenset()):
+    """A route dependency refusing multipart fields the route does not declare (the spec says
+    additionalProperties: false: a misspelt field is an error, not silently ignored) and fields given twice
+    (which one counts?) other than the `repeatable` ones (PUT /v1/products/{id}: one `image` per photo)."""
+    async def check(request: Request) -> None:
+        await _declared_form_fields_only(request, repeatable)
+    return Depends(check)
+
+
+async def _declared_form_fields_only(request: Request, repeatable: frozenset[str] = frozenset()) -> None:
     route = request.scope.get("route")
-    fields = getattr(getattr(route, "dependant", None), "body_params", ())
-    declared = {field.alias for field in fields}
-    lists = {field.alias for field in fields if field_annotation_is_sequence(field.field_info.annotation)}
+    declared = {field.alias for field in getattr(getattr(route, "dependant", None), "body_params", ())}
     form = await request.form()
     names = [name for name, _ in form.multi_items()]
-    repeated = sorted({name for name in names if names.count(name) > 1} & (declared - lists))
+    repeated = sorted({name for name in names if names.count(name) > 1} & (declared - repeatable))
     if repeated:
         message = f"form field(s) {', '.join(map(repr, repeated))} given more than once"
         raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, message,
@@ -105,7 +108,7 @@ async def _declared_form_fields_only(request: Request) -> None:
                            {"field": name, "description": "unknown field"} for name in unknown]}])
 
 
-DECLARED_FORM_FIELDS_ONLY = Depends(_declared_form_fields_only)  # dependencies=[...] of multipart routes
+DECLARED_FORM_FIELDS_ONLY = declared_form_fields_only()  # dependencies=[...] of multipart routes
 
 
 async def read_image(upload: UploadFile, max_bytes: int) -> bytes:

@@ -10,13 +10,14 @@ from typing import Annotated
 from urllib.parse import quote
 
 import grpc
-from fastapi import FastAPI, File, Form, Query, UploadFile
+from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers, MutableHeaders, QueryParams
+from starlette.datastructures import UploadFile as StarletteUploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lookalike import images, limits, request_id, stack_status
@@ -203,7 +204,8 @@ def create_app(gateway: Gateway, auth: ApiKeyCheck, readiness, draining: threadi
                          ge=0, le=limits.MAX_CATEGORY_BOOST,
                          description=f"weight of P(category | photo) in the order (default {settings.category_boost:g}; "
                                      "0 = plain similarity)")] = None,
-                     crop: Annotated[str | None, Form(description=m.CROP_DOC, examples=["0.25,0.1,0.5,0.6"])] = None,
+                     crop: Annotated[str | None, Form(pattern=m.CROP_PATTERN, description=m.CROP_DOC,
+                                                      examples=["0.25,0.1,0.5,0.6"])] = None,
                      min_score: MinScore = None):
         """Products that look like the uploaded photo (multipart field `image`), or a region of it (`crop`),
         each once at its best-matching photo (`matched_image`). With a category classifier trained, results
@@ -264,9 +266,10 @@ def create_app(gateway: Gateway, auth: ApiKeyCheck, readiness, draining: threadi
         raise StarletteHTTPException(405)
 
     @app.put("/v1/products/{product_id:path}", tags=["products"], response_model=m.PutProductResponse,
-             responses=m.errors(400, 413, 415, 504), dependencies=[http_errors.DECLARED_FORM_FIELDS_ONLY])
-    async def put_product(product_id: ProductId, image: Annotated[list[UploadFile], File(description=(
-                              f"{image_doc}; repeat the field for several photos of the product (at most "
+             responses=m.errors(400, 413, 415, 504),
+             dependencies=[http_errors.declared_form_fields_only(frozenset({"image"}))])
+    async def put_product(request: Request, product_id: ProductId, image: Annotated[UploadFile, File(description=(
+                              f"{image_doc}. Repeat the part for several photos of the product (at most "
                               f"{settings.max_images_per_product}, together at most {settings.max_product_bytes} "
                               "bytes), the main one first: they replace the product's stored photos"))],
                           title: Annotated[str, Form()] = "", category: Annotated[str, Form()] = "",
@@ -288,7 +291,10 @@ def create_app(gateway: Gateway, auth: ApiKeyCheck, readiness, draining: threadi
                                     attributes={str(k): str(v) for k, v in attrs.items()})
         if price is not None:
             product.price = price
-        photos = [await read_image(upload) for upload in image]
+        parts = (await request.form()).getlist("image")  # every photo: `image` is the first
+        if not all(isinstance(part, StarletteUploadFile) for part in parts):
+            raise bad_argument("image", "every image part must be a file (a part with a filename)")
+        photos = [await read_image(upload) for upload in parts]
         outcome = await run_in_threadpool(
             lambda: list(gateway.ingest([IngestItem(product, photos[0], more_images=photos[1:])], deadline)))
         if outcome[0].error is not None:
