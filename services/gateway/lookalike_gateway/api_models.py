@@ -93,7 +93,7 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 # ---- products and search -------------------------------------------------------------------------------
 
-class Product(BaseModel):
+class ProductFields(BaseModel):
     id: str = Field(max_length=limits.MAX_ID_LENGTH, examples=["shoes/oxford-123.jpg"])
     title: str = Field(examples=["Brown leather Oxford"])
     category: str = Field(examples=["shoes"])
@@ -109,11 +109,11 @@ class ProductImage(BaseModel):
     url: str = Field(examples=["/v1/products/shoes%2Foxford-123.jpg/images/1"])
 
 
-class StoredProduct(Product):
+class Product(ProductFields):
     images: list[ProductImage] = Field(description="every photo of the product, the main one first")
 
 
-class SearchResult(Product):
+class SearchResult(ProductFields):
     score: float = Field(description="cosine similarity to the query (of the best-matching photo), -1..1",
                          examples=[0.8731])
     matched_image: int = Field(ge=0, description="which of the product's photos matched best (0 = the main one)")

@@ -301,7 +301,7 @@ def create_app(gateway: Gateway, auth: ApiKeyCheck, readiness, draining: threadi
             raise outcome[0].error
         return {"id": product_id, "ok": True, "outcome": Outcome.Name(outcome[0].outcome), "images": len(photos)}
 
-    @app.get("/v1/products/{product_id:path}", tags=["products"], response_model=m.StoredProduct,
+    @app.get("/v1/products/{product_id:path}", tags=["products"], response_model=m.Product,
              responses=m.errors(400, 404, 504))
     def get_product(product_id: ProductId):
         """One product's metadata."""
