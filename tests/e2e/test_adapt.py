@@ -129,3 +129,35 @@ def test_adapt_index_more_adapt_again_with_zero_failed_queries(indexed_stack, tm
         assert failures == [], failures[:5]
         assert len(answers) > 20
         print(f"{len(answers)} queries during two adaptations and an ingest, 0 failed")
+
+
+def test_adapt_on_products_with_several_photos(indexed_stack):
+    """The default label: the photos of one product (UpsertProductsRequest.more_images). Every photo is a
+    training sample and stays searchable in the adapted collection."""
+    stack = indexed_stack
+    prefix = f"adapt-products-{os.getpid()}-"
+    views = views_catalogue(0, FIRST_GROUPS, prefix)
+    products = []
+    for g in range(FIRST_GROUPS):
+        group = views[g * VIEWS:(g + 1) * VIEWS]
+        products.append(lookalike_pb2.UpsertProductsRequest(
+            product=types_pb2.Product(id=f"{prefix}{g}", title=group[0][0].title, category=group[0][0].category),
+            image=group[0][1], more_images=[image for _, image in group[1:]]))
+    with grpc.insecure_channel(stack.grpc_address) as channel:
+        stub = lookalike_pb2_grpc.LookalikeStub(channel)
+        plain = stub.ListCollections(lookalike_pb2.ListCollectionsRequest(), timeout=30).active
+        acks = list(stub.UpsertProducts(iter(products), timeout=600))
+        assert all(a.ok for a in acks), [a.error for a in acks if not a.ok][:3]
+        try:
+            done = adapt_cli(stack, "-q")
+            assert done.returncode == 0, done.stdout + done.stderr
+            assert "searches now use" in done.stdout
+            assert f"({FIRST_GROUPS} with 2+ photos)" in done.stdout  # every photo of a product is a sample
+            # a further photo of a product finds that product first in the adapted space
+            found = stub.SearchByImage(lookalike_pb2.SearchByImageRequest(image=views[VIEWS * 5 + 3][1], top_k=3),
+                                       timeout=30)
+            assert found.results[0].product.id == f"{prefix}5"
+        finally:
+            stub.ActivateCollection(lookalike_pb2.ActivateCollectionRequest(collection=plain), timeout=30)
+            stub.DeleteProducts(lookalike_pb2.DeleteProductsRequest(product_ids=[p.product.id for p in products]),
+                                timeout=120)
