@@ -1,5 +1,8 @@
-// Lookalike web page: search the catalogue with a photo (drop, pick or paste), refine, "more like this".
+// Lookalike web page: search the catalogue with a photo (drop, pick or paste) or a region of it, refine,
+// "more like this".
 import { ApiFailure, describeError, productPath, requestJson, withKey } from "./api.js";
+import { card, categoryLabel, el, formatMs, plural, titleOf } from "./cards.js";
+import { attachRegion, cropParam } from "./region.js";
 
 const PAGE_SIZE = 20;
 const MAX_TOP_K = 200;
@@ -21,6 +24,7 @@ const ui = {
   cacheBadge: $("cache-badge"), status: $("status"),
   error: $("error"), errorText: $("error-text"), errorRef: $("error-ref"), retry: $("retry"),
   empty: $("empty"), grid: $("grid"), showMore: $("show-more"),
+  regionHint: $("region-hint"), regionText: $("region-text"), clearRegion: $("clear-region"), weak: $("weak"),
 };
 
 const state = {
@@ -28,6 +32,7 @@ const state = {
   category: "",
   minPrice: null,
   maxPrice: null,
+  crop: null,           // the region of the shopper's photo searched: {x, y, width, height} in 0..1, or null
   topK: PAGE_SIZE,
   categories: new Set(),
   results: [],
@@ -37,63 +42,22 @@ const state = {
   controller: null,
 };
 
-// ---------------------------------------------------------------------------------------------- helpers
-
-function el(tag, props = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(props)) {
-    if (value === undefined || value === null || value === false) continue;
-    if (key === "class") node.className = value;
-    else if (key === "text") node.textContent = value;
-    else if (key === "dataset") Object.assign(node.dataset, value);
-    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
-    else node.setAttribute(key, value === true ? "" : value);
-  }
-  for (const child of children) if (child) node.append(child);
-  return node;
-}
+// ------------------------------------------------------------------------------------------ rendering
 
 function announce(text) {
   ui.status.textContent = text;
 }
-
-function plural(n, one, many = one + "s") {
-  return `${n} ${n === 1 ? one : many}`;
-}
-
-function percent(score) {
-  return Math.round(Math.max(0, Math.min(1, Number(score) || 0)) * 100);
-}
-
-function formatPrice(price, attributes) {
-  if (price === null || price === undefined || !Number.isFinite(Number(price))) return "";
-  const currency = attributes && /^[A-Za-z]{3}$/.test(attributes.currency || "") ? attributes.currency.toUpperCase() : "";
-  try {
-    if (currency) return new Intl.NumberFormat(undefined, { style: "currency", currency }).format(price);
-  } catch { /* unknown currency code: plain number below */ }
-  return new Intl.NumberFormat(undefined, { minimumFractionDigits: 2, maximumFractionDigits: 2 }).format(price);
-}
-
-function formatMs(ms) {
-  if (!Number.isFinite(ms)) return "";
-  return ms >= 1000 ? `${(ms / 1000).toFixed(1)} s` : `${Math.round(ms)} ms`;
-}
-
-function titleOf(product) {
-  return (product.title || "").trim() || "Untitled product";
-}
-
-function categoryLabel(category) {
-  return category ? category.charAt(0).toUpperCase() + category.slice(1) : "";
-}
-
-// ------------------------------------------------------------------------------------------ rendering
 
 function renderQuery() {
   const q = state.query;
   ui.queryFigure.hidden = !q;
   ui.dropzone.classList.toggle("compact", Boolean(q));
   ui.dropTitle.textContent = q ? "Use another photo" : TOUCH ? "Take or choose a photo" : "Drop a photo here";
+  const photo = Boolean(q && q.kind === "photo");
+  ui.queryFigure.classList.toggle("is-photo", photo);
+  region.enable(photo);
+  ui.regionHint.hidden = !photo;
+  renderRegion();
   renderPrediction();
   if (!q) {
     ui.queryImage.removeAttribute("src");
@@ -110,6 +74,13 @@ function renderQuery() {
     ui.queryKicker.textContent = q.category ? `More like this · ${categoryLabel(q.category)}` : "More like this";
     ui.queryCaption.textContent = titleOf(q);
   }
+}
+
+function renderRegion() {
+  ui.clearRegion.hidden = !state.crop;
+  ui.regionText.textContent = state.crop
+    ? "Searching the part you marked. Drag again to change it."
+    : TOUCH ? "Drag a finger over your photo to search for just that part." : "Drag over your photo to search for just that part.";
 }
 
 function renderChips() {
@@ -131,44 +102,18 @@ function renderFilters() {
   ui.clearPrice.hidden = state.minPrice === null && state.maxPrice === null;
 }
 
-function card(result, rank) {
-  const title = titleOf(result);
-  const pct = percent(result.score);
-  const price = formatPrice(result.price, result.attributes);
-  const thumb = el("div", { class: "thumb" });
-  if (result.image_url) {
-    const img = el("img", {
-      src: withKey(result.image_url), alt: title, loading: "lazy", decoding: "async", width: "300", height: "300",
-    });
-    img.addEventListener("error", () => thumb.classList.add("thumb-missing"), { once: true });
-    thumb.append(img);
-  } else {
-    thumb.classList.add("thumb-missing");
-  }
-
-  const bar = el("span", { class: "score-fill" });
-  bar.style.setProperty("--score", `${pct}%`);
-  return el("li", { class: "card", dataset: { id: result.id, category: result.category || "", rank: String(rank) } },
-    thumb,
-    el("div", { class: "card-body" },
-      el("div", { class: "card-row" },
-        result.category ? el("span", { class: "card-category", text: result.category }) : null,
-        price ? el("span", { class: "card-price", text: price }) : null),
-      el("h3", { class: "card-title", title, text: title }),
-      el("div", { class: "score", title: `Similarity score ${Number(result.score).toFixed(3)}` },
-        el("span", { class: "score-bar", "aria-hidden": "true" }, bar),
-        el("span", { class: "score-text", text: `${pct}% match` })),
-      el("button", {
-        type: "button", class: "button button-secondary more-like-this",
-        "aria-label": `More like ${title}`,
-        onclick: () => startSimilar(result, { focusResults: true }),
-      }, "More like this")));
+/** Even the best result scores below the catalogue's calibrated weak-match score (0: not calibrated). */
+function weakAnswer(results, weakScore) {
+  return weakScore > 0 && (!results.length || Number(results[0].score) < weakScore);
 }
 
-function renderResults({ query, results, cacheHit, tookMs }, { quiet = false } = {}) {
-  state.shown = { query, results, cacheHit, tookMs };
+function renderResults({ query, results, cacheHit, tookMs, weakScore = 0 }, { quiet = false } = {}) {
+  state.shown = { query, results, cacheHit, tookMs, weakScore };
+  const weak = query.kind === "photo" && weakAnswer(results, weakScore);
+  ui.weak.hidden = !weak;
+  document.body.dataset.closeMatch = weak ? "none" : "yes";
   for (const r of results) if (r.category) state.categories.add(r.category);
-  ui.grid.replaceChildren(...results.map((r, i) => card(r, i + 1)));
+  ui.grid.replaceChildren(...results.map((r, i) => card(r, i + 1, (p) => startSimilar(p, { focusResults: true }))));
   ui.grid.setAttribute("aria-busy", "false");
   ui.empty.hidden = true;
   const filtered = state.category || state.minPrice !== null || state.maxPrice !== null;
@@ -183,6 +128,7 @@ function renderResults({ query, results, cacheHit, tookMs }, { quiet = false } =
   if (quiet) return;
   announce(results.length
     ? `${plural(results.length, "look-alike product")} found${cacheHit ? ", served from cache" : ""}.`
+      + (weak ? " No close match: none looks much like your photo." : "")
     : ui.summary.textContent + ".");
 }
 
@@ -227,6 +173,7 @@ function showError(failure, context, { clearQuery = false } = {}) {
   ui.error.dataset.kind = info.kind;
   ui.grid.replaceChildren();
   ui.meta.hidden = true;
+  ui.weak.hidden = true;
   ui.showMore.hidden = true;
   if (info.kind === "not_image" || info.kind === "too_large" || clearQuery) {
     // The upload was unusable: go back to what was shown before it (or to the empty page).
@@ -289,6 +236,8 @@ async function runSearch({ keepGrid = false } = {}) {
       const form = new FormData();
       form.append("image", query.file, query.file.name || "photo");
       for (const [k, v] of Object.entries(filterParams())) form.append(k, v);
+      if (state.crop) form.append("crop", cropParam(state.crop));
+      document.body.dataset.crop = state.crop ? cropParam(state.crop) : "";  // the region searched (tests)
       body = await requestJson("/v1/search", { method: "POST", body: form, signal: controller.signal });
     } else {
       const qs = new URLSearchParams(filterParams());
@@ -296,7 +245,8 @@ async function runSearch({ keepGrid = false } = {}) {
     }
     if (seq !== state.seq) return;
     const tookMs = typeof body.took_ms === "number" ? body.took_ms : performance.now() - started;
-    renderResults({ query, results: Array.isArray(body.results) ? body.results : [], cacheHit: body.cache_hit === true, tookMs });
+    renderResults({ query, results: Array.isArray(body.results) ? body.results : [], cacheHit: body.cache_hit === true,
+      tookMs, weakScore: Number(body.weak_match_score) || 0 });
     if (query.kind === "photo" && query.prediction === undefined) classify(query);
   } catch (err) {
     if (err && err.name === "AbortError") return;
@@ -336,6 +286,8 @@ function startPhoto(file) {
   state.lastPhoto = query;
   state.category = "";
   state.topK = PAGE_SIZE;
+  state.crop = null;
+  region.clear();
   setQuery(query);
   if (history.state && history.state.similar) history.pushState({ photo: true }, "", location.pathname);
   runSearch();
@@ -348,6 +300,8 @@ function startSimilar(product, { focusResults = false, push = true } = {}) {
   });
   state.category = "";
   state.topK = PAGE_SIZE;
+  state.crop = null;
+  region.clear();
   if (push) history.pushState({ similar: product.id }, "", `?similar=${encodeURIComponent(product.id)}`);
   window.scrollTo({ top: 0, behavior: matchMedia("(prefers-reduced-motion: reduce)").matches ? "auto" : "smooth" });
   if (focusResults) ui.resultsTitle.focus({ preventScroll: true });
@@ -381,6 +335,20 @@ function readPrice(input) {
 }
 
 // ------------------------------------------------------------------------------------------- wiring
+
+// The shopper drags a box over their photo: the results follow the region.
+const region = attachRegion(ui.queryImage.parentElement, ui.queryImage, (box) => {
+  state.crop = box;
+  state.topK = PAGE_SIZE;
+  renderRegion();
+  runSearch({ keepGrid: true });
+});
+ui.clearRegion.addEventListener("click", () => {
+  state.crop = null;
+  region.clear();
+  renderRegion();
+  runSearch({ keepGrid: true });
+});
 
 if (TOUCH) {
   ui.dropTitle.textContent = "Take or choose a photo";
@@ -468,6 +436,8 @@ window.addEventListener("popstate", (event) => {
   } else if (state.lastPhoto) {
     state.category = "";
     state.topK = PAGE_SIZE;
+    state.crop = null;
+    region.clear();
     setQuery(state.lastPhoto);
     runSearch();
   }
