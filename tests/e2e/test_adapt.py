@@ -1,5 +1,5 @@
-"""End to end: `lookalike adapt` on the shared stack while searches run: adapt after indexing, index more
-products without adapting, adapt again -- every query answered throughout (zero failures), products added
+"""End to end: `lookalike adapt` on the shared stack while searches run: adapt after indexing (label: the
+product, each with several photos), index more products without adapting, adapt again -- every query answered throughout (zero failures), products added
 after an adaptation projected at ingest and found at once, then back to the plain collection.
 
 The multi-photo catalogue is generated here (bench/adapt_data.py views of clothing-small validation photos:
@@ -28,8 +28,8 @@ FIRST_GROUPS, LATER_GROUPS = 48, 12
 
 
 def views_catalogue(first: int, count: int, prefix: str) -> list[tuple[types_pb2.Product, bytes]]:
-    """`count` products (validation photos, every category) with VIEWS photos each, as one product per
-    photo sharing attributes.sku (the label the adaptation learns from)."""
+    """`count` products (validation photos, every category) with VIEWS photos each: one item per photo,
+    attributes.sku naming its product (as_products makes them products with several photos)."""
     sys.path.insert(0, str(ROOT / "bench"))
     from adapt_data import make_view, view_seed
 
@@ -51,10 +51,22 @@ def views_catalogue(first: int, count: int, prefix: str) -> list[tuple[types_pb2
     return items
 
 
-def upsert(stub, items) -> None:
-    acks = list(stub.UpsertProducts(iter(lookalike_pb2.UpsertProductsRequest(product=p, image=image)
-                                         for p, image in items), timeout=600))
-    assert [a.ok for a in acks] == [True] * len(items), [a.error for a in acks if not a.ok][:3]
+def as_products(items) -> list[lookalike_pb2.UpsertProductsRequest]:
+    """The views of each SKU as one product with several photos (main image + more_images)."""
+    requests: dict[str, lookalike_pb2.UpsertProductsRequest] = {}
+    for product, image in items:
+        sku = product.attributes["sku"]
+        if sku not in requests:
+            requests[sku] = lookalike_pb2.UpsertProductsRequest(product=types_pb2.Product(
+                id=sku, title=product.title, category=product.category), image=image)
+        else:
+            requests[sku].more_images.append(image)
+    return list(requests.values())
+
+
+def upsert(stub, requests) -> None:
+    acks = list(stub.UpsertProducts(iter(requests), timeout=600))
+    assert [a.ok for a in acks] == [True] * len(requests), [a.error for a in acks if not a.ok][:3]
 
 
 def adapt_cli(stack, *args) -> subprocess.CompletedProcess:
@@ -68,13 +80,13 @@ def test_adapt_index_more_adapt_again_with_zero_failed_queries(indexed_stack, tm
     prefix = f"adapt-e2e-{os.getpid()}-"
     first = views_catalogue(0, FIRST_GROUPS, prefix)
     later = views_catalogue(FIRST_GROUPS, LATER_GROUPS, prefix)
-    ids = [p.id for p, _ in first + later]
+    ids = [r.product.id for r in as_products(first + later)]
     with grpc.insecure_channel(stack.grpc_address) as channel, \
             grpc.insecure_channel(f"127.0.0.1:{stack.search_port}") as search_channel:
         stub = lookalike_pb2_grpc.LookalikeStub(channel)
         search = search_pb2_grpc.SearchServiceStub(search_channel)
         plain = stub.ListCollections(lookalike_pb2.ListCollectionsRequest(), timeout=30).active
-        upsert(stub, first)
+        upsert(stub, as_products(first))
 
         failures, answers, stop = [], [], threading.Event()
         queries = [first[1][1], first[VIEWS * 7 + 2][1], clothing_split("test").joinpath("shoes").iterdir()]
@@ -98,7 +110,7 @@ def test_adapt_index_more_adapt_again_with_zero_failed_queries(indexed_stack, tm
         thread.start()
         try:
             report = tmp_path / "adapt1.json"
-            done = adapt_cli(stack, "--label-field", "attributes.sku", "--report", str(report))
+            done = adapt_cli(stack, "--report", str(report))  # label: the product (its photos)
             assert done.returncode == 0, done.stdout + done.stderr
             assert "searches now use" in done.stdout and "held-out photos of seen labels" in done.stdout
             adapted = stub.ListCollections(lookalike_pb2.ListCollectionsRequest(), timeout=30).active
@@ -106,19 +118,21 @@ def test_adapt_index_more_adapt_again_with_zero_failed_queries(indexed_stack, tm
             print(done.stdout)
 
             # more products, no adaptation: projected at ingest, found at once
-            upsert(stub, later)
-            stored = search.GetPoints(search_pb2.GetPointsRequest(product_ids=[later[0][0].id], collection=adapted,
+            upsert(stub, as_products(later))
+            sku = later[0][0].attributes["sku"]
+            stored = search.GetPoints(search_pb2.GetPointsRequest(product_ids=[sku], collection=adapted,
                                                                   with_vectors=True), timeout=30).points
             assert len(unpack(stored[0].vector)) > 1280  # [plain || learned]
+            assert len(stored[0].more_vectors) == VIEWS - 1  # every photo projected
             found = stub.SearchByImage(lookalike_pb2.SearchByImageRequest(image=later[5][1], top_k=3), timeout=30)
-            assert found.results[0].product.id == later[5][0].id
+            assert found.results[0].product.id == later[5][0].attributes["sku"]
 
-            again = adapt_cli(stack, "--label-field", "attributes.sku", "-q")
+            again = adapt_cli(stack, "-q")
             assert again.returncode == 0, again.stdout + again.stderr
             second = stub.ListCollections(lookalike_pb2.ListCollectionsRequest(), timeout=30).active
             assert second != adapted and "__a" in second
             found = stub.SearchByImage(lookalike_pb2.SearchByImageRequest(image=later[9][1], top_k=3), timeout=30)
-            assert found.results[0].product.id == later[9][0].id
+            assert found.results[0].product.id == later[9][0].attributes["sku"]
             time.sleep(0.5)
         finally:
             stop.set()
@@ -130,34 +144,3 @@ def test_adapt_index_more_adapt_again_with_zero_failed_queries(indexed_stack, tm
         assert len(answers) > 20
         print(f"{len(answers)} queries during two adaptations and an ingest, 0 failed")
 
-
-def test_adapt_on_products_with_several_photos(indexed_stack):
-    """The default label: the photos of one product (UpsertProductsRequest.more_images). Every photo is a
-    training sample and stays searchable in the adapted collection."""
-    stack = indexed_stack
-    prefix = f"adapt-products-{os.getpid()}-"
-    views = views_catalogue(0, FIRST_GROUPS, prefix)
-    products = []
-    for g in range(FIRST_GROUPS):
-        group = views[g * VIEWS:(g + 1) * VIEWS]
-        products.append(lookalike_pb2.UpsertProductsRequest(
-            product=types_pb2.Product(id=f"{prefix}{g}", title=group[0][0].title, category=group[0][0].category),
-            image=group[0][1], more_images=[image for _, image in group[1:]]))
-    with grpc.insecure_channel(stack.grpc_address) as channel:
-        stub = lookalike_pb2_grpc.LookalikeStub(channel)
-        plain = stub.ListCollections(lookalike_pb2.ListCollectionsRequest(), timeout=30).active
-        acks = list(stub.UpsertProducts(iter(products), timeout=600))
-        assert all(a.ok for a in acks), [a.error for a in acks if not a.ok][:3]
-        try:
-            done = adapt_cli(stack, "-q")
-            assert done.returncode == 0, done.stdout + done.stderr
-            assert "searches now use" in done.stdout
-            assert f"({FIRST_GROUPS} with 2+ photos)" in done.stdout  # every photo of a product is a sample
-            # a further photo of a product finds that product first in the adapted space
-            found = stub.SearchByImage(lookalike_pb2.SearchByImageRequest(image=views[VIEWS * 5 + 3][1], top_k=3),
-                                       timeout=30)
-            assert found.results[0].product.id == f"{prefix}5"
-        finally:
-            stub.ActivateCollection(lookalike_pb2.ActivateCollectionRequest(collection=plain), timeout=30)
-            stub.DeleteProducts(lookalike_pb2.DeleteProductsRequest(product_ids=[p.product.id for p in products]),
-                                timeout=120)
