@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from concurrent import futures
 
 import grpc
@@ -140,8 +141,8 @@ def test_index_rerun_resume_and_reports(photos, tmp_path, gateway_address):
 
 
 class GatedSearch(FakeSearch):
-    """The first UpsertPoints stores at once; later ones wait until the test opens the gate (`opened`); calls
-    that arrived before it opened stay blocked until `release` and then fail, so they store nothing."""
+    """The first UpsertPoints stores at once; later ones are held until `release`, then fail (they store
+    nothing), until the test opens the gate (`opened`) for the next run."""
 
     def __init__(self):
         super().__init__()
@@ -156,6 +157,22 @@ class GatedSearch(FakeSearch):
         response = super().UpsertPoints(request, timeout, metadata)
         self.first_stored.set()
         return response
+
+
+def upsert_streams_ended() -> float:
+    """UpsertProducts streams the gateway has finished (counted when the handler ends, i.e. after every batch
+    of the stream was committed or dropped)."""
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("lookalike_gateway_requests_total",
+                                     {"api": "grpc", "method": "UpsertProducts", "status": "OK"}) or 0.0
+
+
+def wait_for_stream_end(before: float) -> None:
+    deadline = time.monotonic() + 120
+    while upsert_streams_ended() <= before:
+        assert time.monotonic() < deadline, "the interrupted stream never ended in the gateway"
+        time.sleep(0.01)
 
 
 def test_ctrl_c_stops_and_the_same_command_resumes(tmp_path):
@@ -176,6 +193,7 @@ def test_ctrl_c_stops_and_the_same_command_resumes(tmp_path):
     stored = search.collections["products__lookalike-lite0"]
     command = [sys.executable, "-m", "lookalike.cli", "index", str(tmp_path / "catalogue"), "--gateway", address,
                "-q", "--failures", str(tmp_path / "failures.jsonl")]
+    streams_before = upsert_streams_ended()
     try:
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         assert search.first_stored.wait(120), "the first batch was never stored"
@@ -183,7 +201,9 @@ def test_ctrl_c_stops_and_the_same_command_resumes(tmp_path):
         output = proc.communicate(timeout=120)[0]
         assert proc.returncode == 130, output
         assert "interrupted" in output
-        kept = len(stored)  # the first batch; every later write of that run is held at the gate
+        search.release.set()  # every later write of that run fails, whenever the gateway gets to it
+        wait_for_stream_end(streams_before)  # no batch of that run is left in the gateway
+        kept = len(stored)  # the first batch only
         assert 0 < kept < 24
         search.opened.set()
         again = subprocess.run(command, capture_output=True, text=True, timeout=120)
