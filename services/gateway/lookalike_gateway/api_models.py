@@ -74,7 +74,8 @@ ERROR_DESCRIPTIONS = {
     413: "Body or image above the upload limit (RESOURCE_EXHAUSTED)",
     415: "Not an image type, or an image format that is not accepted (INVALID_ARGUMENT)",
     429: "Rate limit exceeded (RESOURCE_EXHAUSTED); see `Retry-After`",
-    503: "A dependency (embedder, search service) is unavailable, or the gateway is shutting down (UNAVAILABLE)",
+    503: ("A dependency (embedder, search service) is unavailable, the gateway is shutting down, or an uncached "
+          "photo was shed because the embed queue is full (UNAVAILABLE); see `Retry-After`"),
     504: "The request's deadline passed (DEADLINE_EXCEEDED)",
 }
 RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}}

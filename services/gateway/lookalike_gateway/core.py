@@ -22,6 +22,7 @@ from lookalike.torchserve import EmbedderClient, EmbedderImageError, EmbedderNot
 from lookalike.v1 import search_pb2, search_pb2_grpc, types_pb2
 
 from . import metrics, ranking
+from .admission import EmbedGate, EmbedQueueFull
 from .cache import EmbeddingCache, image_digest
 from .catalogue import Catalogue
 from .image_store import ImageStore
@@ -194,6 +195,9 @@ class Gateway:
         self.embedder_ready: Callable[[], bool] = lambda: True
         self._embedder_serving = False  # the last probe's verdict (dependencies)
         self.ingestor = Ingestor(self)
+        # Uncached queries: bounded concurrent embeds, misses shed when the queue is full (hits never wait).
+        self.embed_gate = EmbedGate(settings.query_embed_concurrency, settings.query_embed_queue,
+                                    settings.query_embed_retry_after_s)
 
     # -- helpers -------------------------------------------------------------------------------------
 
@@ -301,7 +305,14 @@ class Gateway:
         if cached is not None:
             return cached, True
         self.check_image(image)
-        vector = self._embed(image, deadline, target.embedder, crop)
+        try:
+            with self.embed_gate.admit(deadline.remaining("waiting for the embedder")):
+                vector = self._embed(image, deadline, target.embedder, crop)
+        except EmbedQueueFull as exc:
+            raise ApiError(grpc.StatusCode.UNAVAILABLE, str(exc), retry_after_s=exc.retry_after_s) from None
+        except TimeoutError:
+            raise ApiError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                           "deadline exceeded while waiting for the embedder (too many uncached queries)") from None
         target.cache.put(digest, vector)
         return vector, False
 

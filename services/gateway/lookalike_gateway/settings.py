@@ -37,6 +37,13 @@ class GatewaySettings(BaseSettings):
     redis_timeout_s: float = Field(0.05, gt=0, le=5)  # a slow Redis is skipped, not waited for
     redis_retry_after_s: float = Field(2.0, ge=0)  # after a Redis failure, skip it this long
 
+    # Uncached queries (lookalike_gateway.admission): at most this many embeds at once, this many more
+    # waiting; a miss beyond that is answered UNAVAILABLE / 503 with Retry-After, so cache hits never wait
+    # behind embedding work. Ingest and reindex are bounded separately.
+    query_embed_concurrency: int = Field(4, ge=1, le=256)
+    query_embed_queue: int = Field(8, ge=0, le=4096)
+    query_embed_retry_after_s: float = Field(1.0, gt=0, le=60)
+
     data_dir: Path = Path("var/gateway")
     request_timeout_s: float = Field(10.0, gt=0, le=600)  # default deadline when the caller sets none
     # Ingest: the deadline of each micro-batch of a stream (embedding 32 images on a busy CPU takes seconds).
