@@ -162,7 +162,10 @@ class TorchServeError(RuntimeError):
 class TorchServeProcess:
     """A TorchServe server (launcher + java + Python workers) owned by this object.
 
-    `model_store`: a directory holding <model_name>.mar; when None, the embedder archive is built
+    `model_store`: a directory holding <model_name>.mar (the default version) and the archives of
+    other versions, <model_name>.<version>.mar (build_mar.py --model-version / --preset / --onnx); TorchServe
+    registers every one of them (the default first, so it stays the default version), or only the
+    archive file named by `archive`. When `model_store` is None, the embedder archive is built
     (or reused if up to date) in <data_dir>/model-store with build_mar.py and `mar_options`
     (cut, batch_size, max_batch_delay, workers). Ports given as 0 are picked free. The inference
     endpoints (gRPC, REST) bind `inference_host` (127.0.0.1 by default; "0.0.0.0" to publish);
@@ -181,6 +184,7 @@ class TorchServeProcess:
         model_store: str | os.PathLike | None = None,
         *,
         model_name: str = MODEL_NAME,
+        archive: str | None = None,
         mar_options: Mapping[str, object] | None = None,
         grpc_port: int = 0,
         http_port: int = 0,
@@ -200,6 +204,7 @@ class TorchServeProcess:
         self.model_store = Path(model_store).resolve() if model_store is not None else self.data_dir / "model-store"
         self.mar_options = dict(mar_options or {})
         self.model_name = model_name
+        self.archive = archive
         self.inference_host = inference_host
         self.config_template = Path(config_template) if config_template else default_config_template()
         self.extra_properties = dict(properties or {})
@@ -286,6 +291,15 @@ class TorchServeProcess:
             taken.add(port)
             self.ports[name] = int(port)
 
+    def archives(self) -> list[str]:
+        """The archive files TorchServe loads: `archive` when named, else <model_name>.mar first (the
+        default version: TorchServe makes the first version it registers the default), then every
+        <model_name>.<version>.mar in the store, sorted."""
+        if self.archive:
+            return [self.archive]
+        others = sorted(p.name for p in self.model_store.glob(f"{self.model_name}.*.mar"))
+        return [f"{self.model_name}.mar", *others]
+
     def write_config(self) -> Path:
         """Writes the per-run config.properties (ports, store, addresses) and returns its path."""
         overrides: dict[str, object] = {
@@ -300,7 +314,7 @@ class TorchServeProcess:
             "grpc_management_address": "127.0.0.1",
             "grpc_management_port": self.ports["grpc_management"],
             "model_store": str(self.model_store),
-            "load_models": f"{self.model_name}.mar",
+            "load_models": ",".join(self.archives()),
             "allowed_urls": allowed_urls_property(self.model_store),
         }
         overrides.update(self.extra_properties)
@@ -335,8 +349,9 @@ class TorchServeProcess:
             raise TorchServeError("already started")
         if self._build_mar:
             build_embedder_mar(self.model_store, **self.mar_options)
-        if not (self.model_store / f"{self.model_name}.mar").exists():
-            raise TorchServeError(f"{self.model_store / (self.model_name + '.mar')} not found; "
+        first = self.archives()[0]
+        if not (self.model_store / first).exists():
+            raise TorchServeError(f"{self.model_store / first} not found; "
                                   "build it with services/embedder/build_mar.py")
         for d in (self.data_dir, self.log_dir, self.tmp_dir):
             d.mkdir(parents=True, exist_ok=True)

