@@ -85,11 +85,12 @@ def summary(samples: list[float]) -> dict:
 
 async def run_load(url: str, hot: list[bytes], cold: list[bytes], clients: int, seconds: float,
                    uncached: float, seed: int, api_key: str | None, timeout_s: float,
-                   start_at: float | None = None) -> dict:
+                   start_at: float | None = None, rate: float = 0.0, clients_total: int | None = None) -> dict:
     """`clients` closed-loop clients in this process, each with its own keep-alive connection, from
     `start_at` (time.time(); default now) for `seconds`. Returns the raw samples (see `merge`)."""
     import httpx
 
+    clients_total = clients_total or clients
     if start_at is not None:
         await asyncio.sleep(max(0.0, start_at - time.time()))
     rng = random.Random(seed)
@@ -110,12 +111,18 @@ async def run_load(url: str, hot: list[bytes], cold: list[bytes], clients: int, 
             http = await stack.enter_async_context(
                 httpx.AsyncClient(base_url=url, timeout=timeout_s, limits=limits, headers=headers))
             local = random.Random(rng.random())
+            interval = clients_total / rate if rate else 0.0  # this client's share of the offered rate
+            next_at = time.perf_counter() + local.random() * interval
             while time.monotonic() < stop_at:
+                if rate:  # paced: wait for the scheduled send; latency counts from the schedule (no
+                    # coordinated omission: a late send is charged to the server's backlog)
+                    await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
                 kind = "uncached" if local.random() < uncached else "cached"
                 image = next(cold_iter, None) if kind == "uncached" else local.choice(hot)
                 if image is None:  # the unique images ran out: count it, keep the clients busy with hot ones
                     kind, image = "cached", local.choice(hot)
-                started = time.perf_counter()
+                started = next_at if rate else time.perf_counter()
+                next_at += interval
                 try:
                     response = await http.post("/v1/search", files={"image": ("q.jpg", image, "image/jpeg")},
                                                data={"top_k": "10"})
@@ -172,7 +179,8 @@ def merge(url: str, clients: int, uncached: float, parts: list[dict]) -> dict:
 
 
 def load_in_processes(url: str, hot: list[bytes], cold: list[bytes], clients: int, processes: int,
-                      seconds: float, uncached: float, seed: int, api_key: str | None, timeout_s: float) -> dict:
+                      seconds: float, uncached: float, seed: int, api_key: str | None, timeout_s: float,
+                      rate: float = 0.0) -> dict:
     """The clients spread over `processes` client processes (one Python process cannot drive 32 clients
     on a busy machine without its own event loop adding seconds to the tail), all starting together."""
     import multiprocessing
@@ -180,10 +188,12 @@ def load_in_processes(url: str, hot: list[bytes], cold: list[bytes], clients: in
     processes = max(1, min(processes, clients))
     start_at = time.time() + 2.0 + 0.5 * processes  # after every process has imported httpx
     jobs = [(url, hot, cold[i::processes], clients // processes + (i < clients % processes), seconds, uncached,
-             seed + i, api_key, timeout_s, start_at) for i in range(processes)]
+             seed + i, api_key, timeout_s, start_at, rate, clients) for i in range(processes)]
     with multiprocessing.get_context("spawn").Pool(processes) as pool:
         parts = pool.map(_process, jobs)
-    return merge(url, clients, uncached, parts)
+    merged = merge(url, clients, uncached, parts)
+    merged["offered_rate_qps"] = rate or None  # None: closed loop (each client sends as soon as answered)
+    return merged
 
 
 def main() -> int:
@@ -193,6 +203,9 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--processes", type=int, default=4, help="client processes the clients are spread over")
     parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="offered requests/s over all clients (paced, latency from the schedule); "
+                             "0 = closed loop, each client sends as soon as it is answered")
     parser.add_argument("--uncached", type=float, default=0.2, help="fraction of queries with a never-seen image")
     parser.add_argument("--timeout", type=float, default=30.0, help="per-request client timeout (s)")
     parser.add_argument("--dataset", type=Path, default=DEFAULT_DATASET)
@@ -205,7 +218,7 @@ def main() -> int:
     hot_photos = photos(args.dataset, "test", 3)
     hot = [p.read_bytes() for p in hot_photos]
     # enough unique images for the embedder at ~3x what it can do on a small CPU machine
-    cold = unique_images(photos(args.dataset, "validation", 5), int(args.seconds * 60 * args.uncached) + 10,
+    cold = unique_images(photos(args.dataset, "validation", 5), int(args.seconds * max(60.0, args.rate) * args.uncached) + 10,
                          args.seed)
 
     stack = None
@@ -240,7 +253,7 @@ def main() -> int:
 
         before = cpu_seconds() if stack is not None else None
         result = load_in_processes(url, hot, cold, args.clients, args.processes, args.seconds, args.uncached,
-                                   args.seed, args.api_key, args.timeout)
+                                   args.seed, args.api_key, args.timeout, args.rate)
         if before is not None:  # its own stack: where the CPU went, per request (load client included)
             result["cpu_ms_per_request"] = cpu_delta(before, cpu_seconds(), max(1, result["requests"]))
     finally:
@@ -248,7 +261,7 @@ def main() -> int:
             stack.stop()
             shutil.rmtree(stack.data_dir, ignore_errors=True)
     all_ = result["latency"].get("all", {})
-    print(f"requests {result['requests']}  ok {result['ok']}  errors {result['errors']}  "
+    print(f"offered {args.rate or 'closed loop'} QPS  requests {result['requests']}  ok {result['ok']}  errors {result['errors']}  "
           f"QPS {result['qps']}  p50 {all_.get('p50_ms')} ms  p99 {all_.get('p99_ms')} ms")
     for kind in ("cached", "uncached"):
         stats = result["latency"].get(kind, {})
