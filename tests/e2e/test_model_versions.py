@@ -66,6 +66,6 @@ def test_reindex_to_another_archive_served_beside_the_default(tmp_path_factory):
             found = search(http, photo)
         assert found["results"][0]["id"] == f"{photo.parent.name}/{photo.name}"  # finds itself after the move
         assert found["results"][0]["score"] > 0.999
-        served = [line for line in stack.torchserve.metrics_text().splitlines()
-                  if f'model_version="{VERSION}"' in line and not line.startswith("#")]
-        assert served, "TorchServe's metrics show no request to the second archive"
+        served = [float(line.rsplit(" ", 1)[1]) for line in stack.torchserve.metrics_text().splitlines()
+                  if line.startswith("ts_inference_requests_total") and f'model_version="{VERSION}"' in line]
+        assert served and served[0] > 0, "TorchServe counted no inference request to the second archive"
