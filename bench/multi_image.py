@@ -23,30 +23,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
+from lookalike_gateway.weak_match import weak_match_score
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 DEFAULT_DATASET = ROOT.parent / "shared" / "datasets" / "clothing-small"
-
-
-def isotonic(y: np.ndarray) -> np.ndarray:
-    """Pool-adjacent-violators: the non-decreasing fit of y (in the order given)."""
-    blocks: list[list[float]] = []  # [sum, count]
-    for value in y.astype(float):
-        blocks.append([value, 1.0])
-        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
-            total, count = blocks.pop()
-            blocks[-1][0] += total
-            blocks[-1][1] += count
-    return np.concatenate([np.full(int(c), s / c) for s, c in blocks])
-
-
-def weak_match_score(scores: np.ndarray, same: np.ndarray) -> float:
-    """The lowest nearest-neighbour score at which P(same category), fitted monotone in the score, is still at
-    least one half (0 when it never drops below one half)."""
-    order = np.argsort(scores)
-    fitted = isotonic(same[order].astype(float))
-    good = np.nonzero(fitted >= 0.5)[0]
-    return float(scores[order][good[0]]) if len(good) and good[0] > 0 else 0.0
 
 
 def build(dataset: Path, n: int, out: Path) -> tuple[list[dict], list[Path], list[str]]:

@@ -127,7 +127,8 @@ class SearchResponse(BaseModel):
     category_boost: float = Field(description="the category boost applied to the order (0: plain similarity)")
     weak_match_score: float = Field(description=(
         "below this score even the best result is usually not the same kind of product: show 'no close match' "
-        "when results[0].score is below it (calibrated from the catalogue's own photos; 0: not calibrated)"))
+        "when results[0].score is below it (calibrated by the gateway from the active catalogue's own photos; "
+        "0: off or not calibrated yet)"))
     took_ms: float
 
 

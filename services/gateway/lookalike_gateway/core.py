@@ -189,6 +189,7 @@ class Gateway:
         self.catalogue = Catalogue(self)  # the active collection and its model; reindex
         self.classifier = None  # a classifier.ClassifierService, set by the server: category re-ranking
         self.adaptation = None  # an adaptation_api.AdaptationService, set by the server: lookalike adapt
+        self.weak_match: Callable[[], float] = lambda: 0.0  # the server sets calibration.WeakMatchCalibrator.value
         # The readiness monitor's view of the embedder (set by the server). While it is not ready, query
         # embeddings are not sent (a restarted TorchServe queues them until the model is loaded): they are
         # retried within the deadline like a refused connection, then answered 503 naming the embedder.
@@ -336,7 +337,7 @@ class Gateway:
             raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "image is empty")
         target = self.catalogue.active()  # one snapshot: embed with the model of the collection searched
         vector, cache_hit = self.query_embedding(image, deadline, target, region)
-        weak = self.settings.weak_match_score
+        weak = self.weak_match()
         classifier = self.classifier
         head = (classifier.category_head(target.model_id, vector.shape[0])
                 if classifier is not None and boost > 0 and not flt.category else None)

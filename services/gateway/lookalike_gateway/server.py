@@ -19,7 +19,7 @@ from lookalike.settings import load_settings
 from lookalike.torchserve import RECONNECT_OPTIONS, EmbedderClient
 from lookalike.v1 import lookalike_pb2, lookalike_pb2_grpc
 
-from . import embedder_metrics, stack_metrics
+from . import calibration, embedder_metrics, stack_metrics
 from .auth import ApiKeyCheck, RateLimiter
 from .cache import EmbeddingCache
 from .adaptation_api import AdaptationService
@@ -136,6 +136,8 @@ def main() -> None:
     gateway.classifier = ClassifierService(gateway, settings.data_dir / "classifiers")
     gateway.adaptation = AdaptationService(gateway)  # lookalike adapt: StartAdaptation, POST /v1/adaptations
     add_classification(host, gateway.classifier, auth, draining)  # lookalike.v1.Classification
+    weak_match = calibration.for_gateway(gateway, settings.weak_match_score)  # "no close match", background
+    gateway.weak_match = weak_match.value
     try:
         grpc_port = host.start()
     except (OSError, RuntimeError) as exc:
@@ -150,6 +152,7 @@ def main() -> None:
     monitor = ReadinessMonitor(gateway, host, stopping=draining)
     gateway.embedder_ready = lambda: monitor.latest.embedder
     monitor.start()
+    weak_match.start()
 
     http_port = http_socket.getsockname()[1]
     app = create_app(gateway, auth, monitor.snapshot, draining=draining)
@@ -183,4 +186,5 @@ def main() -> None:
     if drainer.ident is not None:
         drainer.join(settings.shutdown_delay_s + host.grace + 5)  # host.stop() returns at once while it drains
     host.stop()
+    weak_match.close()
     log.info("gateway stopped")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -60,9 +61,9 @@ class GatewaySettings(BaseSettings):
     category_boost: float = Field(0.2, ge=0, le=limits.MAX_CATEGORY_BOOST)
     category_rerank_depth: int = Field(100, ge=1, le=limits.MAX_TOP_K)  # candidates re-ranked
     # Below this score even the best result is usually not the same kind of product: searches report it
-    # (weak_match_score) and the page says "no close match". 0 = calibrated by the gateway from the catalogue's
-    # own photos (lookalike_gateway.calibration); a value here overrides it.
-    weak_match_score: float = Field(0.0, ge=0, le=1)
+    # (weak_match_score) and the page says "no close match". "auto" = calibrated by the gateway from the active
+    # catalogue's own photos, in the background (lookalike_gateway.calibration); a number overrides it; 0 = off.
+    weak_match_score: Annotated[float, Field(ge=0, le=1)] | Literal["auto"] = "auto"
     # Ingest reports products whose image is byte-identical to another product's, or whose embedding is
     # within this cosine distance (1 - similarity) of another product's; 0 = exact duplicates only.
     # On clothing-small, 0.03 flags the one near-identical pair among 3,068 training photos.
