@@ -177,3 +177,22 @@ def test_measure_collection_skips_the_product_itself_and_uncategorised_ones():
     assert {c for _, c in calls} == {"c1"}
     limited = measure_collection(call_search, "c1", deadline=None, limit=1)
     assert len(limited.scores) == 1
+
+
+def test_while_the_count_keeps_moving_passes_are_spaced_by_their_duration():
+    cat = FakeCatalogue()
+    now = [0.0]
+    measure = cat.measure
+
+    def slow_measure(collection):  # each pass takes 2 s of the fake clock
+        now[0] += 2.0
+        return measure(collection)
+    cal = WeakMatchCalibrator("auto", cat.active, cat.count, slow_measure, clock=lambda: now[0])
+    assert cal.refresh() and len(cat.measured) == 1
+    cat.products = 200  # a big ingest: the count doubled
+    now[0] += 2.0 * calibration.PASS_GAP_FACTOR - 1
+    assert not cal.refresh() and len(cat.measured) == 1  # too soon after a 2 s pass
+    now[0] += 1
+    assert cal.refresh() and len(cat.measured) == 2
+    cat.collection = "c2"  # a new collection does not wait
+    assert cal.refresh() and cat.measured[-1] == "c2"

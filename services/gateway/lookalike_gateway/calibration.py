@@ -4,13 +4,15 @@ In the background, never on a request: a sample of the active collection (at mos
 point-id order, i.e. uniform, since ids are uuid5 hashes of the product ids) is searched against the whole collection
 (SearchByVectors with each product's main photo, the product itself skipped), and lookalike_gateway.weak_match turns
 those nearest-other-product scores and categories into the threshold. It is recomputed when the active collection
-changes or its product count moves by more than RECOUNT_FRACTION; a catalogue with fewer than MIN_PRODUCTS
+changes or its product count moves by more than RECOUNT_FRACTION (while it keeps moving, passes are spaced by
+PASS_GAP_FACTOR times their duration); a catalogue with fewer than MIN_PRODUCTS
 categorised products or a single category leaves it off (0). A number in the setting overrides all this; 0 = off.
 """
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -30,6 +32,9 @@ MAX_SAMPLE = 2000  # products searched per calibration
 MIN_PRODUCTS = 20  # fewer categorised products than this: no threshold
 RECOUNT_FRACTION = 0.10  # recalibrate when the product count moved by more than this
 CHECK_S = 5.0  # how often the collection and its count are looked at (one CountPoints)
+# While the count keeps moving (a big ingest), a pass waits this many times its predecessor's duration after it:
+# calibration takes at most ~1/(1 + PASS_GAP_FACTOR) of the search service's time. A new collection does not wait.
+PASS_GAP_FACTOR = 10.0
 PASS_TIMEOUT_S = 120.0  # the deadline of one calibration pass (scroll + searches)
 SEARCH_BATCH = 256  # vectors per SearchByVectors
 SCROLL_PAGE = 1000
@@ -63,11 +68,13 @@ class WeakMatchCalibrator:
     `measure(collection)` -> a Sample."""
 
     def __init__(self, setting: float | str, active: Callable[[], str], count: Callable[[str], int],
-                 measure: Callable[[str], Sample], interval: float = CHECK_S):
+                 measure: Callable[[str], Sample], interval: float = CHECK_S,
+                 clock: Callable[[], float] = time.monotonic):
         self.auto = setting == AUTO
         self._value = 0.0 if self.auto else float(setting)
         self._active, self._count, self._measure = active, count, measure
-        self.interval = interval
+        self.interval, self._clock = interval, clock
+        self._next_pass = 0.0  # a count move before this clock time waits (PASS_GAP_FACTOR)
         self._collection: str | None = None  # what the value was calibrated on
         self._products = 0
         self._stop = threading.Event()
@@ -92,9 +99,13 @@ class WeakMatchCalibrator:
             products = self._count(collection)
             if not self._stale(collection, products):
                 return False
+            if collection == self._collection and self._clock() < self._next_pass:
+                return False  # the count moved, but the last pass was recent: later
             if collection != self._collection and self._collection:  # "": the alias, before its name was read
                 self._set(0.0)  # another collection (maybe another model): off until calibrated
+            started = self._clock()
             sample = self._measure(collection) if products >= MIN_PRODUCTS else EMPTY
+            self._next_pass = self._clock() + PASS_GAP_FACTOR * (self._clock() - started)
         except (ApiError, grpc.RpcError) as exc:
             log.warning("weak-match calibration: %s; retrying in %.0f s", getattr(exc, "message", exc), self.interval)
             return False
