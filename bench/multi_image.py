@@ -59,22 +59,15 @@ def product_metrics(ranked: list[list[str]], answers: list[str]) -> dict:
     return {"p_at_1": round(p1, 4), "r_at_5": round(r5, 4), "queries": len(answers)}
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", type=Path, default=DEFAULT_DATASET)
-    parser.add_argument("--products", type=int, default=80)
-    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "multi_image.json")
-    args = parser.parse_args()
-
-    import httpx
-
+def measure(dataset: Path, n_products: int = 80) -> dict:
+    """Builds the catalogue (in a temporary folder), indexes it on a fresh stack, and returns the figures."""
     from lookalike.ingest import index_items, open_catalogue
     from lookalike.stack import Stack, StackConfig
-    from quality import embed_paths
+    from quality import embed_paths, search_rest
 
     with tempfile.TemporaryDirectory(prefix="lk-multi-") as tmp:
         tmp = Path(tmp)
-        rows, queries, answers = build(args.dataset, args.products, tmp)
+        rows, queries, answers = build(dataset, n_products, tmp)
         (tmp / "products.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
         # brute force: every photo's offline features, each product at its best photo
         photo_paths = [tmp / name for r in rows for name in r["images"]]
@@ -103,24 +96,27 @@ def main() -> int:
             items, total = open_catalogue(tmp / "products.jsonl")
             report = index_items(stack.grpc_address, items, total=total, progress=False)
             assert report.failed == 0, report.failures
-            served_ranked = []
-            with httpx.Client(base_url=stack.http_url, timeout=120) as client:
-                for query in queries:
-                    answer = client.post("/v1/search", files={"image": (query.name, query.read_bytes(), "image/jpeg")},
-                                         data={"top_k": "10", "category_boost": "0"})
-                    answer.raise_for_status()
-                    results = answer.json()["results"]
-                    assert len({r["id"] for r in results}) == len(results), "an answer repeats a product"
-                    served_ranked.append([r["id"] for r in results])
+            served_ranked = [[r["id"] for r in results]
+                             for results in search_rest(stack.http_url, queries, 10, category_boost="0")]
         served = product_metrics(served_ranked, answers)
 
-    figures = {"catalogue": f"{len(rows)} clothing-small validation photos as products of 3 photos "
-                            "(photo, mirror, centre close-up); queries: each photo rotated, cropped off-centre, darker, at 1/4 resolution",
-               "products": len(rows), "images": len(photo_paths),
-               "brute_force_best_image": brute, "served": served, "brute_force_main_photo_only": single,
-               "equal_to_3_decimals": all(round(brute[k], 3) == round(served[k], 3) for k in ("p_at_1", "r_at_5")),
-               "weak_match_score": round(weak, 4),
-               "nearest_other_product_same_category": round(float(np.mean(nn_same)), 4)}
+    return {"catalogue": f"{len(rows)} clothing-small validation photos as products of 3 photos "
+                         "(photo, mirror, centre close-up); queries: each photo rotated, cropped off-centre, darker, at 1/4 resolution",
+            "products": len(rows), "images": len(photo_paths),
+            "brute_force_best_image": brute, "served": served, "brute_force_main_photo_only": single,
+            "equal_to_3_decimals": all(round(brute[k], 3) == round(served[k], 3) for k in ("p_at_1", "r_at_5")),
+            "weak_match_score": round(weak, 4),
+            "nearest_other_product_same_category": round(float(np.mean(nn_same)), 4)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", type=Path, default=DEFAULT_DATASET)
+    parser.add_argument("--products", type=int, default=80)
+    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "multi_image.json")
+    args = parser.parse_args()
+
+    figures = measure(args.dataset, args.products)
     print(json.dumps(figures, indent=2))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(figures, indent=2) + "\n")

@@ -85,10 +85,25 @@ def brute_force(dataset: Path, cut: str = "final", cache_dir: Path | None = None
     return retrieval_metrics(ranked, query_labels, [counts[label] for label in query_labels])
 
 
-def served(dataset: Path, http_url: str, grpc_address: str, index: bool = True) -> dict:
-    """Indexes the train split through gRPC, then queries every test photo through REST."""
+def search_rest(http_url: str, paths: list[Path], top_k: int, **form: str) -> list[list[dict]]:
+    """Each photo through REST /v1/search (extra `form` fields, e.g. category_boost="0"): its results, best first.
+    Checks that no answer repeats a product (search answers with distinct products)."""
     import httpx
 
+    answers = []
+    with httpx.Client(base_url=http_url, timeout=120) as client:
+        for path in paths:
+            response = client.post("/v1/search", files={"image": (path.name, path.read_bytes(), "image/jpeg")},
+                                   data={"top_k": str(top_k), **form})
+            response.raise_for_status()
+            results = response.json()["results"]
+            assert len({r["id"] for r in results}) == len(results), f"the answer to {path.name} repeats a product"
+            answers.append(results)
+    return answers
+
+
+def served(dataset: Path, http_url: str, grpc_address: str, index: bool = True) -> dict:
+    """Indexes the train split through gRPC, then queries every test photo through REST."""
     from lookalike.ingest import index_items, scan_folder
 
     result: dict = {}
@@ -100,14 +115,9 @@ def served(dataset: Path, http_url: str, grpc_address: str, index: bool = True) 
     query_paths, query_labels = list_split(dataset, "test")
     cat_labels = list_split(dataset, "train")[1]
     counts = {label: cat_labels.count(label) for label in set(cat_labels)}
-    ranked = []
     started = time.perf_counter()
-    with httpx.Client(base_url=http_url, timeout=60) as client:
-        for path in query_paths:
-            response = client.post("/v1/search", files={"image": (path.name, path.read_bytes(), "image/jpeg")},
-                                   data={"top_k": str(RANK_DEPTH)})
-            response.raise_for_status()
-            ranked.append([r["category"] for r in response.json()["results"]])
+    answers = search_rest(http_url, query_paths, RANK_DEPTH)
+    ranked = [[r["category"] for r in results] for results in answers]
     result["query_seconds"] = round(time.perf_counter() - started, 2)
     result.update(retrieval_metrics(ranked, query_labels, [counts[label] for label in query_labels]))
     return result

@@ -396,6 +396,8 @@ def run(dataset: Path, quick: bool) -> dict:
     log(f"category re-ranking: {result['category_rerank']['chosen']}")
     import adapt_suite  # adapted embeddings (lookalike adapt): dev catalogue, clothing-small, gate, timing
     result["adaptation"] = adapt_suite.run(dataset, quick)
+    import product_suite  # product level, served chain vs brute force: multi-photo and clothing-small catalogues
+    result["products"] = product_suite.run(dataset, quick)
     return result
 
 

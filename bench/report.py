@@ -206,6 +206,9 @@ def quality_md(q: dict, figures: list[str]) -> list[str]:
     if q.get("adaptation"):
         import adapt_suite
         out += [""] + adapt_suite.markdown(q["adaptation"])
+    if q.get("products"):
+        import product_suite
+        out += [""] + product_suite.markdown(q["products"])
     return out
 
 
