@@ -19,7 +19,7 @@ import numpy as np
 
 from .store import (IMAGE_INDEX, PAYLOAD_INDEXES, CollectionMismatch, Hit, NotFound, PointIn, Record,
                     SearchFilter, StoreError, all_point_ids, check_scroll_limit, check_vector, dedupe_points,
-                    ef_for, hit, image_points, merge_best, payload_product_id, read_products,
+                    ef_for, grouped, hit, image_points, merge_best, payload_product_id, read_products,
                     scroll_offset, stale_point_ids, unique)
 
 log = logging.getLogger(__name__)
@@ -224,11 +224,20 @@ class QdrantClientStore:
         return len(clean)
 
     def _query(self, vector: np.ndarray, top_k: int, flt, what: str) -> list[Hit]:
-        """Qdrant's group-by on product_id: each product once, at its best image."""
+        """Each product once, at its best image: Qdrant's group-by on product_id on a server; in-process
+        (qdrant-local), over-fetch and collapse instead, since the local engine's group-by is written in Python
+        and costs ~180x a plain query (283 vs 1.6 ms at 5,000 points)."""
+        if self.local:
+            def query(limit: int) -> list[Hit]:
+                with self._lock, self._errors(what):
+                    response = self.client.query_points(self.collection, query=vector.tolist(), query_filter=flt,
+                                                        limit=limit, with_payload=True, with_vectors=False)
+                return [hit(payload_product_id(p.payload), p.score, p.payload) for p in response.points]
+            return grouped(query, top_k)
         with self._lock, self._errors(what):
             response = self.client.query_points_groups(
                 self.collection, group_by="product_id", query=vector.tolist(), query_filter=flt,
-                search_params=None if self.local else self._params(top_k), limit=top_k, group_size=1,
+                search_params=self._params(top_k), limit=top_k, group_size=1,
                 with_payload=True, with_vectors=False)
         hits = [hit(payload_product_id(g.hits[0].payload, str(g.id)), g.hits[0].score, g.hits[0].payload)
                 for g in response.groups if g.hits]
