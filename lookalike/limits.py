@@ -11,4 +11,6 @@ MAX_CATEGORY_BOOST = 10.0  # category_boost is 0..MAX_CATEGORY_BOOST
 DEFAULT_CLASSIFY_TOP_K = 5  # labels per Classify when the caller sets none
 MAX_IMAGES_PER_PRODUCT = 256  # photos of one product, at most (the search service's limit)
 DEFAULT_MAX_IMAGES_PER_PRODUCT = 32  # the gateway's max_images_per_product default
-DEFAULT_MAX_PRODUCT_BYTES = 64 * 1024 * 1024  # a product's photos together (the gateway's max_product_bytes default)
+DEFAULT_MAX_PRODUCT_BYTES = 32 * 1024 * 1024  # a product's photos together (the gateway's max_product_bytes default); also
+# the gateway's gRPC message limit, which gRPC applies to every method: a larger one would let a query upload
+# of that size be read whole before SearchByImage refuses it
