@@ -47,12 +47,12 @@ def worker(cfg: dict) -> dict:
     import numpy as np
 
     import lookalike_search.bench as sbench
-    import lookalike_search.store as sstore
+    import lookalike_search.engines as sengines
     from common import summarize
 
     mem: dict = {}
     sweeps: dict = {}
-    original_make, original_latency = sstore.make_store, sbench._latency
+    original_make, original_latency = sengines.make_store, sbench._latency
     efs = cfg.get("efs") or [None]
     repeats = int(cfg.get("repeats", 3))
 
@@ -75,7 +75,7 @@ def worker(cfg: dict) -> dict:
                 f"recall_at_{k}": summarize([r[f"recall_at_{k}"] for r in rs])}
         return runs[efs[-1]][-1]
 
-    sstore.make_store, sbench._latency = make_store, latency
+    sengines.make_store, sbench._latency = make_store, latency
     data_dir = Path(tempfile.mkdtemp(prefix="lkb-store-"))
     try:
         started = time.perf_counter()
@@ -86,7 +86,7 @@ def worker(cfg: dict) -> dict:
         out["disk_mib"] = round(dir_mib(data_dir), 1)
         out["wall_s"] = round(time.perf_counter() - started, 1)
     finally:
-        sstore.make_store, sbench._latency = original_make, original_latency
+        sengines.make_store, sbench._latency = original_make, original_latency
         shutil.rmtree(data_dir, ignore_errors=True)
     out["rss_delta_mib"] = round(mem["rss_after_build_mib"] - mem["rss_before_store_mib"], 1)
     out["raw_float32_mib"] = round(cfg["n"] * out["dim"] * 4 / 2**20, 1)

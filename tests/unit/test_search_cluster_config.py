@@ -1,6 +1,6 @@
 """Distributed Qdrant: LOOKALIKE_SEARCH_SHARD_NUMBER / REPLICATION_FACTOR / WRITE_CONSISTENCY_FACTOR reach
-create_collection (issue 8), through both construction paths the service uses (QdrantClientStore.from_settings
-and the per-collection ClientEngine.store), checked against a fake qdrant client: no server needed."""
+create_collection (issue 8), through both construction paths the service uses (engines.make_store and the
+per-collection ClientEngine.store), checked against a fake qdrant client: no server needed."""
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -9,8 +9,7 @@ import pytest
 
 pytest.importorskip("qdrant_client")
 
-from lookalike_search import collections as scollections  # noqa: E402
-from lookalike_search import store_qdrant  # noqa: E402
+from lookalike_search import engines, store_qdrant  # noqa: E402
 from lookalike_search.settings import SearchSettings  # noqa: E402
 
 
@@ -48,6 +47,7 @@ def server_env(monkeypatch):
         monkeypatch.setenv(key, value)
     fake = FakeClient()
     monkeypatch.setattr(store_qdrant, "open_client", lambda **kw: (fake, "fake qdrant"))
+    monkeypatch.setattr(engines, "open_client", lambda **kw: (fake, "fake qdrant"))
     return fake
 
 
@@ -63,7 +63,7 @@ def _assert_cluster(kwargs):
 def test_from_settings_passes_cluster_settings_to_create_collection(server_env):
     settings = SearchSettings()
     assert settings.engine == "qdrant-server"
-    store = store_qdrant.QdrantClientStore.from_settings(settings)
+    store = engines.make_store(settings)
     store.ensure_collection()
     [(name, kwargs)] = server_env.created
     assert name == "products"
@@ -72,7 +72,7 @@ def test_from_settings_passes_cluster_settings_to_create_collection(server_env):
 
 
 def test_collection_engine_passes_cluster_settings_to_create_collection(server_env):
-    engine = scollections.ClientEngine(SearchSettings())
+    engine = engines.ClientEngine(SearchSettings())
     store = engine.store("products__lookalike-lite0", 1280)
     store.ensure_collection()
     [(name, kwargs)] = server_env.created
@@ -84,7 +84,7 @@ def test_defaults_are_single_node(monkeypatch):
     monkeypatch.setenv("LOOKALIKE_SEARCH_QDRANT_URL", "http://qdrant:6333")
     fake = FakeClient()
     monkeypatch.setattr(store_qdrant, "open_client", lambda **kw: (fake, "fake qdrant"))
-    store_qdrant.QdrantClientStore.from_settings(SearchSettings()).ensure_collection()
+    engines.make_store(SearchSettings()).ensure_collection()
     [(_, kwargs)] = fake.created
     assert (kwargs["shard_number"], kwargs["replication_factor"], kwargs["write_consistency_factor"]) == (1, 1, 1)
 

@@ -11,7 +11,8 @@ import pytest
 from lookalike import collections as naming
 from lookalike.v1 import search_pb2, types_pb2
 from lookalike.vectors import pack
-from lookalike_search.collections import Collections, PointerFileAliases, QdrantAliases
+from lookalike_search.aliases import PointerFileAliases, QdrantAliases
+from lookalike_search.collections import Collections
 from lookalike_search.server import SearchServicer
 from lookalike_search.settings import SearchSettings
 from lookalike_search.store import CollectionMismatch, NotFound, StoreError

@@ -1,6 +1,7 @@
 """Lookalike search service: lookalike.v1.SearchService (gRPC) over Qdrant (embedded local, Edge or server)."""
+from .engines import make_store
 from .settings import SearchSettings
-from .store import Hit, NotFound, Record, SearchFilter, StoreError, VectorStore, make_store, point_uuid
+from .store import Hit, NotFound, Record, SearchFilter, StoreError, VectorStore, point_uuid
 
 __all__ = ["SearchSettings", "VectorStore", "SearchFilter", "Hit", "Record", "NotFound", "StoreError",
            "make_store", "point_uuid"]

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import engines
 from .store import SearchFilter, VectorStore
 
 CATEGORIES = [f"cat{i}" for i in range(10)]
@@ -83,7 +84,6 @@ def run(engine: str = "qdrant-edge", n: int = 10_000, dim: int = 1280, queries: 
         qdrant_url: str | None = None, quantization: str = "none", hnsw_m: int = 16, hnsw_ef_construct: int = 100,
         search_ef: int = 128, edge_flush_each_write: bool = True, keep: bool = False) -> dict:
     from .settings import SearchSettings
-    from .store import make_store
 
     rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
@@ -105,7 +105,7 @@ def run(engine: str = "qdrant-edge", n: int = 10_000, dim: int = 1280, queries: 
     if qdrant_url:
         env["qdrant_url"] = qdrant_url
     settings = SearchSettings(**env)
-    store = make_store(settings)
+    store = engines.make_store(settings)
     try:
         store.ensure_collection()
         start = time.perf_counter()

@@ -5,15 +5,7 @@ points at. Switching the alias is atomic for the service: a request resolves its
 requests in flight finish on the collection they started on and every later one uses the new one. The
 old collection stays open (rollback is one more switch).
 
-Where the alias lives:
-  * qdrant-local, qdrant-edge: a pointer file `<engine root>/aliases.json`, replaced atomically (temp
-    file, fsync, rename, fsync of the folder), so a kill -9 leaves the old or the new pointer, never a
-    torn one. qdrant-edge has no aliases of its own; qdrant-client's local mode has some, but one file for
-    both embedded engines also serves catalogues created before aliases, whose collection is named like
-    the alias (a Qdrant alias cannot take the name of a collection).
-  * qdrant-server: Qdrant's own aliases (`update_collection_aliases`, delete + create in one atomic
-    request), so every search replica sees the same switch; each replica re-reads it every
-    ALIAS_REFRESH_S seconds.
+Where the alias lives is the engine's business (lookalike_search.aliases, lookalike_search.engines).
 
 At the first start the alias points at `initial_collection` (`<alias>__<default model id>`), created
 with LOOKALIKE_SEARCH_VECTOR_SIZE; a catalogue from before aliases (a collection named like the alias)
@@ -21,249 +13,24 @@ becomes the alias's target instead.
 """
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from lookalike import collections as naming
 
+from .engines import Engine, make_engine
 from .store import CollectionMismatch, NotFound, StoreError, VectorStore
 
 log = logging.getLogger(__name__)
-
-ALIASES_FILE = "aliases.json"
-ALIAS_REFRESH_S = 2.0  # qdrant-server: how stale a replica's view of the alias may be
 
 
 class CollectionNotFound(NotFound):
     def __str__(self) -> str:
         return f"collection {self.product_id!r} not found"
 
-
-# ---- where aliases are kept ---------------------------------------------------------------------------
-
-class PointerFileAliases:
-    """alias -> {collection, previous} in a JSON file that is only ever replaced whole."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self._lock = threading.Lock()
-
-    def _read(self) -> dict:
-        try:
-            data = json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as exc:
-            raise StoreError(f"alias file {self.path} is unreadable: {exc}") from exc
-        aliases = data.get("aliases") if isinstance(data, dict) else None
-        if not isinstance(aliases, dict):
-            raise StoreError(f"alias file {self.path} has no 'aliases' object")
-        return aliases
-
-    def get(self, alias: str) -> tuple[str | None, str | None]:
-        """(collection, previous collection) the alias points at; (None, None) when unset."""
-        entry = self._read().get(alias)
-        if not isinstance(entry, dict) or not entry.get("collection"):
-            return None, None
-        return str(entry["collection"]), (str(entry["previous"]) if entry.get("previous") else None)
-
-    def set(self, alias: str, collection: str) -> str | None:
-        """Points the alias at `collection` durably; returns what it pointed at before."""
-        with self._lock:
-            aliases = self._read()
-            current = aliases.get(alias, {}).get("collection") if isinstance(aliases.get(alias), dict) else None
-            if current == collection:
-                return current
-            aliases[alias] = {"collection": collection, "previous": current, "switched_at": time.time()}
-            self._write({"aliases": aliases})
-            return current
-
-    def _write(self, data: dict) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w") as handle:
-                json.dump(data, handle, indent=1)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # the rename itself survives a crash
-        finally:
-            os.close(dir_fd)
-
-
-class QdrantAliases:
-    """Qdrant's own aliases (a server, or qdrant-client's local mode); `previous` is remembered in memory."""
-
-    def __init__(self, client):
-        self.client = client
-        self._previous: dict[str, str] = {}
-
-    def get(self, alias: str) -> tuple[str | None, str | None]:
-        for description in self.client.get_aliases().aliases:
-            if description.alias_name == alias:
-                return description.collection_name, self._previous.get(alias)
-        return None, None
-
-    def set(self, alias: str, collection: str) -> str | None:
-        from qdrant_client import models
-
-        current, _ = self.get(alias)
-        if current == collection:
-            return current
-        operations = []
-        if current is not None:
-            operations.append(models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias)))
-        operations.append(models.CreateAliasOperation(create_alias=models.CreateAlias(
-            collection_name=collection, alias_name=alias)))
-        self.client.update_collection_aliases(change_aliases_operations=operations)  # one atomic request
-        if current is not None:
-            self._previous[alias] = current
-        return current
-
-
-# ---- the engines' collections ---------------------------------------------------------------------------
-
-class Engine:
-    """What Collections needs from an engine: list names, read a collection's vector size, open a store."""
-
-    aliases: PointerFileAliases | QdrantAliases
-    refresh_alias_s: float | None = None  # re-read the alias this often (shared aliases only)
-
-    def names(self) -> list[str]: ...
-
-    def vector_size(self, name: str) -> int | None: ...
-
-    def store(self, name: str, vector_size: int) -> VectorStore: ...
-
-    def close(self) -> None: ...
-
-
-class EdgeEngine(Engine):
-    """qdrant-edge: one shard folder per collection under DATA_DIR/qdrant-edge."""
-
-    def __init__(self, settings):
-        from .store_edge import EDGE_CONFIG_FILE, QdrantEdgeStore
-
-        self.settings = settings
-        self.root = Path(settings.data_dir) / "qdrant-edge"
-        self._config_file = EDGE_CONFIG_FILE
-        self._store_class = QdrantEdgeStore
-        self.aliases = PointerFileAliases(self.root / ALIASES_FILE)
-
-    def names(self) -> list[str]:
-        if not self.root.is_dir():
-            return []
-        return sorted(d.name for d in self.root.iterdir() if (d / self._config_file).is_file())
-
-    def vector_size(self, name: str) -> int | None:
-        try:
-            return int(json.loads((self.root / name / self._config_file).read_text())["vectors"][""]["size"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-
-    def store(self, name: str, vector_size: int) -> VectorStore:
-        s = self.settings
-        return self._store_class(self.root / name, vector_size, hnsw_m=s.hnsw_m,
-                                 hnsw_ef_construct=s.hnsw_ef_construct, search_ef=s.search_ef,
-                                 full_scan_threshold_kb=s.full_scan_threshold_kb,
-                                 indexing_threshold_kb=s.indexing_threshold_kb, quantization=s.quantization,
-                                 quantization_rescore=s.quantization_rescore,
-                                 quantization_oversampling=s.quantization_oversampling,
-                                 optimize_idle_s=s.edge_optimize_idle_s, flush_each_write=s.edge_flush_each_write,
-                                 index_threshold_points=s.edge_index_threshold_points)
-
-    def close(self) -> None:
-        pass
-
-
-class ClientEngine(Engine):
-    """qdrant-client: one client (local storage folder or server) shared by every collection's store."""
-
-    def __init__(self, settings):
-        from .store_qdrant import QdrantClientStore, open_client
-
-        self.settings = settings
-        self._store_class = QdrantClientStore
-        self.local = settings.engine != "qdrant-server"
-        # Local mode is one in-process engine and not thread-safe: its stores share one lock.
-        self.lock = threading.RLock() if self.local else None
-        self.root = Path(settings.data_dir) / "qdrant-local"
-        if self.local:
-            self.client, self.where = open_client(path=self.root)
-        else:
-            key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
-            self.client, self.where = open_client(url=settings.qdrant_url, api_key=key,
-                                                  prefer_grpc=settings.qdrant_prefer_grpc,
-                                                  timeout_s=settings.request_timeout_s)
-        if self.local:
-            self.aliases = PointerFileAliases(self.root / ALIASES_FILE)
-        else:
-            self.aliases = QdrantAliases(self.client)
-            self.refresh_alias_s = ALIAS_REFRESH_S
-
-    @contextlib.contextmanager
-    def _call(self, what: str):
-        try:
-            with self.lock or contextlib.nullcontext():
-                yield
-        except StoreError:
-            raise
-        except Exception as exc:
-            name = type(exc).__name__
-            transient = any(t in name for t in ("Connect", "Timeout", "RpcError", "Network", "Transport",
-                                                "ResponseHandling"))
-            raise StoreError(f"{what} failed on {self.where}: {name}: {exc}", unavailable=transient) from exc
-
-    def names(self) -> list[str]:
-        with self._call("list collections"):
-            return sorted(c.name for c in self.client.get_collections().collections)
-
-    def vector_size(self, name: str) -> int | None:
-        from qdrant_client import models
-
-        with self._call(f"describe collection {name}"):
-            if not self.client.collection_exists(name):
-                return None
-            vectors = self.client.get_collection(name).config.params.vectors
-        return vectors.size if isinstance(vectors, models.VectorParams) else None
-
-    def store(self, name: str, vector_size: int) -> VectorStore:
-        s = self.settings
-        common = dict(hnsw_m=s.hnsw_m, hnsw_ef_construct=s.hnsw_ef_construct, search_ef=s.search_ef,
-                      full_scan_threshold_kb=s.full_scan_threshold_kb, indexing_threshold_kb=s.indexing_threshold_kb,
-                      quantization=s.quantization, quantization_rescore=s.quantization_rescore,
-                      quantization_oversampling=s.quantization_oversampling)
-        if not self.local:
-            common.update(shard_number=s.shard_number, replication_factor=s.replication_factor,
-                          write_consistency_factor=s.write_consistency_factor)
-        return self._store_class(name, vector_size, client=self.client, client_lock=self.lock,
-                                 local=self.local, where=self.where, **common)
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.client.close()
-
-
-def make_engine(settings) -> Engine:
-    return EdgeEngine(settings) if settings.engine == "qdrant-edge" else ClientEngine(settings)
-
-
-# ---- the collections ------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Active:
@@ -306,7 +73,7 @@ class Collections:
                 legacy = self.alias in self.engine.names()  # a catalogue from before aliases
                 target = self.alias if legacy else self.initial
                 self._open(target, self.vector_size, create=True)
-                if not (legacy and isinstance(self.engine.aliases, QdrantAliases)):  # Qdrant: name taken
+                if not legacy or self.engine.aliases.may_name_a_collection:
                     self.engine.aliases.set(self.alias, target)
                 log.info("alias %r -> %r (first start)", self.alias, target)
             store = self._open(target, None, create=False)
@@ -391,7 +158,7 @@ class Collections:
             raise ValueError("give the collection the alias should point at")
         with self._lock:
             store = self._open(name, None, create=False)
-            if isinstance(self.engine.aliases, QdrantAliases) and self.alias in self.engine.names():
+            if not self.engine.aliases.may_name_a_collection and self.alias in self.engine.names():
                 raise CollectionMismatch(
                     f"a collection is named like the alias {self.alias!r} (created before aliases); Qdrant "
                     "cannot create that alias: set LOOKALIKE_SEARCH_COLLECTION to another alias name")

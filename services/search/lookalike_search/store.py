@@ -16,14 +16,11 @@ import math
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
 from lookalike.limits import MAX_IMAGES_PER_PRODUCT
-
-if TYPE_CHECKING:
-    from .settings import SearchSettings
 
 # Fixed forever: changing it orphans every stored point.
 PRODUCT_NAMESPACE = uuid.UUID("5b0e1c7a-8f3d-5e2b-9a41-6c2d7f1e0b93")
@@ -380,15 +377,6 @@ def unique(ids: Iterable[str]) -> list[str]:
 
 def ef_for(top_k: int, search_ef: int) -> int:
     return max(search_ef, top_k)
-
-
-def make_store(settings: SearchSettings) -> VectorStore:
-    """The store for settings.engine (not yet ensured)."""
-    if settings.engine == "qdrant-edge":
-        from .store_edge import QdrantEdgeStore
-        return QdrantEdgeStore.from_settings(settings)
-    from .store_qdrant import QdrantClientStore
-    return QdrantClientStore.from_settings(settings)
 
 
 def payload_product_id(payload: Any, fallback: str = "") -> str:

@@ -69,15 +69,6 @@ class QdrantEdgeStore:
         self._optimizer: threading.Thread | None = None
         self.last_optimize_s: float | None = None
 
-    @classmethod
-    def from_settings(cls, s) -> QdrantEdgeStore:
-        return cls(Path(s.data_dir) / "qdrant-edge" / s.collection, s.vector_size, hnsw_m=s.hnsw_m,
-                   hnsw_ef_construct=s.hnsw_ef_construct, search_ef=s.search_ef,
-                   full_scan_threshold_kb=s.full_scan_threshold_kb, indexing_threshold_kb=s.indexing_threshold_kb,
-                   quantization=s.quantization, quantization_rescore=s.quantization_rescore,
-                   quantization_oversampling=s.quantization_oversampling, optimize_idle_s=s.edge_optimize_idle_s,
-                   flush_each_write=s.edge_flush_each_write, index_threshold_points=s.edge_index_threshold_points)
-
     # ---- helpers ---------------------------------------------------------------------------------
 
     @contextlib.contextmanager

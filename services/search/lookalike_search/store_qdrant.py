@@ -41,6 +41,27 @@ def open_client(*, url: str | None = None, path: str | Path | None = None, api_k
         raise StoreError(f"cannot open qdrant local storage at {path}: {exc}") from exc
 
 
+@contextlib.contextmanager
+def qdrant_errors(what: str, where: str):
+    """qdrant-client's exceptions as StoreError, `unavailable` for the transient ones (unreachable, 5xx, 429)."""
+    from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+    try:
+        yield
+    except (NotFound, StoreError):
+        raise
+    except UnexpectedResponse as exc:
+        transient = exc.status_code is not None and (exc.status_code >= 500 or exc.status_code == 429)
+        raise StoreError(f"{what} failed on {where}: HTTP {exc.status_code} {exc.content!r:.300}",
+                         unavailable=transient) from exc
+    except (ResponseHandlingException, ConnectionError, TimeoutError) as exc:
+        raise StoreError(f"{what} failed: {where} unreachable: {exc}", unavailable=True) from exc
+    except Exception as exc:  # grpc.RpcError (prefer_grpc), httpx errors, local-mode errors
+        name = type(exc).__name__
+        transient = any(t in name for t in ("Connect", "Timeout", "RpcError", "Network", "Transport"))
+        raise StoreError(f"{what} failed on {where}: {name}: {exc}", unavailable=transient) from exc
+
+
 class QdrantClientStore:
     """A collection reached through qdrant-client (`url` for a server, `path` for local mode)."""
 
@@ -79,42 +100,14 @@ class QdrantClientStore:
         self.client = client
         self.where = where or ("qdrant local storage" if self.local else "qdrant server")
 
-    @classmethod
-    def from_settings(cls, s) -> QdrantClientStore:
-        common = dict(hnsw_m=s.hnsw_m, hnsw_ef_construct=s.hnsw_ef_construct, search_ef=s.search_ef,
-                      full_scan_threshold_kb=s.full_scan_threshold_kb, indexing_threshold_kb=s.indexing_threshold_kb,
-                      quantization=s.quantization, quantization_rescore=s.quantization_rescore,
-                      quantization_oversampling=s.quantization_oversampling)
-        if s.engine == "qdrant-server":
-            return cls(s.collection, s.vector_size, url=s.qdrant_url,
-                       api_key=s.qdrant_api_key.get_secret_value() if s.qdrant_api_key else None,
-                       prefer_grpc=s.qdrant_prefer_grpc, timeout_s=s.request_timeout_s,
-                       shard_number=s.shard_number, replication_factor=s.replication_factor,
-                       write_consistency_factor=s.write_consistency_factor, **common)
-        return cls(s.collection, s.vector_size, path=Path(s.data_dir) / "qdrant-local", **common)
-
     # ---- errors ----------------------------------------------------------------------------------
 
     @contextlib.contextmanager
     def _errors(self, what: str):
-        from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
-
         if self._closed:
             raise StoreError("store is closed", unavailable=True)
-        try:
+        with qdrant_errors(what, self.where):
             yield
-        except (NotFound, StoreError):
-            raise
-        except UnexpectedResponse as exc:
-            transient = exc.status_code is not None and (exc.status_code >= 500 or exc.status_code == 429)
-            raise StoreError(f"{what} failed on {self.where}: HTTP {exc.status_code} {exc.content!r:.300}",
-                             unavailable=transient) from exc
-        except (ResponseHandlingException, ConnectionError, TimeoutError) as exc:
-            raise StoreError(f"{what} failed: {self.where} unreachable: {exc}", unavailable=True) from exc
-        except Exception as exc:  # grpc.RpcError (prefer_grpc), httpx errors, local-mode errors
-            name = type(exc).__name__
-            transient = any(t in name for t in ("Connect", "Timeout", "RpcError", "Network", "Transport"))
-            raise StoreError(f"{what} failed on {self.where}: {name}: {exc}", unavailable=transient) from exc
 
     # ---- collection ------------------------------------------------------------------------------
 
