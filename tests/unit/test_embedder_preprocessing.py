@@ -1,4 +1,5 @@
-"""lookalike_embedder.preprocessing: the one bytes -> model input function (draft decoding, spec)."""
+"""lookalike_embedder.preprocessing: the one bytes -> model input function (draft decoding, spec, and the crop
+of a region: cut from the one decode after EXIF orientation, before resizing)."""
 from __future__ import annotations
 
 import io
@@ -7,9 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from lookalike.crop import CropBox
 from lookalike.images import ImageRejected, decode_image
 from lookalike_embedder import model as lk
-from lookalike_embedder.preprocessing import LITE0, Preprocessing, prepare
+from lookalike_embedder.preprocessing import LITE0, Preprocessing, prepare, to_array
 
 
 def jpeg(size, seed=0) -> bytes:
@@ -56,3 +58,51 @@ def test_spec_from_config_and_validation():
         Preprocessing(std=(0.1, 0.0, 0.1))
     with pytest.raises(ImageRejected):
         prepare(b"not an image")
+
+
+# ---- a region (search by a region: the gateway's crop) ------------------------------------------------
+
+def photo(size=(300, 200), seed=3) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), "RGB").resize(size, Image.BICUBIC)
+
+
+def encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def test_the_whole_box_is_the_whole_photo():
+    data = encode(photo())
+    np.testing.assert_array_equal(prepare(data, crop=CropBox(0, 0, 1, 1)), prepare(data))
+
+
+def test_a_region_is_cut_before_resizing():
+    img = photo()
+    box = CropBox(0.5, 0.25, 0.5, 0.5)  # the right half, middle rows: pixels 150..300 x 50..150
+    expected = prepare(encode(img.crop((150, 50, 300, 150))))
+    np.testing.assert_array_equal(prepare(encode(img), crop=box), expected)
+    assert not np.array_equal(prepare(encode(img), crop=box), prepare(encode(img)))
+
+
+def test_the_box_is_measured_after_exif_orientation():
+    img = photo((300, 200))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # displayed rotated 90 degrees clockwise: 200 x 300
+    data = encode(img, "JPEG", exif=exif, quality=95)
+    shown = decode_image(data)
+    assert shown.size == (200, 300)
+    box = CropBox(0.0, 0.5, 1.0, 0.5)  # the bottom half of the photo as displayed
+    expected = to_array(shown.crop((0, 150, 200, 300)))
+    np.testing.assert_array_equal(prepare(data, crop=box), expected)
+
+
+def test_draft_decoding_keeps_enough_pixels_in_the_region():
+    big = photo((2400, 1800))
+    data = encode(big, "JPEG", quality=90)
+    box = CropBox(0.25, 0.25, 0.1, 0.1)  # 240 x 180 pixels of the full photo
+    full = to_array(decode_image(data).crop(box.pixels(2400, 1800)))
+    cropped = prepare(data, crop=box)
+    cosine = float((full.ravel() @ cropped.ravel()) / (np.linalg.norm(full) * np.linalg.norm(cropped)))
+    assert cosine > 0.999  # no 1/8-scale decode of a tenth of the photo

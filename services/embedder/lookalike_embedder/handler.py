@@ -28,7 +28,7 @@ dropped by its gRPC frontend; a handler exception fails the whole batch). So the
     {"error": {"code": "INVALID_ARGUMENT", "reason": "not_an_image", "message": "..."}}
 
 ``reason`` is one of `lookalike.images.REASONS` (plus "missing_input"). It can never be mistaken for
-a vector: it starts with ``{"error"`` (ERROR_PREFIX), whose first 4 bytes read as a float32 of
+a vector: it starts with ``{"error"`` (`lookalike_embedder.contract.ERROR_PREFIX`), whose first 4 bytes read as a float32 of
 about 4.5e30, impossible in a unit vector, and clients also check the length. Over HTTP the same
 body comes with status 400 and ``Content-Type: application/json``.
 `lookalike.torchserve.EmbedderClient` turns it into `EmbedderImageError` (a ValueError).
@@ -82,6 +82,8 @@ from lookalike.crop import parse_crop
 from lookalike.images import DEFAULT_MAX_PIXELS, ImageRejected
 from lookalike.vectors import pack
 from lookalike_embedder import model as lk_model
+from lookalike_embedder.contract import (BATCH_LOG_TAG, ERROR_CONTENT_TYPE, EXTRA_KEYS, INPUT_KEYS,
+                                         VECTOR_CONTENT_TYPE, WEIGHTS_FILE, error_payload)
 from lookalike_embedder.preprocessing import Preprocessing, prepare
 from lookalike_embedder.runtime import OnnxRunner, TorchRunner, select_device
 
@@ -96,15 +98,6 @@ except ImportError:  # without TorchServe there is no metrics cache to record in
 
 logger = logging.getLogger(__name__)
 
-#: Every error payload starts with these bytes.
-ERROR_PREFIX = b'{"error"'
-ERROR_CONTENT_TYPE = "application/json"
-VECTOR_CONTENT_TYPE = "application/octet-stream"
-#: Tag of the per-batch log line ("lookalike-embedded-batch n_ok=3 n_rejected=1 ms=250.0").
-BATCH_LOG_TAG = "lookalike-embedded-batch"
-#: Input keys looked up, in order, for the image bytes of one request.
-INPUT_KEYS = ("data", "body", "image", "file")
-EXTRA_KEYS = ("request_id", "crop")  # inputs beside the image
 #: Histogram of the requests per batch (declared in services/embedder/metrics.yaml, model_metrics).
 BATCH_SIZE_METRIC = "lookalike_embedder_batch_size"
 BATCH_SIZE_UNIT = "count"
@@ -113,16 +106,6 @@ BATCH_SIZE_DIMENSIONS = ("ModelName", "Level")
 #: Inference backends (handler.backend / $LOOKALIKE_EMBEDDER_BACKEND).
 BACKENDS = ("onnxruntime", "torch")
 DEFAULT_BACKEND = "onnxruntime"
-#: File name of the ONNX graph inside the archive (build_mar.py's --serialized-file).
-ONNX_FILE = "model.onnx"
-#: An optional EfficientNet-Lite0 state dict inside the archive (build_mar.py --serialized-file).
-WEIGHTS_FILE = "weights.pt"
-
-
-def error_payload(reason: str, message: str, code: str = "INVALID_ARGUMENT") -> bytes:
-    """The per-item error document (see the module docstring)."""
-    return json.dumps({"error": {"code": code, "reason": reason, "message": message}},
-                      separators=(",", ":")).encode("utf-8")
 
 
 def _setting(env: str, config: dict, key: str, default):
