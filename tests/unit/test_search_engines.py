@@ -1,6 +1,7 @@
-"""Distributed Qdrant: LOOKALIKE_SEARCH_SHARD_NUMBER / REPLICATION_FACTOR / WRITE_CONSISTENCY_FACTOR reach
-create_collection (issue 8), through both construction paths the service uses (engines.make_store and the
-per-collection ClientEngine.store), checked against a fake qdrant client: no server needed."""
+"""lookalike_search.engines: the settings reach the stores. Distributed Qdrant: LOOKALIKE_SEARCH_SHARD_NUMBER /
+REPLICATION_FACTOR / WRITE_CONSISTENCY_FACTOR reach create_collection (issue 8), through both construction paths
+the service uses (engines.make_store and the per-collection ClientEngine.store), checked against a fake qdrant
+client: no server needed."""
 from __future__ import annotations
 
 from types import SimpleNamespace
