@@ -167,8 +167,7 @@ def build_mar(model_store: str | os.PathLike = DEFAULT_STORE, *, cut: str | None
         chosen = get_preset(preset)
         version = chosen.model_version
         handler_extra = {"source": "onnx", "model_version": chosen.model_version, "pooling": "none", "dim": 1280,
-                         "image_size": chosen.spec.image_size, "resize": chosen.spec.resize,
-                         "mean": list(chosen.spec.mean), "std": list(chosen.spec.std)}
+                         **chosen.spec.to_config()}
     if model_version and preset == "lite0":  # --onnx, or the default model packed as another version
         from lookalike.collections import model_id  # validates the version's characters
         model_id(MODEL_NAME, model_version)

@@ -79,6 +79,7 @@ class Preprocessing:
         return int(round(self.draft_margin * self.resize)) if self.draft_margin > 0 else None
 
     def to_config(self) -> dict:
+        """The model-config.yaml `handler:` keys from_config reads back (build_mar.py packs a preset's)."""
         return {"image_size": self.image_size, "resize": self.resize, "mean": list(self.mean),
                 "std": list(self.std), "draft_margin": self.draft_margin}
 

@@ -25,7 +25,6 @@ from lookalike.limits import MAX_IMAGES_PER_PRODUCT
 # Fixed forever: changing it orphans every stored point.
 PRODUCT_NAMESPACE = uuid.UUID("5b0e1c7a-8f3d-5e2b-9a41-6c2d7f1e0b93")
 
-PAYLOAD_FIELDS = ("product_id", "title", "category", "price", "attributes", "image_sha256")
 IMAGE_INDEX, IMAGE_COUNT, IMAGE_DIGEST, IMAGE_LIST = "image_index", "image_count", "image_digest", "image_sha256s"
 # Payload indexes every engine that supports them gets: field -> kind.
 PAYLOAD_INDEXES = {"category": "keyword", "price": "float", "product_id": "keyword", IMAGE_INDEX: "integer"}
