@@ -29,10 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .store import (IMAGE_INDEX, PAYLOAD_INDEXES, CollectionMismatch, Hit, NotFound, PointIn, Record,
-                    SearchFilter, StoreError, all_point_ids, check_scroll_limit, check_vector, dedupe_points,
-                    ef_for, grouped, hit, image_points, merge_best, payload_product_id, read_products,
-                    scroll_offset, stale_point_ids, unique)
+from .points import (all_point_ids, check_scroll_limit, check_vector, dedupe_points, ef_for, grouped, hit,
+                     image_points, merge_best, payload_product_id, read_products, scroll_offset, stale_point_ids,
+                     unique)
+from .store import (IMAGE_INDEX, PAYLOAD_INDEXES, CollectionMismatch, Hit, NotFound, PointIn, Record, SearchFilter,
+                    StoreError)
 
 log = logging.getLogger(__name__)
 
