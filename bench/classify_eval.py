@@ -181,7 +181,7 @@ def service_training(x_train: np.ndarray, y_train: list[str]) -> dict:
     from types import SimpleNamespace
 
     from lookalike_gateway.classifier import ClassifierService
-    from lookalike_gateway.core import ApiError
+    from lookalike_gateway.errors import ApiError
     from lookalike_gateway.settings import GatewaySettings
     from lookalike_search.server import SearchServicer
     from lookalike_search.store_qdrant import QdrantClientStore
@@ -197,9 +197,9 @@ def service_training(x_train: np.ndarray, y_train: list[str]) -> dict:
         servicer = SearchServicer(store, x_train.shape[1])
         target = SimpleNamespace(collection="", model_id="bench")
         gateway = SimpleNamespace(settings=GatewaySettings(data_dir=Path(tmp)),
-                                  catalogue=SimpleNamespace(active=lambda: target),
-                                  _call_search=lambda method, request, deadline: getattr(servicer, method)(
-                                      request, Context()))
+                                  collections=SimpleNamespace(active=lambda: target),
+                                  search=SimpleNamespace(call=lambda method, request, deadline: getattr(
+                                      servicer, method)(request, Context())))
         service = ClassifierService(gateway, Path(tmp) / "classifiers")
         try:
             report = service.train()

@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def main() -> int:
-    from lookalike_gateway.openapi import COMMITTED, dumps, offline_spec
+    from lookalike_gateway.openapi import COMMITTED, dumps
+    from lookalike_gateway.rest import offline_spec
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--check", action="store_true", help="fail if the committed openapi.json is stale")

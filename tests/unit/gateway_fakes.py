@@ -218,10 +218,27 @@ class FakeSearch:
             return search_pb2.SetAliasResponse(active=self.active, previous=self.previous)
 
 
-def make_gateway(tmp_path, embedder=None, search=None, **settings) -> Gateway:
+class DictCache:
+    """The EmbeddingCache surface the gateway uses, over a dict (a cache that works without Redis)."""
+
+    def __init__(self):
+        self.data: dict[str, np.ndarray] = {}
+
+    def get(self, digest):
+        return self.data.get(digest)
+
+    def put(self, digest, vector):
+        self.data[digest] = vector
+
+    def ping(self):
+        return True
+
+
+def make_gateway(tmp_path, embedder=None, search=None, cache=None, **settings) -> Gateway:
+    """A Gateway over the fakes (`cache` default: the real EmbeddingCache without Redis, which caches nothing)."""
     settings = GatewaySettings(redis_url="", data_dir=tmp_path, **settings)
     gateway = Gateway(settings, embedder or FakeEmbedder(), grpc.insecure_channel("127.0.0.1:9"),
-                      EmbeddingCache("", "m", ttl_s=60, timeout_s=0.05, retry_after_s=1),
+                      cache or EmbeddingCache("", "m", ttl_s=60, timeout_s=0.05, retry_after_s=1),
                       ImageStore(tmp_path / "images"))
-    gateway.search = search or FakeSearch()
+    gateway.search.stub = search or FakeSearch()
     return gateway

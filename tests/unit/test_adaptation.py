@@ -13,7 +13,7 @@ from lookalike.vectors import unpack
 from lookalike_gateway import adapt_fit
 from lookalike_gateway.adapt_eval import make_split, regressions, retrieval, split_figures
 from lookalike_gateway.adaptation import Adapter
-from lookalike_gateway.core import Deadline
+from lookalike_gateway.errors import Deadline
 from lookalike_gateway.projection import Projection, ProjectionError
 
 from .gateway_fakes import FakeEmbedder, FakeSearch, make_gateway, png
@@ -119,7 +119,7 @@ def catalogue(n_groups: int, per_group: int, seed: int, first_group: int = 0, si
 
 
 def ingest(gateway, items):
-    return list(gateway.ingestor.run(items, lambda: Deadline(30)))
+    return list(gateway.ingest_pipeline.run(items, lambda: Deadline(30)))
 
 
 class Done:
@@ -150,10 +150,10 @@ def test_adapt_builds_switches_serves_ingests_adapts_again_and_goes_back_to_plai
     report = done.report
     assert done.activated and done.collection == "products__lookalike-lite0__a1" and done.previous == plain
     assert report["regressions"] == [] and report["after"]["seen"]["p@1"] > report["before"]["seen"]["p@1"]
-    assert gateway.catalogue.active().collection == done.collection
-    stored = gateway.search.collections[done.collection]
+    assert gateway.collections.active().collection == done.collection
+    stored = gateway.search.stub.collections[done.collection]
     assert len(stored) == len(items)
-    projection = gateway.catalogue.active().projection
+    projection = gateway.collections.active().projection
     some = stored[items[0][0].id]
     assert len(unpack(some.vector)) == projection.output_dim
     assert np.allclose(projection.raw(unpack(some.vector)), vectors[items[0][1]], atol=1e-5)
@@ -167,7 +167,7 @@ def test_adapt_builds_switches_serves_ingests_adapts_again_and_goes_back_to_plai
 
     # products added later are projected at ingest and searchable at once; a metadata-only change keeps them
     ingest(gateway, later)
-    stored = gateway.search.collections[done.collection]
+    stored = gateway.search.stub.collections[done.collection]
     assert len(stored) == len(items) + len(later)
     new = stored[later[0][0].id]
     assert np.allclose(projection.raw(unpack(new.vector)), more[later[0][1]], atol=1e-5)
@@ -175,7 +175,7 @@ def test_adapt_builds_switches_serves_ingests_adapts_again_and_goes_back_to_plai
     changed.CopyFrom(later[0][0])
     changed.title = "renamed"
     ingest(gateway, [(changed, later[0][1])])
-    assert np.allclose(unpack(gateway.search.collections[done.collection][changed.id].vector), unpack(new.vector),
+    assert np.allclose(unpack(gateway.search.stub.collections[done.collection][changed.id].vector), unpack(new.vector),
                        atol=1e-6)
     found = gateway.search_by_image(later[1][1], 1, types_pb2.Filter(), Deadline(10), category_boost=0).results
     assert found[0].product.id == later[1][0].id
@@ -184,13 +184,13 @@ def test_adapt_builds_switches_serves_ingests_adapts_again_and_goes_back_to_plai
     again = run(gateway, label_field="attributes.sku", activate=True)
     assert again.activated and again.collection == "products__lookalike-lite0__a2" and again.previous == done.collection
     assert again.report["photos"] == len(items) + len(later)
-    assert len(gateway.search.collections[again.collection]) == len(items) + len(later)
+    assert len(gateway.search.stub.collections[again.collection]) == len(items) + len(later)
 
     # back to plain: the plain collection brought up to date with the raw vectors (later products included)
     back = run(gateway, plain=True, activate=True)
     assert back.activated and back.collection == plain
-    assert gateway.catalogue.active().projection is None
-    restored = gateway.search.collections[plain]
+    assert gateway.collections.active().projection is None
+    restored = gateway.search.stub.collections[plain]
     assert len(restored) == len(items) + len(later)
     assert np.allclose(unpack(restored[later[2][0].id].vector), more[later[2][1]], atol=1e-5)
     assert restored[changed.id].product.title == "renamed"
@@ -208,22 +208,22 @@ def test_the_gate_refuses_an_adaptation_that_makes_held_out_figures_worse_unless
     monkeypatch.setattr(adapt_fit, "select", lambda *a, **k: (
         {"method": "lda", "dim": 8, "shrinkage": 0.1, "alpha": 0.9}, [], {}))
     monkeypatch.setattr(adapt_fit, "fit", lambda x, labels, settings: fit(x, rng.permutation(labels), settings))
-    before = dict(gateway.search.collections)
+    before = dict(gateway.search.stub.collections)
     done = run(gateway, label_field="attributes.sku", activate=True)
     assert not done.activated and not done.collection
     assert done.regressions and "got worse" in done.refused
-    assert gateway.search.collections.keys() == before.keys()  # nothing built
-    assert gateway.catalogue.active().collection == "products__lookalike-lite0"
+    assert gateway.search.stub.collections.keys() == before.keys()  # nothing built
+    assert gateway.collections.active().collection == "products__lookalike-lite0"
     reports = list((tmp_path / "adaptations" / "reports").glob("*.json"))
     assert len(reports) == 1 and json.loads(reports[0].read_text())["activated"] is False
 
     forced = run(gateway, label_field="attributes.sku", activate=True, force=True)
     assert forced.activated and forced.regressions  # built and switched, the regressions still reported
-    assert gateway.catalogue.active().collection == forced.collection
+    assert gateway.collections.active().collection == forced.collection
 
 
 def test_plain_when_already_plain_and_unknown_label_fields_are_clear_errors(tmp_path):
-    from lookalike_gateway.core import ApiError
+    from lookalike_gateway.errors import ApiError
 
     items, vectors = catalogue(5, 2, seed=5)
     gateway = make_gateway(tmp_path, embedder=FakeEmbedder(vectors, dim=DIM), search=FakeSearch())
@@ -240,7 +240,7 @@ def test_plain_when_already_plain_and_unknown_label_fields_are_clear_errors(tmp_
 
 def test_adaptation_runs_as_a_job_with_progress_and_a_json_result(tmp_path):
     from lookalike_gateway.adaptation_api import AdaptationService, get_response
-    from lookalike_gateway.core import ApiError
+    from lookalike_gateway.errors import ApiError
     from lookalike_gateway.jobs import JobState
 
     items, vectors = catalogue(30, 4, seed=6)
@@ -268,7 +268,7 @@ def test_coarse_labels_blend_lightly_so_search_does_not_turn_into_classification
 def test_the_gate_guards_a_reindex_too(tmp_path):
     """A reindex whose vectors search worse on held-out photos is not activated unless forced; one that
     searches as well is, with the report on its progress."""
-    from lookalike_gateway.core import ApiError
+    from lookalike_gateway.errors import ApiError
 
     items, vectors = catalogue(30, 4, seed=7, signal=3.0)
     for product, _ in items:
@@ -278,7 +278,7 @@ def test_the_gate_guards_a_reindex_too(tmp_path):
     ingest(gateway, items)
 
     def reindex(**fields):
-        return list(gateway.catalogue.reindex(lookalike_pb2.ReindexRequest(activate=True, **fields),
+        return list(gateway.reindexer.reindex(lookalike_pb2.ReindexRequest(activate=True, **fields),
                                               lambda: Deadline(30)))
 
     same = reindex(collection="products__lookalike-lite0__r2")  # the same model: the same figures
@@ -290,7 +290,7 @@ def test_the_gate_guards_a_reindex_too(tmp_path):
     embedder.vectors = {image: rng.normal(size=DIM).astype(np.float32) for image in vectors}
     with pytest.raises(ApiError, match="searches worse"):
         reindex(collection="products__lookalike-lite0__r3")
-    assert gateway.catalogue.refresh().collection == "products__lookalike-lite0__r2"
+    assert gateway.collections.refresh().collection == "products__lookalike-lite0__r2"
     forced = reindex(collection="products__lookalike-lite0__r3", force=True)
     assert forced[-1].activated
     reports = [json.loads(p.read_text()) for p in sorted((tmp_path / "adaptations" / "reports").glob("*.json"))]
@@ -307,7 +307,7 @@ def test_the_reindex_gate_compares_each_collection_as_it_is_searched(tmp_path):
     for product, _ in items:
         product.category = product.attributes["sku"]
     ingest(gateway, items)  # metadata only: categories for the gate's labels
-    from lookalike_gateway.core import ApiError
+    from lookalike_gateway.errors import ApiError
 
     with pytest.raises(ApiError, match="searches worse"):
-        list(gateway.catalogue.reindex(lookalike_pb2.ReindexRequest(activate=True), lambda: Deadline(30)))
+        list(gateway.reindexer.reindex(lookalike_pb2.ReindexRequest(activate=True), lambda: Deadline(30)))

@@ -20,7 +20,7 @@ from lookalike_gateway.classifier import ClassifierService
 from lookalike_gateway.classifier_api import report_proto
 from lookalike_gateway.classifier_head import LinearHead, TrainingError, fit_head, softmax
 from lookalike_gateway.classifier_store import ClassifierRepository
-from lookalike_gateway.core import ApiError, Deadline
+from lookalike_gateway.errors import ApiError, Deadline
 from lookalike_gateway.settings import GatewaySettings
 from lookalike_search.server import SearchServicer
 from lookalike_search.store_qdrant import QdrantClientStore
@@ -146,21 +146,22 @@ class FakeContext:
 
 
 class FakeGateway:
-    """What ClassifierService uses of Gateway: settings, cache.model_id, query_embedding, check_image,
-    _call_search (into a real SearchServicer)."""
+    """What ClassifierService uses of Gateway: settings, collections.active, query_embedding and
+    search.call (into a real SearchServicer)."""
 
     def __init__(self, store, data_dir):
         self.settings = GatewaySettings(data_dir=data_dir)
         self.target = SimpleNamespace(collection="", model_id="test-model", raw=lambda v: v)
-        self.catalogue = SimpleNamespace(active=lambda: self.target)
-        self.search = SearchServicer(store, DIM)
+        self.collections = SimpleNamespace(active=lambda: self.target)
+        self.servicer = SearchServicer(store, DIM)
+        self.search = SimpleNamespace(call=self._call_search)
         self.known: dict[bytes, np.ndarray] = {}
         self.cached: set[bytes] = set()
         self.embed_calls = 0
         self.classifier = None
 
     def _call_search(self, method, request, deadline):
-        return getattr(self.search, method)(request, FakeContext())
+        return getattr(self.servicer, method)(request, FakeContext())
 
     def check_image(self, image):
         if image not in self.known:
@@ -374,7 +375,7 @@ def test_scroll_through_the_servicer_pages(service, catalogue):
     request = search_pb2.ScrollPointsRequest(limit=40, with_vectors=True)
     seen, pages = [], 0
     while True:
-        page = service.gateway._call_search("ScrollPoints", request, Deadline(5))
+        page = service.gateway.search.call("ScrollPoints", request, Deadline(5))
         seen += [p.product.id for p in page.points]
         pages += 1
         assert all(len(p.vector) == DIM * 4 for p in page.points)

@@ -8,19 +8,19 @@ import threading
 import time
 
 import grpc
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from lookalike_gateway.admission import EmbedGate, EmbedQueueFull
 from lookalike_gateway.auth import ApiKeyCheck
 from lookalike_gateway.cache import image_digest
-from lookalike_gateway.core import ApiError, Deadline, Dependencies
+from lookalike_gateway.core import Dependencies
+from lookalike_gateway.errors import ApiError, Deadline
 from lookalike_gateway.rest import create_app
 from PIL import Image
 
 from lookalike.v1 import types_pb2
 
-from .gateway_fakes import FakeEmbedder, make_gateway
+from .gateway_fakes import DictCache, FakeEmbedder, make_gateway
 
 WAIT_S = 30.0  # generous: the machine may be loaded; every wait returns as soon as its condition holds
 
@@ -59,22 +59,6 @@ class BlockingEmbedder(FakeEmbedder):
         finally:
             with self.lock:
                 self.running -= 1
-
-
-class DictCache:
-    """The EmbeddingCache surface query_embedding uses, over a dict."""
-
-    def __init__(self):
-        self.data: dict[str, np.ndarray] = {}
-
-    def get(self, digest):
-        return self.data.get(digest)
-
-    def put(self, digest, vector):
-        self.data[digest] = vector
-
-    def ping(self):
-        return True
 
 
 def test_gate_refuses_beyond_concurrency_plus_queue_and_frees_on_exit():
@@ -121,9 +105,8 @@ def test_gate_wait_for_a_slot_is_bounded_by_the_timeout():
 
 def test_misses_beyond_the_queue_are_shed_while_hits_are_answered(tmp_path):
     embedder = BlockingEmbedder()
-    gateway = make_gateway(tmp_path, embedder=embedder, query_embed_concurrency=1, query_embed_queue=1,
-                           query_embed_retry_after_s=3)
-    gateway.cache = DictCache()
+    gateway = make_gateway(tmp_path, embedder=embedder, cache=DictCache(), query_embed_concurrency=1,
+                           query_embed_queue=1, query_embed_retry_after_s=3)
     hit = photo(10)
     gateway.cache.put(image_digest(hit), embedder.vector(hit))
 

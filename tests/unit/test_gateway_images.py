@@ -8,10 +8,10 @@ import pytest
 
 from lookalike.crop import CropBox, parse_crop
 from lookalike.v1 import types_pb2
-from lookalike_gateway.core import ApiError, Deadline
-from lookalike_gateway.ingest import CREATED, FAILED, SKIPPED, UNCHANGED, UPDATED, IngestItem
+from lookalike_gateway.errors import ApiError, Deadline
+from lookalike_gateway.ingest_types import CREATED, FAILED, SKIPPED, UNCHANGED, UPDATED, IngestItem
 
-from .gateway_fakes import make_gateway, png
+from .gateway_fakes import DictCache, make_gateway, png
 
 COLLECTION = "products__lookalike-lite0"
 
@@ -21,7 +21,7 @@ def product(pid: str, **fields) -> types_pb2.Product:
 
 
 def ingest(gateway, items, **kw):
-    return list(gateway.ingestor.run(items, lambda: Deadline(10), **kw))
+    return list(gateway.ingest_pipeline.run(items, lambda: Deadline(10), **kw))
 
 
 def item(pid: str, *seeds: int, **kw) -> IngestItem:
@@ -34,7 +34,7 @@ def gateway(tmp_path):
 
 
 def stored(gateway, pid):
-    return gateway.search.collections[COLLECTION][pid]
+    return gateway.search.stub.collections[COLLECTION][pid]
 
 
 def test_a_product_with_several_images_is_stored_once_with_every_image(gateway):
@@ -43,7 +43,7 @@ def test_a_product_with_several_images_is_stored_once_with_every_image(gateway):
     point = stored(gateway, "multi")
     assert len(point.product.image_sha256s) == 3 and len(point.more_vectors) == 2
     assert point.product.image_sha256 == point.product.image_sha256s[0]
-    assert all(gateway.images.exists(h) for h in point.product.image_sha256s)
+    assert all(gateway.image_store.exists(h) for h in point.product.image_sha256s)
     assert gateway.embedder.calls == 3
     got = gateway.get_product("multi", Deadline(5))
     assert list(got.image_sha256s) == list(point.product.image_sha256s)
@@ -78,7 +78,7 @@ def test_one_bad_image_fails_its_product_alone(gateway):
     assert [r.outcome for r in results] == [FAILED, CREATED, FAILED]
     assert results[0].error.message.startswith("image 2: invalid image")
     assert results[2].error.message == "image 1: image is empty"
-    assert "bad" not in gateway.search.collections[COLLECTION]
+    assert "bad" not in gateway.search.stub.collections[COLLECTION]
 
 
 def test_too_many_images_or_bytes_are_refused(tmp_path):
@@ -127,19 +127,8 @@ def test_min_score_drops_weaker_results_and_bad_values_are_refused(gateway):
         assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT and "min_score" in err.value.message
 
 
-class DictCache:
-    def __init__(self):
-        self.data = {}
-
-    def get(self, key):
-        return self.data.get(key)
-
-    def put(self, key, vector):
-        self.data[key] = vector
-
-
-def test_crop_is_sent_to_the_embedder_and_keys_the_cache(gateway):
-    gateway.cache = DictCache()
+def test_crop_is_sent_to_the_embedder_and_keys_the_cache(tmp_path):
+    gateway = make_gateway(tmp_path, cache=DictCache(), upsert_batch_size=4)
     ingest(gateway, [item("m", 1)])
     whole = gateway.search_by_image(png(1), 5, types_pb2.Filter(), Deadline(5), 0.0)
     region = gateway.search_by_image(png(1), 5, types_pb2.Filter(), Deadline(5), 0.0,
@@ -181,15 +170,15 @@ def test_crop_boxes():
 def test_reindex_source_carries_every_image(gateway):
     ingest(gateway, [item("m", 1, 2, 3), item("s", 4)])
     missing: dict = {}
-    source = gateway.catalogue.active()
-    items = {i.product.id: i for i in gateway.catalogue._source_items(source, missing)}
+    source = gateway.collections.active()
+    items = {i.product.id: i for i in gateway.reindexer._source_items(source, missing)}
     assert not missing
     assert items["m"].images == [png(1), png(2), png(3)] and items["s"].images == [png(4)]
     assert not items["m"].product.image_sha256s
 
 
 def test_stored_vectors_are_reused_only_when_they_line_up(gateway):
-    from lookalike_gateway.ingest import _stored_vectors
+    from lookalike_gateway.ingest_pipeline import _stored_vectors
 
     ingest(gateway, [item("m", 1, 2)])
     point = stored(gateway, "m")

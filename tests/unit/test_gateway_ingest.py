@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from lookalike.v1 import lookalike_pb2, types_pb2
-from lookalike_gateway.core import Deadline
-from lookalike_gateway.ingest import CREATED, FAILED, SKIPPED, UNCHANGED, UPDATED, IngestItem, same_metadata
+from lookalike_gateway.errors import Deadline
+from lookalike_gateway.ingest_types import CREATED, FAILED, SKIPPED, UNCHANGED, UPDATED, IngestItem, same_metadata
 
 from .gateway_fakes import FakeEmbedder, FakeSearch, make_gateway, png, unit
 
@@ -29,7 +29,7 @@ def product(pid: str, **fields) -> types_pb2.Product:
 
 
 def ingest(gateway, items, **kw):
-    return list(gateway.ingestor.run(items, lambda: Deadline(10), **kw))
+    return list(gateway.ingest_pipeline.run(items, lambda: Deadline(10), **kw))
 
 
 @pytest.fixture
@@ -42,13 +42,13 @@ def test_rerun_is_unchanged_without_embedding_or_writing(gateway):
     first = ingest(gateway, items)
     assert [r.product_id for r in first] == [f"p{i}" for i in range(10)]  # in order across batches
     assert {r.outcome for r in first} == {CREATED} and gateway.embedder.calls == 10
-    upserts = gateway.search.calls["UpsertPoints"]
+    upserts = gateway.search.stub.calls["UpsertPoints"]
     again = ingest(gateway, items)
     assert [r.outcome for r in again] == [UNCHANGED] * 10
-    assert gateway.embedder.calls == 10 and gateway.search.calls["UpsertPoints"] == upserts
-    stored = gateway.search.collections["products__lookalike-lite0"]
+    assert gateway.embedder.calls == 10 and gateway.search.stub.calls["UpsertPoints"] == upserts
+    stored = gateway.search.stub.collections["products__lookalike-lite0"]
     assert sorted(stored) == sorted(f"p{i}" for i in range(10))
-    assert all(gateway.images.exists(p.product.image_sha256) for p in stored.values())
+    assert all(gateway.image_store.exists(p.product.image_sha256) for p in stored.values())
 
 
 def test_changes_are_updated_in_place(gateway):
@@ -58,7 +58,7 @@ def test_changes_are_updated_in_place(gateway):
                                (product("b"), png(3))])  # another image: embedded again
     assert [r.outcome for r in results] == [UPDATED, UPDATED]
     assert gateway.embedder.calls == calls + 1
-    stored = gateway.search.collections["products__lookalike-lite0"]
+    stored = gateway.search.stub.collections["products__lookalike-lite0"]
     assert stored["a"].product.price == 2.0
     assert np.allclose(np.frombuffer(stored["b"].vector, "<f4"), gateway.embedder.vector(png(3)), atol=1e-6)
     # attributes count as metadata too
@@ -76,7 +76,7 @@ def test_a_hostile_item_fails_alone(gateway, image, reason):
     results = ingest(gateway, [(product("good-1"), png(1)), (product("bad"), image), (product("good-2"), png(2))])
     assert [r.outcome for r in results] == [CREATED, FAILED, CREATED]
     assert reason in results[1].error.message
-    assert "bad" not in gateway.search.collections["products__lookalike-lite0"]
+    assert "bad" not in gateway.search.stub.collections["products__lookalike-lite0"]
 
 
 def test_bad_ids_and_prices_fail_alone(gateway):
@@ -92,7 +92,7 @@ def test_exact_duplicates_are_reported_and_optionally_skipped(gateway):
     assert reported.duplicate_similarity == pytest.approx(1.0, abs=1e-5)
     skipped = ingest(gateway, [IngestItem(product("copy-2"), png(7), skip_duplicates=True)])[0]
     assert (skipped.outcome, skipped.duplicate_of, skipped.ok) == (SKIPPED, "orig", True)
-    assert "copy-2" not in gateway.search.collections["products__lookalike-lite0"]
+    assert "copy-2" not in gateway.search.stub.collections["products__lookalike-lite0"]
     # re-sending the original itself is no duplicate of anything
     assert ingest(gateway, [(product("orig", title="renamed"), png(7))])[0].duplicate_of == ""
 
@@ -113,7 +113,7 @@ def test_near_duplicates_use_the_configured_distance(tmp_path):
     off = make_gateway(tmp_path / "off", embedder=embedder, detect_duplicates=False)
     ingest(off, [(product("a"), png(1))])
     assert ingest(off, [(product("b"), png(1))])[0].duplicate_of == ""
-    assert "SearchByVector" not in off.search.calls
+    assert "SearchByVector" not in off.search.stub.calls
 
 
 def test_same_metadata_ignores_a_predicted_category():
@@ -134,7 +134,7 @@ def test_to_proto_carries_the_outcome(gateway):
 
 
 def reindex(gateway, **fields):
-    return list(gateway.catalogue.reindex(lookalike_pb2.ReindexRequest(**fields), lambda: Deadline(10)))
+    return list(gateway.reindexer.reindex(lookalike_pb2.ReindexRequest(**fields), lambda: Deadline(10)))
 
 
 def test_reindex_copies_resumes_and_switches(gateway):
@@ -145,25 +145,25 @@ def test_reindex_copies_resumes_and_switches(gateway):
     assert last.finished and not last.activated and last.collection == "products__lookalike-lite0__r2"
     assert last.embedded == 9 and last.failed == 0
     assert gateway.embedder.calls == calls + 9 + 1  # every product, plus the probe of the vector size
-    assert gateway.search.active == "products__lookalike-lite0"  # not activated: searches unchanged
+    assert gateway.search.stub.active == "products__lookalike-lite0"  # not activated: searches unchanged
     # again: everything is there already (what an interrupted reindex does when called again)
     again = reindex(gateway, collection="products__lookalike-lite0__r2", activate=True)[-1]
     assert (again.embedded, again.unchanged, again.activated) == (0, 9, True)
     assert again.previous == "products__lookalike-lite0"
-    assert gateway.search.active == "products__lookalike-lite0__r2"
-    assert gateway.catalogue.active().collection == "products__lookalike-lite0__r2"
+    assert gateway.search.stub.active == "products__lookalike-lite0__r2"
+    assert gateway.collections.active().collection == "products__lookalike-lite0__r2"
     # new writes go to the new collection; rollback points back
     ingest(gateway, [(product("later"), png(50))])
-    assert "later" in gateway.search.collections["products__lookalike-lite0__r2"]
-    assert gateway.catalogue.activate("", rollback=True, deadline=Deadline(5)) == (
+    assert "later" in gateway.search.stub.collections["products__lookalike-lite0__r2"]
+    assert gateway.collections.activate("", rollback=True, deadline=Deadline(5)) == (
         "products__lookalike-lite0", "products__lookalike-lite0__r2")
 
 
 def test_reindex_catches_up_with_writes_and_deletes(gateway):
     ingest(gateway, [(product(f"p{i}"), png(i)) for i in range(6)])
-    original = gateway.search.collections["products__lookalike-lite0"]
-    gateway.search.CreateCollection(type("R", (), {"name": "products__lookalike-lite0__r2", "vector_size": 8})())
-    stale = gateway.search.collections["products__lookalike-lite0__r2"]
+    original = gateway.search.stub.collections["products__lookalike-lite0"]
+    gateway.search.stub.CreateCollection(type("R", (), {"name": "products__lookalike-lite0__r2", "vector_size": 8})())
+    stale = gateway.search.stub.collections["products__lookalike-lite0__r2"]
     gone = type(original["p0"])()
     gone.CopyFrom(original["p0"])
     gone.product.id = "gone"
@@ -172,17 +172,17 @@ def test_reindex_catches_up_with_writes_and_deletes(gateway):
     last = progress[-1]
     assert last.collection == "products__lookalike-lite0__r2"  # the default name is taken: __r2
     assert last.removed == 1 and last.activated
-    assert sorted(gateway.search.collections["products__lookalike-lite0__r2"]) == [f"p{i}" for i in range(6)]
+    assert sorted(gateway.search.stub.collections["products__lookalike-lite0__r2"]) == [f"p{i}" for i in range(6)]
 
 
 def test_reindex_refuses_to_activate_with_failures(gateway):
     ingest(gateway, [(product("p1"), png(1)), (product("p2"), png(2))])
-    stored = gateway.search.collections["products__lookalike-lite0"]["p2"].product.image_sha256
-    gateway.images.path(stored).unlink()  # its original is lost
+    stored = gateway.search.stub.collections["products__lookalike-lite0"]["p2"].product.image_sha256
+    gateway.image_store.path(stored).unlink()  # its original is lost
     with pytest.raises(Exception) as err:
         reindex(gateway, collection="products__lookalike-lite0__r2", activate=True)
     assert "could not be re-embedded" in str(getattr(err.value, "message", err.value))
-    assert gateway.search.active == "products__lookalike-lite0"
+    assert gateway.search.stub.active == "products__lookalike-lite0"
     forced = reindex(gateway, collection="products__lookalike-lite0__r2", activate=True, force=True)
     assert forced[-1].activated and forced[-1].failed == 1
     failures = [f for p in forced for f in p.failures]
@@ -191,22 +191,22 @@ def test_reindex_refuses_to_activate_with_failures(gateway):
 
 def test_writes_wait_for_the_switch_and_land_in_the_new_collection(gateway):
     ingest(gateway, [(product("p1"), png(1))])
-    gateway.search.CreateCollection(type("R", (), {"name": "products__lookalike-lite0__r2", "vector_size": 8})())
+    gateway.search.stub.CreateCollection(type("R", (), {"name": "products__lookalike-lite0__r2", "vector_size": 8})())
     results = []
-    with gateway.catalogue.gate.exclusive():  # what activation holds
+    with gateway.collections.gate.exclusive():  # what activation holds
         writer = threading.Thread(target=lambda: results.extend(ingest(gateway, [(product("p2"), png(2))])))
         writer.start()
         writer.join(0.5)
         assert writer.is_alive()  # prepared, waiting to commit
-        gateway.catalogue._switch("products__lookalike-lite0__r2", Deadline(5))
+        gateway.collections.switch("products__lookalike-lite0__r2", Deadline(5))
     writer.join(10)
     assert [r.outcome for r in results] == [CREATED]
-    assert "p2" in gateway.search.collections["products__lookalike-lite0__r2"]
-    assert "p2" not in gateway.search.collections["products__lookalike-lite0"]
+    assert "p2" in gateway.search.stub.collections["products__lookalike-lite0__r2"]
+    assert "p2" not in gateway.search.stub.collections["products__lookalike-lite0"]
 
 
 def test_a_cancelled_stream_stores_nothing_more(gateway):
-    stored = gateway.search.collections["products__lookalike-lite0"]
+    stored = gateway.search.stub.collections["products__lookalike-lite0"]
     gone = threading.Event()
 
     def items():
@@ -216,7 +216,7 @@ def test_a_cancelled_stream_stores_nothing_more(gateway):
             yield product(f"c{i}"), png(100 + i)
 
     results = []
-    for result in gateway.ingestor.run(items(), lambda: Deadline(10), cancelled=gone.is_set):
+    for result in gateway.ingest_pipeline.run(items(), lambda: Deadline(10), cancelled=gone.is_set):
         results.append(result)
         if len(results) == 4:
             gone.set()  # the client is killed after its first acknowledgements
@@ -235,15 +235,16 @@ def test_acks_flow_while_the_client_waits_for_them(gateway):
             acked.clear()
 
     results = []
-    for result in gateway.ingestor.run(items(), lambda: Deadline(10)):
+    for result in gateway.ingest_pipeline.run(items(), lambda: Deadline(10)):
         results.append(result)
         acked.set()
     assert [r.outcome for r in results] == [CREATED] * 3
 
 
-def test_repeated_images_in_one_stream_are_skipped_without_embedding(gateway):
+def test_repeated_images_in_one_stream_are_skipped_without_embedding(tmp_path):
+    gateway = make_gateway(tmp_path, upsert_batch_size=12)
     items = [IngestItem(product(f"r{i}"), png(i % 3), skip_duplicates=True) for i in range(12)]
-    results = ingest(gateway, items, batch_size=12)
+    results = ingest(gateway, items)
     assert [r.outcome for r in results[:3]] == [CREATED] * 3
     assert all(r.outcome == SKIPPED and r.exact_duplicate for r in results[3:])
     assert [r.duplicate_of for r in results[3:6]] == ["r0", "r1", "r2"]
@@ -258,7 +259,7 @@ def test_repeated_images_in_one_stream_are_skipped_without_embedding(gateway):
         yield IngestItem(product("x2"), png(50), skip_duplicates=True)
 
     later = []
-    for result in gateway.ingestor.run(stream(), lambda: Deadline(10)):
+    for result in gateway.ingest_pipeline.run(stream(), lambda: Deadline(10)):
         later.append(result)
         stored.set()
     assert [r.outcome for r in later] == [CREATED, SKIPPED] and later[1].duplicate_of == "x1"
@@ -266,17 +267,17 @@ def test_repeated_images_in_one_stream_are_skipped_without_embedding(gateway):
 
 
 def test_a_switch_made_elsewhere_is_picked_up_in_the_background(gateway, monkeypatch):
-    import lookalike_gateway.catalogue as catalogue_module
+    import lookalike_gateway.collection_manager as collection_manager
 
-    monkeypatch.setattr(catalogue_module, "ALIAS_REFRESH_S", 0.05)
-    assert gateway.catalogue.active().collection == "products__lookalike-lite0"
-    gateway.search.CreateCollection(type("R", (), {"name": "products__other.2", "vector_size": 8})())
-    gateway.search.active = "products__other.2"  # another gateway switched the alias
+    monkeypatch.setattr(collection_manager, "ALIAS_REFRESH_S", 0.05)
+    assert gateway.collections.active().collection == "products__lookalike-lite0"
+    gateway.search.stub.CreateCollection(type("R", (), {"name": "products__other.2", "vector_size": 8})())
+    gateway.search.stub.active = "products__other.2"  # another gateway switched the alias
     deadline = time.monotonic() + 60
-    while gateway.catalogue.active().collection != "products__other.2":
+    while gateway.collections.active().collection != "products__other.2":
         assert time.monotonic() < deadline
         time.sleep(0.02)
-    active = gateway.catalogue.active()
+    active = gateway.collections.active()
     assert active.model_id == "other.2" and active.embedder.model_name == "other"  # queries use its model
     assert active.embedder.model_version == "2"
 

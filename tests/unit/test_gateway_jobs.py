@@ -8,7 +8,7 @@ import grpc
 import pytest
 
 from lookalike.v1 import types_pb2
-from lookalike_gateway.core import ApiError
+from lookalike_gateway.errors import ApiError
 from lookalike_gateway.jobs import JobRunner, JobState, job_json, job_proto
 
 

@@ -10,13 +10,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from lookalike import limits
-from lookalike_gateway import openapi
+from lookalike_gateway import openapi, rest
 from lookalike_gateway.api_models import V1_ERRORS
 
 
 @pytest.fixture(scope="module")
 def spec():
-    return openapi.offline_spec()
+    return rest.offline_spec()
 
 
 @pytest.fixture(scope="module")
@@ -78,11 +78,11 @@ def test_limits_and_required_fields_come_from_one_place(spec):
 
 
 def test_search_service_and_gateway_share_the_limits():
-    import lookalike_gateway.core as gateway_core
+    import lookalike_gateway.validation as gateway_validation
     import lookalike_search.server as search_server
 
-    assert gateway_core.MAX_ID_LENGTH == search_server.MAX_ID_LENGTH == limits.MAX_ID_LENGTH
-    assert gateway_core.MAX_TOP_K == search_server.MAX_TOP_K == limits.MAX_TOP_K
+    assert gateway_validation.MAX_ID_LENGTH == search_server.MAX_ID_LENGTH == limits.MAX_ID_LENGTH
+    assert gateway_validation.MAX_TOP_K == search_server.MAX_TOP_K == limits.MAX_TOP_K
 
 
 def test_405_names_the_methods_of_the_path(client):

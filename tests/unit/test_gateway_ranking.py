@@ -9,7 +9,7 @@ import pytest
 
 from lookalike.v1 import types_pb2
 from lookalike_gateway.classifier_head import LinearHead
-from lookalike_gateway.core import ApiError, Deadline
+from lookalike_gateway.errors import ApiError, Deadline
 from lookalike_gateway.ranking import rerank_by_category
 
 from .gateway_fakes import DIM, FakeEmbedder, make_gateway, png, unit
@@ -59,7 +59,7 @@ def catalogue(tmp_path):
         vectors[image] = unit(base + noise)
         items.append((types_pb2.Product(id=f"{category}{i}", category=category), image))
     gateway = make_gateway(tmp_path, embedder=FakeEmbedder(vectors))
-    results = list(gateway.ingestor.run(items, lambda: Deadline(10)))
+    results = list(gateway.ingest_pipeline.run(items, lambda: Deadline(10)))
     assert all(r.error is None for r in results)
     return SimpleNamespace(gateway=gateway, query=query)
 
@@ -79,17 +79,17 @@ def test_without_a_classifier_the_order_is_plain_similarity(catalogue):
 def test_a_category_classifier_reorders_candidates(catalogue):
     classifier = FakeClassifier(B_HEAD)
     catalogue.gateway.classifier = classifier
-    fake_search = catalogue.gateway.search.SearchByVector
+    fake_search = catalogue.gateway.search.stub.SearchByVector
     asked_top_k = []
 
     def recording_search(request, timeout=None, metadata=()):
         asked_top_k.append(request.top_k)
         return fake_search(request, timeout, metadata)
-    catalogue.gateway.search.SearchByVector = recording_search
+    catalogue.gateway.search.stub.SearchByVector = recording_search
     found = search(catalogue.gateway, catalogue.query)
     assert found.category_boost == pytest.approx(0.2)  # the default setting
     assert [r.product.category for r in found.results] == ["b", "b", "b"]
-    assert classifier.asked == [(catalogue.gateway.catalogue.active().model_id, DIM)]
+    assert classifier.asked == [(catalogue.gateway.collections.active().model_id, DIM)]
     assert asked_top_k == [100]  # the re-ranking depth, not top_k: all ten products were candidates
     assert len(found.results) == 3
 

@@ -13,7 +13,8 @@ from PIL import Image
 from lookalike.torchserve import EmbedderImageError
 from lookalike.v1 import search_pb2, types_pb2
 from lookalike_gateway.cache import EmbeddingCache
-from lookalike_gateway.core import ApiError, Deadline, Gateway
+from lookalike_gateway.core import Gateway
+from lookalike_gateway.errors import ApiError, Deadline
 from lookalike_gateway.image_store import ImageStore
 from lookalike_gateway.settings import GatewaySettings
 
@@ -76,7 +77,7 @@ def make_gateway(tmp_path, embedder, search) -> Gateway:
     settings = GatewaySettings(redis_url="", data_dir=tmp_path)
     gateway = Gateway(settings, embedder, grpc.insecure_channel("127.0.0.1:9"),
                       EmbeddingCache("", "m", ttl_s=60, timeout_s=0.05, retry_after_s=1), ImageStore(tmp_path))
-    gateway.search = search
+    gateway.search.stub = search
     return gateway
 
 

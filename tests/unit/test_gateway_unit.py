@@ -12,7 +12,8 @@ import pytest
 from lookalike.settings import ConfigError, load_settings
 from lookalike.status import GRPC_TO_HTTP, grpc_status, http_status
 from lookalike_gateway.cache import EmbeddingCache
-from lookalike_gateway.core import ApiError, Deadline, validate_product_id, validate_top_k
+from lookalike_gateway.errors import ApiError, Deadline
+from lookalike_gateway.validation import validate_product_id, validate_top_k
 from lookalike_gateway.microbatch import batches as _batches
 from lookalike_gateway.image_store import ImageStore
 from lookalike_gateway.settings import GatewaySettings

@@ -66,7 +66,7 @@ def test_index_a_catalogue_with_product_folders_then_rerun(mixed, gateway_addres
     items, total = open_catalogue(mixed)
     report = index_items(address, items, total=total, progress=False)
     assert (report.total, report.created, report.failed) == (3, 3, 0)
-    stored = gateway.search.collections["products__lookalike-lite0"]
+    stored = gateway.search.stub.collections["products__lookalike-lite0"]
     assert len(stored["shoes/boot"].product.image_sha256s) == 3 and len(stored["shoes/boot"].more_vectors) == 2
     assert gateway.embedder.calls == 6
     items, total = open_catalogue(mixed)

@@ -10,7 +10,7 @@ import pytest
 from lookalike_gateway import calibration
 from lookalike.v1 import search_pb2, types_pb2
 from lookalike_gateway.calibration import Sample, WeakMatchCalibrator, measure_collection, threshold
-from lookalike_gateway.core import ApiError
+from lookalike_gateway.errors import ApiError
 from lookalike_gateway.settings import GatewaySettings
 from lookalike_gateway.weak_match import isotonic, weak_match_score
 from pydantic import ValidationError

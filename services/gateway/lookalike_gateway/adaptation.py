@@ -8,7 +8,7 @@
 3. **build** a new collection ``<alias>__<model id>__a<N>`` from the stored vectors, projected (no
    re-embedding): the projection files are written first, so every gateway projects into it; catch-up
    passes copy what changed meanwhile (compared by payload and raw vector) and mirror deletions;
-4. **activate**: a last pass with this gateway's writes held, then the alias switch (catalogue._switch).
+4. **activate**: a last pass with this gateway's writes held, then the alias switch (CollectionManager.switch).
 
 `plain` skips 2 and builds a collection of the raw vectors: the way back to the plain space that keeps
 products written since the adaptation (`lookalike collections rollback` is the instant switch back).
@@ -28,7 +28,8 @@ from lookalike import vectors
 from lookalike.v1 import lookalike_pb2, search_pb2
 
 from . import adapt_fit, quality_gate
-from .core import ApiError, Deadline
+from .errors import ApiError, Deadline
+from .reindex import mirror_deletions
 
 log = logging.getLogger(__name__)
 
@@ -53,19 +54,19 @@ def labeller(field: str):
 
 class Adapter:
     def __init__(self, gateway):
-        self.gateway = gateway
-        self.catalogue = gateway.catalogue
+        self.search = gateway.search
+        self.collections = gateway.collections
 
     def _call(self, method: str, request, seconds: float = 60.0):
-        return self.gateway._call_search(method, request, Deadline(seconds))
+        return self.search.call(method, request, Deadline(seconds))
 
     # ---- reading --------------------------------------------------------------------------------------
 
     def _pages(self, collection: str, with_vectors: bool = True):
-        return quality_gate.pages(self.gateway, collection, with_vectors)
+        return quality_gate.pages(self.search, collection, with_vectors)
 
     def _read(self, source, label) -> tuple[np.ndarray, list[str]]:
-        x, y, _ = quality_gate.read_labelled(self.gateway, source, label)
+        x, y, _ = quality_gate.read_labelled(self.search, source, label)
         if not y:
             raise ApiError(grpc.StatusCode.FAILED_PRECONDITION, "the active collection has no labelled vectors")
         return x, y
@@ -75,15 +76,11 @@ class Adapter:
     def run(self, request: lookalike_pb2.StartAdaptationRequest, progress=None) -> dict:
         """The whole adaptation (run as a job: `progress(fraction, stage)`); returns the result
         (AdaptationResult's fields, the report under "report")."""
-        if not self.catalogue._reindexing.acquire(blocking=False):
-            raise ApiError(grpc.StatusCode.ABORTED, "a reindex or an adaptation is already running on this gateway")
-        try:
+        with self.collections.exclusive_job(grpc.StatusCode.ABORTED):
             return self._run(request, progress or (lambda fraction, stage=None: None))
-        finally:
-            self.catalogue._reindexing.release()
 
     def _run(self, request, progress) -> dict:
-        source = self.catalogue.refresh()
+        source = self.collections.refresh()
         started = time.perf_counter()
         report: dict = {"source": source.collection, "model_id": source.model_id,
                         "label_field": request.label_field or "product", "plain": request.plain}
@@ -111,13 +108,13 @@ class Adapter:
                 result["refused"] = ("the plain space scored best on validation" if projection is None else
                                      "held-out figures got worse: " + "; ".join(fit_report["regressions"]))
                 report.update(activated=False, refused=result["refused"])
-                self.catalogue.adaptations.save_report(report)
+                self.collections.adaptations.save_report(report)
                 log.info("adaptation of %s refused: %s", source.collection, result["refused"])
                 return result
         target_name = self._target_name(source, plain=request.plain)
         if projection is not None:
-            self.catalogue.adaptations.save(target_name, projection)
-        target = self.catalogue.target(target_name)
+            self.collections.adaptations.save(target_name, projection)
+        target = self.collections.target(target_name)
         size = projection.output_dim if projection is not None else self._plain_size(source)
         self._call("CreateCollection", search_pb2.CreateCollectionRequest(name=target_name, vector_size=size))
         log.info("adapt %s -> %s (%s)", source.collection, target_name, "plain" if request.plain else "projected")
@@ -133,21 +130,21 @@ class Adapter:
         result["collection"] = target_name
         if request.activate:
             progress(0.95, f"activating {target_name}")
-            with self.catalogue.gate.exclusive():  # this gateway's writes wait; searches do not
+            with self.collections.gate.exclusive():  # this gateway's writes wait; searches do not
                 for _ in self._sync(source, target):
                     pass
-                _, result["previous"] = self.catalogue._switch(target_name, Deadline(30.0))
+                _, result["previous"] = self.collections.switch(target_name, Deadline(30.0))
             result["activated"] = True
         report.update(collection=target_name, activated=result["activated"], previous=result["previous"],
                       seconds=round(time.perf_counter() - started, 2))
-        self.catalogue.adaptations.save_report(report)
+        self.collections.adaptations.save_report(report)
         return result
 
     # ---- building ---------------------------------------------------------------------------------------
 
     def _target_name(self, source, plain: bool) -> str:
         names = {c.name for c in self._call("ListCollections", search_pb2.ListStoredCollectionsRequest()).collections}
-        alias = self.catalogue.alias or naming.DEFAULT_ALIAS
+        alias = self.collections.alias or naming.DEFAULT_ALIAS
         if plain:
             if source.projection is None:
                 raise ApiError(grpc.StatusCode.FAILED_PRECONDITION,
@@ -156,12 +153,12 @@ class Adapter:
             for name in naming.candidate_names(alias, source.model_id):
                 if name not in names:
                     return name
-                if name != source.collection and self.catalogue.adaptations.projection(name) is None:
+                if name != source.collection and self.collections.adaptations.projection(name) is None:
                     return name
         n = 1
         while True:
             name = naming.collection_name(alias, source.model_id, f"a{n}")
-            if name not in names and not (self.catalogue.adaptations.root / name).exists():
+            if name not in names and not (self.collections.adaptations.root / name).exists():
                 return name
             n += 1
 
@@ -200,7 +197,7 @@ class Adapter:
                 changes += len(writes)
             done += len(points)
             yield done, total, changes
-        changes += self.catalogue._mirror_deletions(source, target)
+        changes += mirror_deletions(self.search, source, target)
         yield done, total, changes
 
 

@@ -16,7 +16,7 @@ from lookalike.v1 import lookalike_pb2
 
 from . import api_models as m
 from .adaptation import Adapter, labeller
-from .core import not_found
+from .errors import not_found
 from .jobs import Job, JobRunner, JobState, job_json, job_proto
 
 JOB_KIND = "adaptation"
@@ -37,7 +37,7 @@ class AdaptationService:
         return self.jobs.get(job_id)
 
     def latest_report(self) -> dict:
-        report = self.gateway.catalogue.adaptations.latest_report()
+        report = self.gateway.collections.adaptations.latest_report()
         if report is None:
             raise not_found("adaptation", "latest", "no adaptation has run yet")
         return report

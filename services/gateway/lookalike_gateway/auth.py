@@ -7,7 +7,7 @@ import time
 
 import grpc
 
-from .core import ApiError
+from .errors import ApiError
 
 GRPC_METADATA_KEY = "x-api-key"
 HTTP_HEADER = "X-API-Key"

@@ -22,7 +22,7 @@ from prometheus_client import Gauge
 
 from lookalike.v1 import search_pb2
 
-from .core import ApiError, Deadline
+from .errors import ApiError, Deadline
 from .weak_match import weak_match_score
 
 log = logging.getLogger(__name__)
@@ -145,14 +145,14 @@ def for_gateway(gateway, setting: float | str) -> WeakMatchCalibrator:
     """A calibrator reading the gateway's active collection through its search service."""
 
     def active() -> str:
-        return gateway.catalogue.active().collection
+        return gateway.collections.active().collection
 
     def count(collection: str) -> int:
-        return gateway._call_search("CountPoints", search_pb2.CountPointsRequest(collection=collection),
+        return gateway.search.call("CountPoints", search_pb2.CountPointsRequest(collection=collection),
                                     Deadline(10.0)).count
 
     def measure(collection: str) -> Sample:
-        return measure_collection(gateway._call_search, collection, Deadline(PASS_TIMEOUT_S))
+        return measure_collection(gateway.search.call, collection, Deadline(PASS_TIMEOUT_S))
 
     return WeakMatchCalibrator(setting, active, count, measure)
 

@@ -33,7 +33,9 @@ from lookalike.v1 import search_pb2
 
 from .classifier_head import DEFAULT_C_VALUES, DEFAULT_HOLDOUT, LinearHead, TrainingError, fit_head
 from .classifier_store import ClassifierRepository
-from .core import ApiError, Deadline, Gateway, bad_argument, not_found, validate_crop, validate_top_k
+from .core import Gateway
+from .errors import ApiError, Deadline, bad_argument, not_found
+from .validation import check_image, validate_crop, validate_top_k
 from .jobs import Job, JobRunner, Progress
 
 log = logging.getLogger(__name__)
@@ -102,9 +104,9 @@ class ClassifierService:
         self.reload()
 
     def target(self):
-        """The active collection and its model (a catalogue.Target): what classify embeds with and what
+        """The active collection and its model (a collection_manager.Target): what classify embeds with and what
         training reads."""
-        return self.gateway.catalogue.active()
+        return self.gateway.collections.active()
 
     # -- loading ---------------------------------------------------------------------------------
 
@@ -158,7 +160,7 @@ class ClassifierService:
                  crop=None) -> tuple[list[tuple[str, float]], bool, str]:
         """(predictions best first, cache_hit, classifier version); `crop`: classify that region only."""
         if len(image) > self.gateway.settings.max_upload_bytes:
-            self.gateway.check_image(image)  # the size error, before hashing a huge body
+            check_image(image, self.gateway.settings)  # the size error, before hashing a huge body
         if not image:
             raise bad_argument("image", "image is empty")
         top_k = validate_top_k(top_k, DEFAULT_TOP_K)
@@ -222,10 +224,10 @@ class ClassifierService:
         collection, raw = target.collection, target.raw  # an adapted collection: its raw embeddings
         total = 0
         if progress is not None:
-            total = self.gateway._call_search("CountPoints", search_pb2.CountPointsRequest(collection=collection),
-                                              deadline).count
+            total = self.gateway.search.call("CountPoints", search_pb2.CountPointsRequest(collection=collection),
+                                             deadline).count
         while True:
-            page = self.gateway._call_search("ScrollPoints", search_pb2.ScrollPointsRequest(
+            page = self.gateway.search.call("ScrollPoints", search_pb2.ScrollPointsRequest(
                 limit=SCROLL_PAGE, offset=offset, with_vectors=True, collection=collection), deadline)
             for point in page.points:
                 label, predicted = label_of(point.product, kind, name)

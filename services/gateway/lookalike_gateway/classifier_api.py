@@ -18,7 +18,7 @@ from lookalike.v1 import classifier_pb2, classifier_pb2_grpc
 from . import api_models as m
 from . import http_errors
 from .classifier import DEFAULT_LABEL_FIELD, DEFAULT_TOP_K, TRAIN_TIMEOUT_S, ClassifierService
-from .core import Deadline
+from .errors import Deadline
 from .grpc_api import GatewayServicer, _unary
 from .jobs import Job, JobState, job_json, job_proto
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import grpc
 import numpy as np
@@ -18,9 +18,8 @@ from lookalike import vectors
 from lookalike.v1 import search_pb2
 
 from . import metrics
-
-if TYPE_CHECKING:
-    from .core import Deadline, Gateway
+from .errors import ApiError, Deadline
+from .search_client import SearchClient
 
 SEEN_DIGESTS_MAX = 200_000  # per stream: exact duplicates among earlier items of the same stream
 DUPLICATE_CANDIDATES = 3  # nearest stored products looked at (the product itself may be one)
@@ -43,8 +42,6 @@ class Stream:
         self.digests: OrderedDict[str, str] = OrderedDict()  # image hash -> first product id with it
 
     def check(self) -> None:
-        from .core import ApiError
-
         if self.cancelled is not None and self.cancelled():
             raise ApiError(grpc.StatusCode.CANCELLED, "the client cancelled the stream before this was stored")
 
@@ -63,7 +60,7 @@ class Stream:
                     self.digests.popitem(last=False)
 
 
-def find_duplicates(gateway: Gateway, products: list, collection: str, deadline: Deadline, stream: Stream,
+def find_duplicates(search: SearchClient, products: list, collection: str, deadline: Deadline, stream: Stream,
                     max_distance: float,
                     project: Callable[[np.ndarray], np.ndarray] = lambda v: v) -> dict[int, Duplicate]:
     """Duplicates of the new images of `products` (objects with .product_id, .digests, .vectors, .fresh (a
@@ -74,7 +71,7 @@ def find_duplicates(gateway: Gateway, products: list, collection: str, deadline:
     neighbours: dict[tuple[int, int], list] = {}
     for start in range(0, len(fresh), VECTORS_PER_CALL):
         chunk = fresh[start:start + VECTORS_PER_CALL]
-        response = gateway._call_search("SearchByVectors", search_pb2.SearchByVectorsRequest(
+        response = search.call("SearchByVectors", search_pb2.SearchByVectorsRequest(
             vectors=[vectors.pack(project(products[n].vectors[i])) for n, i in chunk], top_k=DUPLICATE_CANDIDATES,
             collection=collection), deadline)
         neighbours.update(zip(chunk, (search.results for search in response.searches)))

@@ -14,8 +14,9 @@ from lookalike.v1 import lookalike_pb2, lookalike_pb2_grpc
 
 from . import metrics
 from .auth import ApiKeyCheck
-from .core import ApiError, Deadline, Gateway
-from .ingest import IngestItem
+from .core import Gateway
+from .errors import ApiError, Deadline
+from .ingest_types import IngestItem
 
 log = logging.getLogger(__name__)
 
@@ -131,11 +132,11 @@ class LookalikeServicer(GatewayServicer, lookalike_pb2_grpc.LookalikeServicer):
 
     @_unary
     def ListCollections(self, request, context, deadline):
-        return self.gateway.catalogue.list(deadline)
+        return self.gateway.collections.list(deadline)
 
     @_unary
     def ActivateCollection(self, request, context, deadline):
-        active, previous = self.gateway.catalogue.activate(request.collection, request.rollback, deadline)
+        active, previous = self.gateway.collections.activate(request.collection, request.rollback, deadline)
         return lookalike_pb2.ActivateCollectionResponse(active=active, previous=previous)
 
     @_unary
@@ -158,7 +159,7 @@ class LookalikeServicer(GatewayServicer, lookalike_pb2_grpc.LookalikeServicer):
         try:
             self.auth.check_grpc(context)
             batch_timeout = self.gateway.settings.ingest_batch_timeout_s
-            yield from self.gateway.catalogue.reindex(request, lambda: Deadline(batch_timeout),
+            yield from self.gateway.reindexer.reindex(request, lambda: Deadline(batch_timeout),
                                                       cancelled=lambda: not context.is_active())
         except ApiError as exc:
             status = exc.code

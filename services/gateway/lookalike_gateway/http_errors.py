@@ -12,7 +12,7 @@ from starlette.routing import Match
 
 from lookalike import status
 
-from .core import ApiError
+from .errors import ApiError
 
 
 def error_response(code: grpc.StatusCode, message: str, http: int | None = None, headers: dict | None = None,

@@ -3,12 +3,10 @@ the metadata comparison behind UNCHANGED."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from lookalike.v1 import lookalike_pb2, types_pb2
 
-if TYPE_CHECKING:
-    from .core import ApiError
+from .errors import ApiError
 
 Outcome = lookalike_pb2.UpsertProductsResponse.Outcome
 CREATED, UPDATED, UNCHANGED, FAILED, SKIPPED = (Outcome.Value(n) for n in (

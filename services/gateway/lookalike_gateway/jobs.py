@@ -28,7 +28,7 @@ import grpc
 
 from lookalike.v1 import types_pb2
 
-from .core import ApiError, not_found
+from .errors import ApiError, not_found
 
 log = logging.getLogger(__name__)
 

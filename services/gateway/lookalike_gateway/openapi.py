@@ -4,7 +4,7 @@ types (a form field or a query parameter is absent, never `null`), operation ids
 names, and links between operations (PUT a product -> GET / DELETE it; a training job's Location).
 
 The spec for reviewers is committed as `openapi.json` at the repository root; `python
-scripts/gen_openapi.py` regenerates it from `offline_spec()` (default settings, no dependencies
+scripts/gen_openapi.py` regenerates it from `rest.offline_spec()` (default settings, no dependencies
 running) and `--check` fails when it is stale. tests/unit/test_gateway_openapi.py checks the same, and
 tests/e2e/test_contract.py that a live gateway serves it."""
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
@@ -92,18 +91,6 @@ def install(app: FastAPI) -> None:
         return app.openapi_schema
 
     app.openapi = openapi
-
-
-def offline_spec() -> dict:
-    """The document a gateway with the default settings serves, built without any dependency."""
-    from .auth import ApiKeyCheck
-    from .rest import create_app
-    from .settings import GatewaySettings
-
-    settings = GatewaySettings.model_construct()  # the defaults, not this machine's environment
-    service = SimpleNamespace(gateway=SimpleNamespace(settings=settings))  # what the routers read when built
-    gateway = SimpleNamespace(settings=settings, classifier=service, adaptation=service)
-    return create_app(gateway, ApiKeyCheck(frozenset()), readiness=lambda: None).openapi()
 
 
 def dumps(spec: dict) -> str:

@@ -8,25 +8,28 @@ with the adaptations' (`<data_dir>/adaptations/reports/`).
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
+import grpc
 import numpy as np
 
 from lookalike import vectors
 from lookalike.v1 import search_pb2
 
 from .adapt_eval import make_split, regressions, split_figures
+from .adaptation_store import AdaptationStore
+from .errors import ApiError, Deadline
+from .search_client import SearchClient
 
 PAGE = 256
 
 
-def pages(gateway, collection: str, with_vectors: bool = True, deadline_s: float = 60.0):
+def pages(search: SearchClient, collection: str, with_vectors: bool = True, deadline_s: float = 60.0):
     """The stored points of a collection, page by page (ScrollPoints)."""
-    from .core import Deadline
-
     offset = ""
     while True:
-        page = gateway._call_search("ScrollPoints", search_pb2.ScrollPointsRequest(
+        page = search.call("ScrollPoints", search_pb2.ScrollPointsRequest(
             collection=collection, limit=PAGE, offset=offset, with_vectors=with_vectors), Deadline(deadline_s))
         yield page.points
         offset = page.next_offset
@@ -40,11 +43,12 @@ def point_vectors(point) -> list[bytes]:
     return ([point.vector] if point.vector else []) + more
 
 
-def read_labelled(gateway, target, label: Callable, raw: bool = True) -> tuple[np.ndarray, list[str], list[str]]:
+def read_labelled(search: SearchClient, target, label: Callable,
+                  raw: bool = True) -> tuple[np.ndarray, list[str], list[str]]:
     """(vectors [n, d], their labels, their product ids) of a collection: every image of every product
     with a label; raw: an adapted collection gives its raw vectors back (else: as stored and searched)."""
     xs, ys, ids = [], [], []
-    for points in pages(gateway, target.collection):
+    for points in pages(search, target.collection):
         for point in points:
             value = label(point.product)
             if not value:
@@ -63,17 +67,17 @@ def _key(product) -> str:
     return product.id
 
 
-def compare(gateway, source, target) -> dict:
+def compare(search: SearchClient, source, target) -> dict:
     """Figures of `target` against `source` on the same held-out photos (see the module docstring)."""
-    sx, _, sids = read_labelled(gateway, source, _key, raw=False)  # each space as it is searched
-    tx, _, tids = read_labelled(gateway, target, _key, raw=False)
+    sx, _, sids = read_labelled(search, source, _key, raw=False)  # each space as it is searched
+    tx, _, tids = read_labelled(search, target, _key, raw=False)
     by_product: dict[str, list[int]] = {}
     for i, pid in enumerate(sids):
         by_product.setdefault(pid, []).append(i)
     grouped = any(len(v) >= 2 for v in by_product.values())
     categories: dict[str, str] = {}
     if not grouped:
-        for points in pages(gateway, source.collection, with_vectors=False):
+        for points in pages(search, source.collection, with_vectors=False):
             for point in points:
                 categories[point.product.id] = point.product.category
     # the same images in both: products present in both, in the source's order
@@ -109,18 +113,12 @@ def compare(gateway, source, target) -> dict:
     return report
 
 
-def check_switch(catalogue, message, source, target, force: bool):
-    """The gate of a reindex before its switch: the report saved and put on the progress `message`;
-    FAILED_PRECONDITION on a regression unless forced."""
-    import json
-
-    import grpc
-
-    from .core import ApiError
-
-    report = compare(catalogue.gateway, source, target)
+def check_switch(search: SearchClient, reports: AdaptationStore, message, source, target, force: bool):
+    """The gate of a reindex before its switch: the report saved (with the adaptations' reports) and put
+    on the progress `message`; FAILED_PRECONDITION on a regression unless forced."""
+    report = compare(search, source, target)
     report.update(kind="reindex", forced=bool(force and report["regressions"]))
-    catalogue.adaptations.save_report(report)
+    reports.save_report(report)
     if report["regressions"] and not force:
         raise ApiError(grpc.StatusCode.FAILED_PRECONDITION,
                        f"{target.collection} searches worse than {source.collection} on held-out photos: "

@@ -19,12 +19,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from lookalike.limits import MAX_CATEGORY_BOOST
-
-DEFAULT_BOOST = 0.2
-DEFAULT_DEPTH = 100  # candidates re-ranked (the search asks for max(top_k, depth))
-MAX_BOOST = MAX_CATEGORY_BOOST
-
 
 def rerank_by_category(results: Sequence, probabilities: np.ndarray, labels: Sequence[str],
                        boost: float) -> list:

@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Annotated
 from urllib.parse import quote
 
@@ -27,9 +28,11 @@ from lookalike.v1 import types_pb2
 from . import adaptation_api, classifier_api, http_errors, metrics, openapi
 from . import api_models as m
 from .auth import HTTP_HEADER, ApiKeyCheck, bearer_token
-from .core import ApiError, Deadline, Gateway, bad_argument, not_found
+from .core import Gateway
+from .errors import ApiError, Deadline, bad_argument, not_found
 from .http_errors import api_error_response, error_response
-from .ingest import IngestItem, Outcome
+from .ingest_types import IngestItem, Outcome
+from .settings import GatewaySettings
 
 log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
@@ -318,7 +321,7 @@ def create_app(gateway: Gateway, auth: ApiKeyCheck, readiness, draining: threadi
     @app.get("/v1/collections", tags=["operations"], response_model=m.Collections, responses=m.errors(504))
     def collections():
         """The stored collections (one per embedding model), the active one and the previous one."""
-        listed = gateway.catalogue.list(deadline())
+        listed = gateway.collections.list(deadline())
         return {"alias": listed.alias, "active": listed.active, "previous": listed.previous,
                 "collections": [{"name": c.name, "model_id": c.model_id, "vector_size": c.vector_size,
                                  "points": c.points, "active": c.active} for c in listed.collections]}
@@ -350,3 +353,11 @@ def create_app(gateway: Gateway, auth: ApiKeyCheck, readiness, draining: threadi
 
         app.mount("/static", RevalidatedStaticFiles(directory=STATIC_DIR), name="static")
     return app
+
+
+def offline_spec() -> dict:
+    """The document a gateway with the default settings serves, built without any dependency."""
+    settings = GatewaySettings.model_construct()  # the defaults, not this machine's environment
+    service = SimpleNamespace(gateway=SimpleNamespace(settings=settings))  # what the routers read when built
+    gateway = SimpleNamespace(settings=settings, classifier=service, adaptation=service)
+    return create_app(gateway, ApiKeyCheck(frozenset()), readiness=lambda: None).openapi()

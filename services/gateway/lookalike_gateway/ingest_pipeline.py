@@ -1,4 +1,5 @@
-"""Catalogue ingestion in the gateway: idempotent upserts with per-item outcomes and duplicate reports.
+"""The gateway's ingest pipeline (server side; the client that reads catalogue files is lookalike/ingest.py):
+idempotent upserts with per-item outcomes and duplicate reports.
 
 For each micro-batch of products (one gRPC UpsertProducts stream, a REST PUT, or a reindex pass):
 
@@ -26,7 +27,6 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
@@ -37,14 +37,16 @@ from lookalike.v1 import search_pb2, types_pb2
 
 from . import metrics
 from .cache import image_digest
+from .collection_manager import CollectionManager, Target
 from .duplicates import Stream, find_duplicates
-from .ingest_types import (CREATED, FAILED, SKIPPED, UNCHANGED, UPDATED, IngestItem, IngestResult,  # noqa: F401
-                           Outcome, same_metadata)
+from .errors import EMBEDDER_NAME, ApiError, Deadline, dependency_error
+from .image_store import ImageStore
+from .ingest_types import (CREATED, FAILED, SKIPPED, UNCHANGED, UPDATED, IngestItem, IngestResult, Outcome,
+                           same_metadata)
 from .microbatch import batches
-
-if TYPE_CHECKING:
-    from .catalogue import Target
-    from .core import ApiError, Deadline, Gateway
+from .retry import POLICY, RetryPolicy
+from .search_client import SearchClient
+from .validation import check_image, validate_product_id
 
 log = logging.getLogger(__name__)
 
@@ -106,28 +108,33 @@ class _Turns:
     commit_after: threading.Event
 
 
-class Ingestor:
-    """Runs the pipeline above for the Gateway; one `run` per stream."""
+class IngestPipeline:
+    """Runs the pipeline above; one `run` per stream. `classifier()`: the category classifier that
+    annotates products sent without a category (None: none trained)."""
 
-    def __init__(self, gateway: Gateway):
-        self.gateway = gateway
-        self.settings = gateway.settings
+    def __init__(self, settings, search: SearchClient, collections: CollectionManager, image_store: ImageStore,
+                 classifier: Callable[[], object] = lambda: None, policy: RetryPolicy = POLICY):
+        self.settings = settings
+        self.search = search
+        self.collections = collections
+        self.image_store = image_store
+        self.classifier = classifier
+        self.policy = policy
 
     # ---- the stream ---------------------------------------------------------------------------------
 
     def run(self, items: Iterable[IngestItem | tuple], deadline_for_batch: Callable[[], Deadline],
-            target: Callable[[], Target] | None = None, detect_duplicates: bool | None = None,
-            batch_size: int | None = None, gated: bool = True,
+            target: Callable[[], Target] | None = None, detect_duplicates: bool | None = None, gated: bool = True,
             cancelled: Callable[[], bool] | None = None) -> Iterator[IngestResult]:
         """Yields one IngestResult per item, in order. `target()` names the collection and model to write
         (default: the active collection, re-read for each batch). `gated`: commits hold the catalogue's
         write gate (an alias switch waits for them); a reindex, which holds the gate itself, passes False.
         `cancelled()` true: the caller went away (Ctrl-C, kill -9): batches not yet committed are dropped
         (nobody would receive their acknowledgements; the same items are UNCHANGED or new next time)."""
-        target = target or self.gateway.catalogue.active
+        target = target or self.collections.active
         detect = self.settings.detect_duplicates if detect_duplicates is None else detect_duplicates
         stream = Stream(detect, cancelled)
-        size = batch_size or self.settings.upsert_batch_size
+        size = self.settings.upsert_batch_size
         committed = threading.Event()
         committed.set()
         embedded: deque = deque([committed] * BURSTS_IN_FLIGHT, maxlen=BURSTS_IN_FLIGHT)  # all set
@@ -155,8 +162,6 @@ class Ingestor:
         TorchServe at once, in order: each gets a deadline for its own images and the burst ahead, instead of
         queueing behind every batch of the stream), commit (after the previous batch's commit). Each step has
         its own deadline."""
-        from .core import ApiError
-
         token = request_id.current.set(rid) if rid else None
         try:
             try:
@@ -172,7 +177,7 @@ class Ingestor:
             turns.commit_after.wait()  # commits happen in stream order
             try:
                 stream.check()
-                with self.gateway.catalogue.writing() if gated else contextlib.nullcontext():
+                with self.collections.writing() if gated else contextlib.nullcontext():
                     current = target()
                     if current.collection != batch.target.collection:  # the alias moved meanwhile
                         for slot in batch.slots:
@@ -197,14 +202,12 @@ class Ingestor:
 
     def _prepare(self, batch: _Batch, new_deadline: Callable[[], Deadline], embed_after: threading.Event,
                  stream: Stream) -> None:
-        from .core import ApiError
-
-        gateway, target = self.gateway, batch.target
+        target = batch.target
         deadline = new_deadline()
         pending = [slot for slot in batch.slots if slot.result is None and self._validate(slot)]
         if not pending:
             return
-        existing = gateway._call_search("GetPoints", search_pb2.GetPointsRequest(
+        existing = self.search.call("GetPoints", search_pb2.GetPointsRequest(
             product_ids=list(dict.fromkeys(s.item.product.id for s in pending)), with_vectors=True,
             collection=target.collection), deadline)
         stored = {p.product.id: p for p in existing.points}
@@ -218,8 +221,8 @@ class Ingestor:
             if point is not None and list(point.product.image_sha256s) == slot.digests and all(
                     v is not None for v in slot.vectors) and same_metadata(point.product, slot.item.product):
                 for digest, image in zip(slot.digests, slot.item.images):
-                    if not gateway.images.exists(digest):  # keep the originals for re-embedding
-                        gateway.images.put(digest, image)
+                    if not self.image_store.exists(digest):  # keep the originals for re-embedding
+                        self.image_store.put(digest, image)
                 slot.finish(UNCHANGED)
                 continue
             slot.fresh = [v is None for v in slot.vectors]  # images already stored keep their vectors
@@ -251,8 +254,6 @@ class Ingestor:
         if to_embed:
             embed_after.wait()
             stream.check()
-            from .core import Deadline
-
             # A burst waits in TorchServe's queue for its turn: a slow CPU needs more than a query's deadline.
             queued = len(to_embed) + (BURSTS_IN_FLIGHT - 1) * len(batch.slots)  # own + the burst ahead
             budget = max(new_deadline().remaining("embedding"), EMBED_BUDGET_PER_IMAGE_S * queued)
@@ -265,15 +266,13 @@ class Ingestor:
                     continue
                 found = vectors_by_digest.get(slot.digests[i])
                 if isinstance(found, Exception):  # its embedding failed: so does the product
-                    slot.finish(FAILED, _prefixed(found, _which(slot, i)))
+                    slot.finish(FAILED, found.prefixed(_which(slot, i)))
                 else:
                     slot.vectors[i] = found
                     slot.embedded = slot.embedded or distinct[slot.digests[i]][0] is slot
 
     def _validate(self, slot: _Slot) -> bool:
         """Checks the item's id, price and images and hashes them; fails the slot and returns False if bad."""
-        from .core import ApiError, validate_product_id
-
         product, all_images = slot.item.product, slot.item.images
         try:
             validate_product_id(product.id)
@@ -293,9 +292,9 @@ class Ingestor:
                     raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"{_which(slot, i)}image is empty")
                 if len(image) > self.settings.max_upload_bytes:
                     try:
-                        self.gateway.check_image(image)  # the size error, without hashing a huge body
+                        check_image(image, self.settings)  # the size error, without hashing a huge body
                     except ApiError as exc:
-                        raise _prefixed(exc, _which(slot, i)) from None
+                        raise exc.prefixed(_which(slot, i)) from None
             slot.digests = [image_digest(image) for image in all_images]
             slot.vectors = [None] * len(slot.digests)
             return True
@@ -312,13 +311,9 @@ class Ingestor:
 
     def _embed(self, jobs: list[tuple[_Slot, int]], target: Target, deadline: Deadline) -> dict:
         """One concurrent burst for the batch's images (TorchServe batches it): digest -> vector, or the
-        ApiError of that image. UNAVAILABLE images are retried with backoff inside the deadline."""
-        import time
-
-        from .core import EMBEDDER_NAME, RETRY_BACKOFF_MAX_S, RETRY_BACKOFF_S, ApiError
-
-        gateway = self.gateway
-        backoff = RETRY_BACKOFF_S
+        ApiError of that image. UNAVAILABLE images are retried with backoff inside the deadline (the
+        retry policy of every dependency call, retry.POLICY)."""
+        attempt = 0
         out: dict[str, np.ndarray | Exception] = {}
         todo = jobs
         while todo:
@@ -335,7 +330,7 @@ class Ingestor:
                     metrics.EMBEDDER_CALLS.labels(outcome=result.code().name.lower()).inc()
                     if result.code() == grpc.StatusCode.UNAVAILABLE:
                         retry.append((slot, i))
-                    out[digest] = gateway._dependency_error(EMBEDDER_NAME, result)
+                    out[digest] = dependency_error(EMBEDDER_NAME, result)
                 elif isinstance(result, Exception):
                     metrics.EMBEDDER_CALLS.labels(outcome="error").inc()
                     out[digest] = ApiError(grpc.StatusCode.UNAVAILABLE, f"{EMBEDDER_NAME} failed: {result}")
@@ -343,21 +338,20 @@ class Ingestor:
                     metrics.EMBEDDER_CALLS.labels(outcome="ok").inc()
                     out[digest] = result
                     target.cache.put(digest, result)
-            if not retry or deadline.expires - time.monotonic() < backoff + 0.05:
+            if not retry or not self.policy.pause(attempt, deadline):
                 return out
-            time.sleep(backoff)
-            backoff = min(backoff * 2, RETRY_BACKOFF_MAX_S)
+            attempt += 1
             todo = retry
         return out
 
     # ---- commit -------------------------------------------------------------------------------------
 
     def _commit(self, batch: _Batch, deadline: Deadline, stream: Stream) -> None:
-        gateway, target = self.gateway, batch.target
+        target = batch.target
         writes = [s for s in batch.slots if s.result is None and s.vectors and all(v is not None for v in s.vectors)]
         duplicates = {}
         if stream.detect:
-            duplicates = find_duplicates(gateway, writes, target.collection, deadline, stream,
+            duplicates = find_duplicates(self.search, writes, target.collection, deadline, stream,
                                          self.settings.duplicate_max_distance, target.project)
         points, written = [], []
         for n, slot in enumerate(writes):
@@ -372,16 +366,16 @@ class Ingestor:
             product.image_sha256 = slot.digests[0]
             product.ClearField("image_sha256s")
             product.image_sha256s.extend(slot.digests)
-            classifier = gateway.classifier
+            classifier = self.classifier()
             if classifier is not None:  # a category predicted for products sent without one
                 classifier.annotate(product, slot.vectors[0])
             for digest, image in zip(slot.digests, slot.item.images):
-                gateway.images.put(digest, image)
+                self.image_store.put(digest, image)
             points.append(search_pb2.Point(product=product, vector=vectors.pack(target.project(slot.vectors[0])),
                                            more_vectors=[vectors.pack(target.project(v)) for v in slot.vectors[1:]]))
             written.append((slot, duplicate))
         if points:
-            gateway._call_search("UpsertPoints", search_pb2.UpsertPointsRequest(
+            self.search.call("UpsertPoints", search_pb2.UpsertPointsRequest(
                 points=points, collection=target.collection), deadline)
             metrics.UPSERTED.inc(len(points))
         for slot, duplicate in written:
@@ -393,8 +387,6 @@ class Ingestor:
             stream.remember(slot.product_id, slot.digests)
         for slot in batch.slots:
             if slot.result is None:  # no vector (should not happen): say so rather than ack silently
-                from .core import ApiError
-
                 slot.finish(FAILED, ApiError(grpc.StatusCode.INTERNAL, "no embedding was computed"))
 
 
@@ -411,14 +403,6 @@ def _stored_vectors(point: search_pb2.Point) -> dict[str, np.ndarray]:
 def _which(slot: _Slot, index: int) -> str:
     """A message prefix naming the image, for products with several."""
     return f"image {index}: " if len(slot.item.more_images) else ""
-
-
-def _prefixed(exc, prefix: str):
-    from .core import ApiError
-
-    if not prefix:
-        return exc
-    return ApiError(exc.code, prefix + exc.message, http_status=exc.http_status, retry_after_s=exc.retry_after_s)
 
 
 def _item(raw) -> IngestItem:
