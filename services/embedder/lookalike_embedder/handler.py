@@ -85,7 +85,7 @@ from lookalike_embedder import model as lk_model
 from lookalike_embedder.contract import (BATCH_LOG_TAG, ERROR_CONTENT_TYPE, EXTRA_KEYS, INPUT_KEYS,
                                          VECTOR_CONTENT_TYPE, WEIGHTS_FILE, error_payload)
 from lookalike_embedder.preprocessing import Preprocessing, prepare
-from lookalike_embedder.runtime import OnnxRunner, TorchRunner, select_device
+from lookalike_embedder.runtime import BACKENDS, DEFAULT_BACKEND, OnnxRunner, TorchRunner, select_device
 
 try:  # TorchServe present (inside the server): inherit its handler base for the standard shape.
     from ts.torch_handler.base_handler import BaseHandler
@@ -103,9 +103,6 @@ BATCH_SIZE_METRIC = "lookalike_embedder_batch_size"
 BATCH_SIZE_UNIT = "count"
 #: Its dimensions, in the order of metrics.yaml (values: the model name, "Model").
 BATCH_SIZE_DIMENSIONS = ("ModelName", "Level")
-#: Inference backends (handler.backend / $LOOKALIKE_EMBEDDER_BACKEND).
-BACKENDS = ("onnxruntime", "torch")
-DEFAULT_BACKEND = "onnxruntime"
 
 
 def _setting(env: str, config: dict, key: str, default):

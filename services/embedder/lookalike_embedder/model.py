@@ -32,6 +32,7 @@ from PIL import Image
 from torch import nn
 
 from lookalike_embedder.preprocessing import LITE0, resize_crop, to_array
+from lookalike_embedder.runtime import BACKENDS, OnnxRunner
 
 #: Name under which the model is registered in TorchServe (URL /predictions/<MODEL_NAME>).
 MODEL_NAME = "lookalike-lite0"
@@ -178,10 +179,6 @@ def load_model(device: str | torch.device | None = None, cut: str = DEFAULT_CUT,
     return model.to(device, memory_format=torch.channels_last)
 
 
-#: Inference backends of `FeatureExtractor`.
-BACKENDS = ("torch", "onnxruntime")
-
-
 def export_onnx(model: nn.Module, image_size: int = IMAGE_SIZE) -> bytes:
     """`model` (a `LiteEmbedder`) as an ONNX graph: input "image" [n, 3, S, S] float32 -> output
     "embedding" [n, dim], L2-normalised; dynamic batch size. build_mar.py packs it into the archive."""
@@ -197,8 +194,6 @@ def export_onnx(model: nn.Module, image_size: int = IMAGE_SIZE) -> bytes:
 def onnx_session(model: nn.Module, num_threads: int | None = None):
     """An ONNX Runtime CPU runner (`lookalike_embedder.runtime.OnnxRunner`) of `model`, exported in memory.
     Its threads do not spin while idle (spinning collapses throughput on shared cores)."""
-    from lookalike_embedder.runtime import OnnxRunner
-
     return OnnxRunner(export_onnx(model), threads=int(num_threads or torch.get_num_threads()))
 
 

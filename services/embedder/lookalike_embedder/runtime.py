@@ -22,6 +22,10 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 POOLINGS = ("auto", "mean", "cls", "none")
+#: The backends (the handler's handler.backend / $LOOKALIKE_EMBEDDER_BACKEND, FeatureExtractor's backend=);
+#: the served default first.
+BACKENDS = ("onnxruntime", "torch")
+DEFAULT_BACKEND = BACKENDS[0]
 
 
 class Runner(Protocol):
