@@ -47,7 +47,7 @@ class QdrantEdgeStore:
                  search_ef: int = 128, full_scan_threshold_kb: int = 10000, indexing_threshold_kb: int | None = None,
                  quantization: str = "none", quantization_rescore: bool = True,
                  quantization_oversampling: float = 2.0, optimize_idle_s: float = 5.0,
-                 flush_each_write: bool = True, optimize_on_open: bool = True,
+                 flush_each_write: bool = True,
                  index_threshold_points: int = 20_000):
         self.path = Path(path)
         self.vector_size = vector_size
@@ -59,7 +59,6 @@ class QdrantEdgeStore:
         self._oversampling = quantization_oversampling
         self.optimize_idle_s = optimize_idle_s
         self.flush_each_write = flush_each_write
-        self.optimize_on_open = optimize_on_open
         self.index_threshold_points = index_threshold_points
         self._lock = threading.RLock()
         self._shard = None
@@ -170,8 +169,7 @@ class QdrantEdgeStore:
             except BaseException:
                 self._release()
                 raise
-        if self.optimize_on_open:
-            self.optimize_if_needed()
+        self.optimize_if_needed()
         if self.optimize_idle_s > 0:
             self._optimizer = threading.Thread(target=self._optimize_loop, name="edge-optimizer", daemon=True)
             self._optimizer.start()
