@@ -15,8 +15,9 @@ from lookalike_embedder import handler as handler_module
 from lookalike_embedder import model as lk
 from lookalike_embedder.contract import BATCH_LOG_PATTERN, ERROR_PREFIX
 from lookalike_embedder.handler import EmbedderHandler
+from tests.conftest import CLOTHING
 
-CLOTHING_TEST = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "clothing-small" / "test"
+CLOTHING_TEST = CLOTHING / "test"
 
 
 class FakeContext:
