@@ -242,3 +242,14 @@ def make_gateway(tmp_path, embedder=None, search=None, cache=None, **settings) -
                       ImageStore(tmp_path / "images"))
     gateway.search.stub = search or FakeSearch()
     return gateway
+
+
+def product(pid: str, **fields) -> types_pb2.Product:
+    return types_pb2.Product(id=pid, title=fields.pop("title", f"title {pid}"), **fields)
+
+
+def ingest(gateway, items, **kw) -> list:
+    """Runs items through the gateway's ingest pipeline; the IngestResults in order."""
+    from lookalike_gateway.errors import Deadline
+
+    return list(gateway.ingest_pipeline.run(items, lambda: Deadline(10), **kw))

@@ -16,6 +16,7 @@ from lookalike_gateway.cache import EmbeddingCache
 from lookalike_gateway.core import Gateway
 from lookalike_gateway.errors import ApiError, Deadline
 from lookalike_gateway.image_store import ImageStore
+from lookalike_gateway.retry import POLICY, RetryPolicy
 from lookalike_gateway.settings import GatewaySettings
 
 
@@ -166,3 +167,32 @@ def test_search_service_back_after_a_blip(tmp_path, jpeg):
     fake = FakeSearch(FakeRpcError(grpc.StatusCode.UNAVAILABLE))
     results, *_ = search(make_gateway(tmp_path, FakeEmbedder(), fake), jpeg, 2.0)
     assert results and fake.calls == 2
+
+
+def test_one_policy_backs_off_exponentially_up_to_its_cap_and_never_past_the_deadline():
+    policy = RetryPolicy(first_backoff_s=0.01, max_backoff_s=0.04, min_attempt_s=0.01)
+    assert [policy.backoff(n) for n in range(4)] == [0.01, 0.02, 0.04, 0.04]
+    assert policy.pause(0, Deadline(5.0))  # room: slept 10 ms
+    assert not policy.pause(0, Deadline(0.015))  # 10 ms + 10 ms for the attempt do not fit: give up at once
+    assert POLICY.retryable == (grpc.StatusCode.UNAVAILABLE,)
+
+
+def test_the_policy_retries_unavailable_then_names_the_dependency():
+    policy = RetryPolicy(first_backoff_s=0.001, max_backoff_s=0.002, min_attempt_s=0.001)
+    attempts = []
+
+    def down(timeout):
+        attempts.append(timeout)
+        raise FakeRpcError(grpc.StatusCode.UNAVAILABLE, "connection refused")
+    with pytest.raises(ApiError) as err:
+        policy.call("the thing", "calling the thing", down, Deadline(0.2))
+    assert err.value.code == grpc.StatusCode.UNAVAILABLE and "the thing is unavailable" in err.value.message
+    assert len(attempts) > 1 and all(t <= 0.2 for t in attempts)
+    attempts.clear()
+
+    def refused(timeout):
+        attempts.append(timeout)
+        raise FakeRpcError(grpc.StatusCode.INVALID_ARGUMENT, "bad")
+    with pytest.raises(ApiError) as err:
+        policy.call("the thing", "calling the thing", refused, Deadline(5))
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT and len(attempts) == 1

@@ -164,7 +164,7 @@ def create_app(gateway: Gateway, auth: ApiKeyCheck, readiness, draining: threadi
     image_doc = (f"the photo (JPEG, PNG, WebP, GIF, BMP; at most {settings.max_upload_bytes} bytes and "
                  f"{settings.max_image_pixels} pixels)")
     ProductId = Annotated[str, PathParam(min_length=1, max_length=limits.MAX_ID_LENGTH,
-                                         # documented, checked by core.validate_product_id (pydantic's regex
+                                         # documented, checked by validation.validate_product_id (pydantic's regex
                                          # engine has no look-ahead)
                                          json_schema_extra={"pattern": m.PRODUCT_ID_PATTERN},
                                          description="the product id (URL-encoded: `/` as `%2F`)",

@@ -1,20 +1,18 @@
-"""The gateway's ingest pipeline and reindex over in-memory fakes: outcomes, idempotence, duplicates,
-hostile items, order across concurrent batches, catch-up and alias switch."""
+"""ingest_pipeline.py over in-memory fakes: outcomes, idempotence, duplicates, hostile items, order across
+concurrent batches, cancellation, acknowledgements while the client waits."""
 from __future__ import annotations
 
 import struct
 import threading
-import time
 import zlib
 
 import numpy as np
 import pytest
 
-from lookalike.v1 import lookalike_pb2, types_pb2
 from lookalike_gateway.errors import Deadline
-from lookalike_gateway.ingest_types import CREATED, FAILED, SKIPPED, UNCHANGED, UPDATED, IngestItem, same_metadata
+from lookalike_gateway.ingest_types import CREATED, FAILED, SKIPPED, UNCHANGED, UPDATED, IngestItem
 
-from .gateway_fakes import FakeEmbedder, FakeSearch, make_gateway, png, unit
+from .gateway_fakes import FakeEmbedder, ingest, make_gateway, png, product, unit
 
 
 def png_bomb(side: int = 100_000) -> bytes:
@@ -22,14 +20,6 @@ def png_bomb(side: int = 100_000) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0))
             + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
-
-
-def product(pid: str, **fields) -> types_pb2.Product:
-    return types_pb2.Product(id=pid, title=fields.pop("title", f"title {pid}"), **fields)
-
-
-def ingest(gateway, items, **kw):
-    return list(gateway.ingest_pipeline.run(items, lambda: Deadline(10), **kw))
 
 
 @pytest.fixture
@@ -116,95 +106,6 @@ def test_near_duplicates_use_the_configured_distance(tmp_path):
     assert "SearchByVector" not in off.search.stub.calls
 
 
-def test_same_metadata_ignores_a_predicted_category():
-    sent = product("p", title="t")
-    stored = product("p", title="t", category="shoes",
-                     attributes={"category_predicted": "true", "category_probability": "0.91"})
-    assert same_metadata(stored, sent)
-    assert not same_metadata(stored, product("p", title="t", category="bags"))
-    assert not same_metadata(product("p", title="t", price=1.0), sent)
-
-
-def test_to_proto_carries_the_outcome(gateway):
-    ingest(gateway, [(product("o"), png(9))])
-    result = ingest(gateway, [(product("d"), png(9)), (product("x"), b"junk")])
-    protos = [r.to_proto() for r in result]
-    assert protos[0].outcome == lookalike_pb2.UpsertProductsResponse.CREATED and protos[0].duplicate_of == "o"
-    assert protos[1].outcome == lookalike_pb2.UpsertProductsResponse.FAILED and not protos[1].ok and protos[1].error
-
-
-def reindex(gateway, **fields):
-    return list(gateway.reindexer.reindex(lookalike_pb2.ReindexRequest(**fields), lambda: Deadline(10)))
-
-
-def test_reindex_copies_resumes_and_switches(gateway):
-    ingest(gateway, [(product(f"p{i}"), png(i)) for i in range(9)])
-    calls = gateway.embedder.calls
-    progress = reindex(gateway, collection="products__lookalike-lite0__r2")
-    last = progress[-1]
-    assert last.finished and not last.activated and last.collection == "products__lookalike-lite0__r2"
-    assert last.embedded == 9 and last.failed == 0
-    assert gateway.embedder.calls == calls + 9 + 1  # every product, plus the probe of the vector size
-    assert gateway.search.stub.active == "products__lookalike-lite0"  # not activated: searches unchanged
-    # again: everything is there already (what an interrupted reindex does when called again)
-    again = reindex(gateway, collection="products__lookalike-lite0__r2", activate=True)[-1]
-    assert (again.embedded, again.unchanged, again.activated) == (0, 9, True)
-    assert again.previous == "products__lookalike-lite0"
-    assert gateway.search.stub.active == "products__lookalike-lite0__r2"
-    assert gateway.collections.active().collection == "products__lookalike-lite0__r2"
-    # new writes go to the new collection; rollback points back
-    ingest(gateway, [(product("later"), png(50))])
-    assert "later" in gateway.search.stub.collections["products__lookalike-lite0__r2"]
-    assert gateway.collections.activate("", rollback=True, deadline=Deadline(5)) == (
-        "products__lookalike-lite0", "products__lookalike-lite0__r2")
-
-
-def test_reindex_catches_up_with_writes_and_deletes(gateway):
-    ingest(gateway, [(product(f"p{i}"), png(i)) for i in range(6)])
-    original = gateway.search.stub.collections["products__lookalike-lite0"]
-    gateway.search.stub.CreateCollection(type("R", (), {"name": "products__lookalike-lite0__r2", "vector_size": 8})())
-    stale = gateway.search.stub.collections["products__lookalike-lite0__r2"]
-    gone = type(original["p0"])()
-    gone.CopyFrom(original["p0"])
-    gone.product.id = "gone"
-    stale["gone"] = gone  # a product deleted from the active collection since
-    progress = reindex(gateway, activate=True)
-    last = progress[-1]
-    assert last.collection == "products__lookalike-lite0__r2"  # the default name is taken: __r2
-    assert last.removed == 1 and last.activated
-    assert sorted(gateway.search.stub.collections["products__lookalike-lite0__r2"]) == [f"p{i}" for i in range(6)]
-
-
-def test_reindex_refuses_to_activate_with_failures(gateway):
-    ingest(gateway, [(product("p1"), png(1)), (product("p2"), png(2))])
-    stored = gateway.search.stub.collections["products__lookalike-lite0"]["p2"].product.image_sha256
-    gateway.image_store.path(stored).unlink()  # its original is lost
-    with pytest.raises(Exception) as err:
-        reindex(gateway, collection="products__lookalike-lite0__r2", activate=True)
-    assert "could not be re-embedded" in str(getattr(err.value, "message", err.value))
-    assert gateway.search.stub.active == "products__lookalike-lite0"
-    forced = reindex(gateway, collection="products__lookalike-lite0__r2", activate=True, force=True)
-    assert forced[-1].activated and forced[-1].failed == 1
-    failures = [f for p in forced for f in p.failures]
-    assert failures and "image store" in failures[0].error
-
-
-def test_writes_wait_for_the_switch_and_land_in_the_new_collection(gateway):
-    ingest(gateway, [(product("p1"), png(1))])
-    gateway.search.stub.CreateCollection(type("R", (), {"name": "products__lookalike-lite0__r2", "vector_size": 8})())
-    results = []
-    with gateway.collections.gate.exclusive():  # what activation holds
-        writer = threading.Thread(target=lambda: results.extend(ingest(gateway, [(product("p2"), png(2))])))
-        writer.start()
-        writer.join(0.5)
-        assert writer.is_alive()  # prepared, waiting to commit
-        gateway.collections.switch("products__lookalike-lite0__r2", Deadline(5))
-    writer.join(10)
-    assert [r.outcome for r in results] == [CREATED]
-    assert "p2" in gateway.search.stub.collections["products__lookalike-lite0__r2"]
-    assert "p2" not in gateway.search.stub.collections["products__lookalike-lite0"]
-
-
 def test_a_cancelled_stream_stores_nothing_more(gateway):
     stored = gateway.search.stub.collections["products__lookalike-lite0"]
     gone = threading.Event()
@@ -264,38 +165,3 @@ def test_repeated_images_in_one_stream_are_skipped_without_embedding(tmp_path):
         stored.set()
     assert [r.outcome for r in later] == [CREATED, SKIPPED] and later[1].duplicate_of == "x1"
     assert gateway.embedder.calls == 4
-
-
-def test_a_switch_made_elsewhere_is_picked_up_in_the_background(gateway, monkeypatch):
-    import lookalike_gateway.collection_manager as collection_manager
-
-    monkeypatch.setattr(collection_manager, "ALIAS_REFRESH_S", 0.05)
-    assert gateway.collections.active().collection == "products__lookalike-lite0"
-    gateway.search.stub.CreateCollection(type("R", (), {"name": "products__other.2", "vector_size": 8})())
-    gateway.search.stub.active = "products__other.2"  # another gateway switched the alias
-    deadline = time.monotonic() + 60
-    while gateway.collections.active().collection != "products__other.2":
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    active = gateway.collections.active()
-    assert active.model_id == "other.2" and active.embedder.model_name == "other"  # queries use its model
-    assert active.embedder.model_version == "2"
-
-
-def test_an_embedder_coming_back_is_ready_only_once_its_worker_answers(tmp_path):
-    """A restarted TorchServe answers Ping "Healthy" while its model still loads (requests would queue until
-    their deadline): readiness also asks for an answer from the worker, on the way (back) up only."""
-    class Loading(FakeEmbedder):
-        loaded, probes = False, 0
-
-        def model_ready(self, timeout=1.0):
-            self.probes += 1
-            return self.loaded
-
-    embedder = Loading()
-    gateway = make_gateway(tmp_path, embedder=embedder)
-    assert gateway.dependencies(timeout=0.5).embedder is False
-    embedder.loaded = True
-    assert gateway.dependencies(timeout=0.5).embedder is True
-    gateway.dependencies(timeout=0.5)
-    assert embedder.probes == 2  # not probed again while it stays up

@@ -1,0 +1,32 @@
+"""ingest_types.py: what the ingest pipeline answers per item, and the metadata comparison behind
+UNCHANGED."""
+from __future__ import annotations
+
+import pytest
+
+from lookalike.v1 import lookalike_pb2
+from lookalike_gateway.ingest_types import same_metadata
+
+from .gateway_fakes import ingest, make_gateway, png, product
+
+
+@pytest.fixture
+def gateway(tmp_path):
+    return make_gateway(tmp_path, upsert_batch_size=4)
+
+
+def test_same_metadata_ignores_a_predicted_category():
+    sent = product("p", title="t")
+    stored = product("p", title="t", category="shoes",
+                     attributes={"category_predicted": "true", "category_probability": "0.91"})
+    assert same_metadata(stored, sent)
+    assert not same_metadata(stored, product("p", title="t", category="bags"))
+    assert not same_metadata(product("p", title="t", price=1.0), sent)
+
+
+def test_to_proto_carries_the_outcome(gateway):
+    ingest(gateway, [(product("o"), png(9))])
+    result = ingest(gateway, [(product("d"), png(9)), (product("x"), b"junk")])
+    protos = [r.to_proto() for r in result]
+    assert protos[0].outcome == lookalike_pb2.UpsertProductsResponse.CREATED and protos[0].duplicate_of == "o"
+    assert protos[1].outcome == lookalike_pb2.UpsertProductsResponse.FAILED and not protos[1].ok and protos[1].error
