@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import threading
+import time
 
 import grpc
 import numpy as np
@@ -253,3 +254,38 @@ def ingest(gateway, items, **kw) -> list:
     from lookalike_gateway.errors import Deadline
 
     return list(gateway.ingest_pipeline.run(items, lambda: Deadline(10), **kw))
+
+
+class GatedSearch(FakeSearch):
+    """The first UpsertPoints stores at once; later ones are held until `release`, then fail (they store
+    nothing), until the test opens the gate (`opened`) for the next run."""
+
+    def __init__(self):
+        super().__init__()
+        self.first_stored = threading.Event()
+        self.opened = threading.Event()
+        self.release = threading.Event()
+
+    def UpsertPoints(self, request, timeout=None, metadata=()):
+        if self.first_stored.is_set() and not self.opened.is_set():
+            self.release.wait(120)
+            raise NotFoundError("gate released at the end of the test")
+        response = super().UpsertPoints(request, timeout, metadata)
+        self.first_stored.set()
+        return response
+
+
+def upsert_streams_ended() -> float:
+    """UpsertProducts streams the gateway has finished (counted when the handler ends, i.e. after every batch
+    of the stream was committed or dropped)."""
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("lookalike_gateway_requests_total",
+                                     {"api": "grpc", "method": "UpsertProducts", "status": "OK"}) or 0.0
+
+
+def wait_for_stream_end(before: float) -> None:
+    deadline = time.monotonic() + 120
+    while upsert_streams_ended() <= before:
+        assert time.monotonic() < deadline, "the interrupted stream never ended in the gateway"
+        time.sleep(0.01)

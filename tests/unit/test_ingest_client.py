@@ -7,8 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
-import time
 from concurrent import futures
 
 import grpc
@@ -20,7 +18,7 @@ from lookalike.v1 import lookalike_pb2_grpc
 from lookalike_gateway.auth import ApiKeyCheck
 from lookalike_gateway.grpc_api import LookalikeServicer
 
-from .gateway_fakes import FakeSearch, NotFoundError, make_gateway, png
+from .gateway_fakes import GatedSearch, make_gateway, png, upsert_streams_ended, wait_for_stream_end
 
 
 @pytest.fixture
@@ -138,41 +136,6 @@ def test_index_rerun_resume_and_reports(photos, tmp_path, gateway_address):
     third = index_items(address, items, total=total, progress=False, skip_duplicates=True)
     assert (third.updated, third.unchanged) == (1, 3)
     assert gateway.embedder.calls == embedded + 1
-
-
-class GatedSearch(FakeSearch):
-    """The first UpsertPoints stores at once; later ones are held until `release`, then fail (they store
-    nothing), until the test opens the gate (`opened`) for the next run."""
-
-    def __init__(self):
-        super().__init__()
-        self.first_stored = threading.Event()
-        self.opened = threading.Event()
-        self.release = threading.Event()
-
-    def UpsertPoints(self, request, timeout=None, metadata=()):
-        if self.first_stored.is_set() and not self.opened.is_set():
-            self.release.wait(120)
-            raise NotFoundError("gate released at the end of the test")
-        response = super().UpsertPoints(request, timeout, metadata)
-        self.first_stored.set()
-        return response
-
-
-def upsert_streams_ended() -> float:
-    """UpsertProducts streams the gateway has finished (counted when the handler ends, i.e. after every batch
-    of the stream was committed or dropped)."""
-    from prometheus_client import REGISTRY
-
-    return REGISTRY.get_sample_value("lookalike_gateway_requests_total",
-                                     {"api": "grpc", "method": "UpsertProducts", "status": "OK"}) or 0.0
-
-
-def wait_for_stream_end(before: float) -> None:
-    deadline = time.monotonic() + 120
-    while upsert_streams_ended() <= before:
-        assert time.monotonic() < deadline, "the interrupted stream never ended in the gateway"
-        time.sleep(0.01)
 
 
 def test_ctrl_c_stops_and_the_same_command_resumes(tmp_path):
