@@ -61,7 +61,8 @@ def test_a_retryable_error_carries_a_retry_hint_and_a_413_does_not():
     assert {"type": "RetryInfo", "retry_delay_s": 3} in [
         {k: d[k] for k in ("type", "retry_delay_s") if k in d} for d in busy.all_details()]
     plain = ApiError(grpc.StatusCode.UNAVAILABLE, "down")
-    assert any(d.get("type") == "RetryInfo" and d["retry_delay_s"] == DEFAULT_RETRY_AFTER_S for d in plain.all_details())
+    assert any(d.get("type") == "RetryInfo" and d["retry_delay_s"] == DEFAULT_RETRY_AFTER_S
+               for d in plain.all_details())
     too_big = ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED, "too big", http_status=413)
     assert too_big.all_details() == []
     assert ApiError(grpc.StatusCode.NOT_FOUND, "gone").all_details() == []

@@ -11,8 +11,8 @@ from PIL import Image
 from lookalike.limits import MAX_CATEGORY_BOOST
 from lookalike.v1 import types_pb2
 from lookalike_gateway.errors import ApiError
-from lookalike_gateway.validation import (check_image, validate_category_boost, validate_crop, validate_filter,
-                                          validate_min_score, validate_product_id, validate_top_k)
+from lookalike_gateway.validation import (check_image, check_size, validate_category_boost, validate_crop,
+                                          validate_filter, validate_min_score, validate_product_id, validate_top_k)
 
 
 @pytest.mark.parametrize("top_k, expected", [(None, 10), (1, 1), (1000, 1000)])
@@ -88,3 +88,14 @@ def test_check_image_refuses_empty_oversized_and_non_images_from_the_header():
         with pytest.raises(ApiError) as err:
             check_image(image, limits)
         assert (err.value.code, err.value.http_status) == (code, http), err.value.message
+
+
+def test_an_empty_or_oversized_body_is_refused_before_anything_looks_inside():
+    limits = SimpleNamespace(max_upload_bytes=100, max_image_pixels=10)
+    check_size(b"x" * 100, limits)  # not an image, but the size checks do not look
+    with pytest.raises(ApiError) as empty:
+        check_size(b"", limits)
+    assert empty.value.code == grpc.StatusCode.INVALID_ARGUMENT and empty.value.message == "image is empty"
+    with pytest.raises(ApiError) as big:
+        check_size(b"x" * 101, limits)
+    assert (big.value.code, big.value.http_status) == (grpc.StatusCode.RESOURCE_EXHAUSTED, 413)

@@ -35,7 +35,7 @@ from .classifier_head import DEFAULT_C_VALUES, DEFAULT_HOLDOUT, LinearHead, Trai
 from .classifier_store import ClassifierRepository
 from .core import Gateway
 from .errors import ApiError, Deadline, bad_argument, not_found
-from .validation import check_image, validate_crop, validate_top_k
+from .validation import check_size, validate_crop, validate_top_k
 from .jobs import Job, JobRunner, Progress
 
 log = logging.getLogger(__name__)
@@ -159,10 +159,7 @@ class ClassifierService:
     def classify(self, image: bytes, top_k: int | None, deadline: Deadline,
                  crop=None) -> tuple[list[tuple[str, float]], bool, str]:
         """(predictions best first, cache_hit, classifier version); `crop`: classify that region only."""
-        if len(image) > self.gateway.settings.max_upload_bytes:
-            check_image(image, self.gateway.settings)  # the size error, before hashing a huge body
-        if not image:
-            raise bad_argument("image", "image is empty")
+        check_size(image, self.gateway.settings)  # before hashing a huge body
         top_k = validate_top_k(top_k, DEFAULT_TOP_K)
         target = self.target()  # one snapshot: the model the classifier must have been trained on
         active = self._require(target.model_id)  # before the embedder: no work without a classifier

@@ -35,8 +35,8 @@ from .reindex import Reindexer
 from .retry import POLICY
 from .search_client import SearchClient
 from .settings import GatewaySettings
-from .validation import (check_image, validate_category_boost, validate_crop, validate_filter, validate_min_score,
-                         validate_product_id, validate_top_k)
+from .validation import (check_image, check_size, validate_category_boost, validate_crop, validate_filter,
+                         validate_min_score, validate_product_id, validate_top_k)
 
 log = logging.getLogger(__name__)
 
@@ -150,15 +150,12 @@ class Gateway:
         With a category classifier trained on the active collection and no category filter, candidates are
         re-ranked by category (see lookalike_gateway.ranking); `category_boost` None = the configured
         default, 0 = plain similarity order. Results scoring below `min_score` are dropped."""
-        if len(image) > self.settings.max_upload_bytes:
-            check_image(image, self.settings)  # raises the size error before hashing a huge body
         top_k = validate_top_k(top_k, self.settings.default_top_k)
         validate_filter(flt)
         boost = validate_category_boost(category_boost, self.settings.category_boost)
         region = validate_crop(crop)
         min_score = validate_min_score(min_score)
-        if not image:
-            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "image is empty")
+        check_size(image, self.settings)  # before hashing a huge body
         target = self.collections.active()  # one snapshot: embed with the model of the collection searched
         vector, cache_hit = self.query_embedding(image, deadline, target, region)
         weak = self.weak_match()

@@ -46,7 +46,7 @@ from .ingest_types import (CREATED, FAILED, SKIPPED, UNCHANGED, UPDATED, IngestI
 from .microbatch import batches
 from .retry import POLICY, RetryPolicy
 from .search_client import SearchClient
-from .validation import check_image, validate_product_id
+from .validation import check_size, validate_product_id
 
 log = logging.getLogger(__name__)
 
@@ -288,13 +288,10 @@ class IngestPipeline:
                                f"the product's images are {total} bytes together, above the limit of "
                                f"{self.settings.max_product_bytes}", http_status=413)
             for i, image in enumerate(all_images):
-                if not image:
-                    raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"{_which(slot, i)}image is empty")
-                if len(image) > self.settings.max_upload_bytes:
-                    try:
-                        check_image(image, self.settings)  # the size error, without hashing a huge body
-                    except ApiError as exc:
-                        raise exc.prefixed(_which(slot, i)) from None
+                try:
+                    check_size(image, self.settings)  # before hashing a huge body
+                except ApiError as exc:
+                    raise exc.prefixed(_which(slot, i)) from None
             slot.digests = [image_digest(image) for image in all_images]
             slot.vectors = [None] * len(slot.digests)
             return True

@@ -73,6 +73,17 @@ def validate_category_boost(boost: float | None, default: float) -> float:
     return float(boost)
 
 
+def check_size(image: bytes, limits) -> None:
+    """The checks that need no look inside: empty (INVALID_ARGUMENT) or above `limits.max_upload_bytes`
+    (RESOURCE_EXHAUSTED, HTTP 413); made before a body is hashed or queued for the embedder."""
+    if not image:
+        raise bad_argument("image", "image is empty")
+    if len(image) > limits.max_upload_bytes:
+        message = f"image is {len(image)} bytes, above the limit of {limits.max_upload_bytes}"
+        raise ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED, message, http_status=413,
+                       details=[status.bad_request("image", message)])
+
+
 def check_image(image: bytes, limits) -> None:
     """Rejects empty, oversized, non-image, disallowed-format and decompression-bomb uploads with
     INVALID_ARGUMENT/RESOURCE_EXHAUSTED from the header alone (images.probe_image, ~0.05 ms). The
@@ -80,13 +91,7 @@ def check_image(image: bytes, limits) -> None:
     INVALID_ARGUMENT too (EmbedderImageError): decoding here as well cost ~1.6 ms per query and up to
     the whole bitmap in memory (120 MB for a 40 MP photo). `limits`: the GatewaySettings (max_upload_bytes,
     max_image_pixels)."""
-    max_upload_bytes = limits.max_upload_bytes
-    if not image:
-        raise bad_argument("image", "image is empty")
-    if len(image) > max_upload_bytes:
-        message = f"image is {len(image)} bytes, above the limit of {max_upload_bytes}"
-        raise ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED, message, http_status=413,
-                       details=[status.bad_request("image", message)])
+    check_size(image, limits)
     try:
         images.probe_image(image, max_pixels=limits.max_image_pixels)
     except images.ImageRejected as exc:
