@@ -169,7 +169,7 @@ def build_mar(model_store: str | os.PathLike = DEFAULT_STORE, *, cut: str | None
         handler_extra = {"source": "onnx", "model_version": chosen.model_version, "pooling": "none", "dim": 1280,
                          **chosen.spec.to_config()}
     if model_version and preset == "lite0":  # --onnx, or the default model packed as another version
-        from lookalike.collections import model_id  # validates the version's characters
+        from lookalike.naming import model_id  # validates the version's characters
         model_id(MODEL_NAME, model_version)
         version = model_version
     if onnx:

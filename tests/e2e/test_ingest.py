@@ -19,7 +19,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
-from lookalike import collections as naming
+from lookalike import naming
 from lookalike.stack import ManagedProcess, wait_for_port_file
 from lookalike.v1 import lookalike_pb2, lookalike_pb2_grpc, search_pb2, search_pb2_grpc, types_pb2
 

@@ -8,7 +8,7 @@ import grpc
 import numpy as np
 import pytest
 
-from lookalike import collections as naming
+from lookalike import naming
 from lookalike.v1 import search_pb2, types_pb2
 from lookalike.vectors import pack
 from lookalike_search.aliases import PointerFileAliases, QdrantAliases

@@ -23,7 +23,7 @@ import grpc
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from lookalike import collections as naming
+from lookalike import naming
 from lookalike import vectors
 from lookalike.v1 import lookalike_pb2, search_pb2
 

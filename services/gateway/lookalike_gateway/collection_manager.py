@@ -2,7 +2,7 @@
 switch.
 
 The search service's alias names the active collection; collection names carry the model id
-(lookalike/collections.py), so the gateway embeds queries and new products with the model of the
+(lookalike/naming.py), so the gateway embeds queries and new products with the model of the
 collection it searches (a `Target`). It re-reads the alias every ALIAS_REFRESH_S seconds (another gateway
 may have switched it) and at once after switching it itself. Writes to the active collection hold the
 write gate shared; a switch holds it exclusive, so the alias never moves under a write. Building a new
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
-from lookalike import collections as naming
+from lookalike import naming
 from lookalike.torchserve import EmbedderClient
 from lookalike.v1 import lookalike_pb2, search_pb2
 

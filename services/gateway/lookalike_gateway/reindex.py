@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import grpc
 from PIL import Image
 
-from lookalike import collections as naming
+from lookalike import naming
 from lookalike.v1 import lookalike_pb2, search_pb2
 
 from . import metrics

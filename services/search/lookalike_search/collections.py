@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from lookalike import collections as naming
+from lookalike import naming
 
 from .engines import Engine, make_engine
 from .store import CollectionMismatch, NotFound, StoreError, VectorStore

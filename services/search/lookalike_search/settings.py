@@ -48,7 +48,7 @@ class SearchSettings(BaseSettings):
     # The alias searches use; requests that name no collection get the collection it points at.
     collection: str = Field("products", min_length=1, max_length=255, pattern=r"^[A-Za-z0-9_.-]+$")
     # What the alias points at on the first start: created with vector_size. Default
-    # <collection>__lookalike-lite0 (collection names carry the embedding model id; see lookalike/collections.py).
+    # <collection>__lookalike-lite0 (collection names carry the embedding model id; see lookalike/naming.py).
     initial_collection: str | None = Field(None, min_length=1, max_length=255, pattern=r"^[A-Za-z0-9_.-]+$")
     vector_size: int = Field(1280, ge=1, le=65536)
 
