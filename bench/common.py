@@ -13,7 +13,7 @@ import random
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see lookalike/torchserve.py
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see lookalike/torchserve_process.py
 import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

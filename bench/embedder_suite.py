@@ -285,7 +285,7 @@ def rest_embed(url: str, key: str, photos: list[bytes], concurrency: int, as_jso
 
 def torchserve_suite(photos: list[bytes], n_per_run: dict, repeats: int) -> dict:
     """gRPC (EmbedderClient.embed_many with max_in_flight=c) and REST at each concurrency c."""
-    from lookalike.torchserve import TorchServeProcess
+    from lookalike.torchserve_process import TorchServeProcess
 
     result: dict = {"grpc": {}, "rest": {}, "load_at_start": load_now()}
     with tempfile.TemporaryDirectory(prefix="lkb-ts-") as tmp:

@@ -51,7 +51,8 @@ def measure(client, photos: list[bytes], clients: int, n: int) -> dict:
 
 
 def run_config(config, photos: list[bytes], cores: int, store_root: Path) -> dict:
-    from lookalike.torchserve import TorchServeProcess, build_embedder_mar
+    from lookalike.torchserve_config import build_embedder_mar
+    from lookalike.torchserve_process import TorchServeProcess
 
     workers, batch, delay = config
     threads = max(1, cores // workers)

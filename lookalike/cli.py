@@ -3,17 +3,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 import threading
 from pathlib import Path
 
-DEFAULT_GATEWAY = "127.0.0.1:50051"
-
-
-def _api_key(args) -> str | None:
-    return args.api_key or os.environ.get("LOOKALIKE_API_KEY") or None
+from lookalike import cli_adapt
+from lookalike.cli_common import DEFAULT_GATEWAY, api_key, gateway_stub, print_figures
 
 
 def cmd_serve(args) -> int:
@@ -89,21 +85,11 @@ def _index(address: str, path: Path, api_key: str | None, progress: bool,
 
 
 def cmd_index(args) -> int:
-    return _index(args.gateway, Path(args.path), _api_key(args), progress=not args.quiet,
+    return _index(args.gateway, Path(args.path), api_key(args), progress=not args.quiet,
                   failures_file=Path(args.failures) if args.failures else None,
                   skip_duplicates=args.skip_duplicates,
                   duplicates_file=Path(args.duplicates) if args.duplicates else None,
                   max_image_bytes=args.max_image_bytes)
-
-
-def _stub(args):
-    import grpc
-
-    from lookalike.v1 import lookalike_pb2_grpc
-
-    channel = grpc.insecure_channel(args.gateway)
-    key = _api_key(args)
-    return channel, lookalike_pb2_grpc.LookalikeStub(channel), ([("x-api-key", key)] if key else None)
 
 
 def cmd_reindex(args) -> int:
@@ -114,7 +100,7 @@ def cmd_reindex(args) -> int:
 
     from lookalike.v1 import lookalike_pb2
 
-    channel, stub, metadata = _stub(args)
+    channel, stub, metadata = gateway_stub(args)
     request = lookalike_pb2.ReindexRequest(model_version=args.model_version or "", collection=args.collection or "",
                                            activate=not args.no_activate, force=args.force)
     bar = None
@@ -164,7 +150,6 @@ def cmd_reindex(args) -> int:
     if quality:
         import json
 
-        from lookalike.cli_adapt import print_figures
         print_figures(json.loads(quality))
     if last.activated:
         print(f"searches now use {last.collection} (was {last.previous}); "
@@ -192,7 +177,7 @@ def cmd_collections(args) -> int:
 
     from lookalike.v1 import lookalike_pb2
 
-    channel, stub, metadata = _stub(args)
+    channel, stub, metadata = gateway_stub(args)
     try:
         if args.action == "list":
             listing = stub.ListCollections(lookalike_pb2.ListCollectionsRequest(), metadata=metadata,
@@ -251,7 +236,7 @@ def cmd_search(args) -> int:
 
 def _client(args):
     from lookalike.client import LookalikeClient
-    return LookalikeClient(args.gateway, api_key=_api_key(args), timeout=args.timeout)
+    return LookalikeClient(args.gateway, api_key=api_key(args), timeout=args.timeout)
 
 
 def cmd_train_classifier(args) -> int:
@@ -359,7 +344,6 @@ def build_parser() -> argparse.ArgumentParser:
     reindex.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     reindex.set_defaults(func=cmd_reindex)
 
-    from lookalike import cli_adapt
     cli_adapt.add_parser(sub, DEFAULT_GATEWAY)
 
     cols = sub.add_parser("collections", help="list collections, activate one, or roll back to the previous one")

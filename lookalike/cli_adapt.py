@@ -6,6 +6,8 @@ import json
 import sys
 import time
 
+from lookalike.cli_common import gateway_stub, print_figures
+
 POLL_S = 0.5
 
 
@@ -30,10 +32,9 @@ def cmd_adapt(args) -> int:
     """Starts the job (StartAdaptation) and follows it (GetAdaptation) until it is done."""
     import grpc
 
-    from lookalike.cli import _stub
     from lookalike.v1 import lookalike_pb2, types_pb2
 
-    channel, stub, metadata = _stub(args)
+    channel, stub, metadata = gateway_stub(args)
     request = lookalike_pb2.StartAdaptationRequest(label_field=args.label_field, plain=args.plain,
                                                    activate=not args.no_activate, force=args.force)
     try:
@@ -87,19 +88,3 @@ def print_report(report: dict) -> None:
     print(f"{report['photos']} photos, {report['labels']} labels ({report['labels_with_2_photos']} with 2+ photos); "
           f"fitted in {report.get('fit_seconds')} s; chosen: {report['chosen']}")
     print_figures(report)
-
-
-def print_figures(report: dict) -> None:
-    """Before -> after on held-out photos (an adaptation's or a reindex's gate report)."""
-    if not report.get("before"):
-        if report.get("note"):
-            print(f"quality gate: {report['note']}")
-        return
-    for kind, name in (("seen", "held-out photos of seen labels"), ("unseen", "labels left out of the fit")):
-        before, after = report["before"][kind], report["after"][kind]
-        if before.get("p@1") is None:
-            continue
-        print(f"  {name} ({before['queries']}): P@1 {before['p@1']} -> {after['p@1']}, "
-              f"R@5 {before['r@5']} -> {after['r@5']}, mAP {before['map']} -> {after['map']}")
-    for regression in report.get("regressions", []):
-        print(f"  worse: {regression}")

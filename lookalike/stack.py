@@ -24,7 +24,7 @@ from pathlib import Path
 
 from lookalike import stack_status
 from lookalike.supervisor import Child, Supervisor, describe_exit
-from lookalike.torchserve import TorchServeProcess, free_port
+from lookalike.torchserve_process import TorchServeProcess, free_port
 from lookalike_search.settings import default_engine
 
 log = logging.getLogger(__name__)

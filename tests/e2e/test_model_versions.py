@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from lookalike.ingest import index_items, scan_folder
-from lookalike.torchserve import build_embedder_mar
+from lookalike.torchserve_config import build_embedder_mar
 
 pytestmark = pytest.mark.e2e
 

@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from lookalike.stack import Stack, StackConfig, free_port
-from lookalike.torchserve import read_key_file
+from lookalike.embedder_client import read_key_file
 from lookalike.v1 import lookalike_pb2, lookalike_pb2_grpc, types_pb2
 from tests.conftest import clothing_split
 from tests.e2e.support import (ExtraGateway, catalogue, grpc_health, heal, healthz, metric, torchserve_pids,

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from lookalike import status
-from lookalike.torchserve import default_config_template, read_properties
+from lookalike.torchserve_config import default_config_template, read_properties
 from lookalike.torchserve_api import inference_pb2, inference_pb2_grpc
 from lookalike.v1 import lookalike_pb2, lookalike_pb2_grpc, types_pb2
 from lookalike.vectors import unpack

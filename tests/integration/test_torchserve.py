@@ -21,7 +21,9 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from lookalike.images import decode_image
-from lookalike.torchserve import EmbedderClient, EmbedderImageError, TorchServeProcess, read_properties
+from lookalike.embedder_client import EmbedderClient, EmbedderImageError
+from lookalike.torchserve_config import read_properties
+from lookalike.torchserve_process import TorchServeProcess
 
 CLOTHING_TEST = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "clothing-small" / "test"
 

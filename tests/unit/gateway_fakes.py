@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from lookalike.images import ImageRejected, decode_image
-from lookalike.torchserve import EmbedderImageError
+from lookalike.embedder_client import EmbedderImageError
 from lookalike.v1 import search_pb2, types_pb2
 from lookalike.vectors import pack, unpack
 from lookalike_gateway.cache import EmbeddingCache

@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from lookalike.torchserve import build_embedder_mar
+from lookalike.torchserve_config import build_embedder_mar
 from lookalike_embedder import export
 from lookalike_embedder import model as lk
 from lookalike_embedder.preprocessing import prepare

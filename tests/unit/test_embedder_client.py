@@ -1,4 +1,4 @@
-"""lookalike.torchserve without TorchServe: EmbedderClient against an in-process fake of TorchServe's
+"""lookalike.embedder_client without TorchServe: EmbedderClient against an in-process fake of TorchServe's
 gRPC inference API, and the pure helpers (config rendering, key file, prediction parsing)."""
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import grpc
 import numpy as np
 import pytest
 
-from lookalike.torchserve import (ERROR_PREFIX, EmbedderClient, EmbedderImageError, EmbedderProtocolError,
-                                  parse_prediction, read_key_file, read_properties, render_properties,
-                                  default_config_template)
+from lookalike.embedder_client import (ERROR_PREFIX, EmbedderClient, EmbedderImageError, EmbedderProtocolError,
+                                       parse_prediction, read_key_file)
+from lookalike.torchserve_config import default_config_template, read_properties, render_properties
 from lookalike.torchserve_api import inference_pb2, inference_pb2_grpc
 from lookalike.vectors import pack
 
@@ -228,7 +228,7 @@ def test_ping_rereads_the_token_file_after_a_restart(fake):
 
 
 def test_launcher_registers_every_archive_of_the_store_default_first(tmp_path):
-    from lookalike.torchserve import TorchServeProcess
+    from lookalike.torchserve_process import TorchServeProcess
 
     store = tmp_path / "store"
     store.mkdir()

@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Gauge, generate_lates
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
-from lookalike.torchserve import EmbedderClient, EmbedderImageError
+from lookalike.embedder_client import EmbedderClient, EmbedderImageError
 from lookalike.torchserve_api import inference_pb2, inference_pb2_grpc
 from lookalike.vectors import pack
 from lookalike_gateway import embedder_metrics, metrics

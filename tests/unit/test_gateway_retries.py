@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lookalike.torchserve import EmbedderImageError
+from lookalike.embedder_client import EmbedderImageError
 from lookalike.v1 import search_pb2, types_pb2
 from lookalike_gateway.cache import EmbeddingCache
 from lookalike_gateway.core import Gateway

@@ -5,5 +5,5 @@
 - `lookalike_embedder.bench`   -- `benchmark_model(batch_sizes, n_images)`.
 
 services/embedder/build_mar.py packs the handler into lookalike-lite0.mar; clients talk to the
-server through `lookalike.torchserve.EmbedderClient`.
+server through `lookalike.embedder_client.EmbedderClient`.
 """

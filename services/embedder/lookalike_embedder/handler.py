@@ -31,7 +31,7 @@ dropped by its gRPC frontend; a handler exception fails the whole batch). So the
 a vector: it starts with ``{"error"`` (`lookalike_embedder.contract.ERROR_PREFIX`), whose first 4 bytes read as a float32 of
 about 4.5e30, impossible in a unit vector, and clients also check the length. Over HTTP the same
 body comes with status 400 and ``Content-Type: application/json``.
-`lookalike.torchserve.EmbedderClient` turns it into `EmbedderImageError` (a ValueError).
+`lookalike.embedder_client.EmbedderClient` turns it into `EmbedderImageError` (a ValueError).
 
 Whole-batch failures (model crash, out of memory) are TorchServe errors: gRPC INTERNAL /
 UNAVAILABLE etc. -- transport-level, not the image's fault.
@@ -302,7 +302,7 @@ class EmbedderHandler(BaseHandler):
         output = self.postprocess(prepared)
         n_ok = len(prepared["index"])
         if n_ok:
-            # One line per batch; lookalike.torchserve.TorchServeProcess.inference_count() sums n_ok.
+            # One line per batch; lookalike.torchserve_logs.inference_count() sums n_ok.
             logger.info("%s n_ok=%d n_rejected=%d ms=%.1f", BATCH_LOG_TAG, n_ok, prepared["n"] - n_ok,
                         (time.perf_counter() - started) * 1000)
         metrics = getattr(context, "metrics", None)

@@ -21,7 +21,7 @@ import grpc
 import numpy as np
 
 from lookalike import naming
-from lookalike.torchserve import EmbedderClient
+from lookalike.embedder_client import EmbedderClient
 from lookalike.v1 import lookalike_pb2, search_pb2
 
 from .adaptation_store import AdaptationStore

@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from lookalike import crop as crops
 from lookalike import request_id, vectors
 from lookalike.limits import MAX_TOP_K
-from lookalike.torchserve import EmbedderClient, EmbedderImageError, EmbedderNotReady
+from lookalike.embedder_client import EmbedderClient, EmbedderImageError, EmbedderNotReady
 from lookalike.v1 import search_pb2, search_pb2_grpc, types_pb2
 
 from . import metrics, ranking

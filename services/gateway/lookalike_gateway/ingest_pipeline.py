@@ -32,7 +32,7 @@ import grpc
 import numpy as np
 
 from lookalike import images, request_id, vectors
-from lookalike.torchserve import EmbedderImageError
+from lookalike.embedder_client import EmbedderImageError
 from lookalike.v1 import search_pb2, types_pb2
 
 from . import metrics

@@ -16,7 +16,7 @@ import uvicorn
 
 from lookalike.grpc_server import ServiceHost, configure_logging
 from lookalike.settings import load_settings
-from lookalike.torchserve import RECONNECT_OPTIONS, EmbedderClient
+from lookalike.embedder_client import RECONNECT_OPTIONS, EmbedderClient
 from lookalike.v1 import lookalike_pb2, lookalike_pb2_grpc
 
 from . import calibration, embedder_metrics, stack_metrics
