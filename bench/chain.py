@@ -112,7 +112,8 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "chain.json")
     args = parser.parse_args()
 
-    from lookalike.ingest import index_items, scan_folder
+    from lookalike.catalogue_reader import scan_folder
+    from lookalike.ingest import index_items
     from lookalike.stack import Stack, StackConfig
     from lookalike_embedder.bench import benchmark_model
 

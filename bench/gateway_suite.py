@@ -149,7 +149,8 @@ def served_category_rerank(querier: Querier, cat_items, query_paths, query_label
 
 
 def run(dataset: Path, quick: bool, repeats: int) -> dict:
-    from lookalike.ingest import index_items, scan_folder
+    from lookalike.catalogue_reader import scan_folder
+    from lookalike.ingest import index_items
     from lookalike.stack import Stack, StackConfig
 
     result: dict = {"load_at_start": load_now()}

@@ -160,7 +160,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "ingest.json")
     args = parser.parse_args()
 
-    from lookalike.ingest import iter_folder
+    from lookalike.catalogue_reader import iter_folder
     from lookalike.stack import Stack, StackConfig
 
     figures: dict = {"machine": {"platform": platform.platform(), "cpus": len(os.sched_getaffinity(0)),

@@ -224,7 +224,8 @@ def main() -> int:
     stack = None
     url = args.url
     if url is None:
-        from lookalike.ingest import index_items, scan_folder
+        from lookalike.catalogue_reader import scan_folder
+        from lookalike.ingest import index_items
         from lookalike.stack import Stack, StackConfig
 
         data_dir = Path(tempfile.mkdtemp(prefix="lk-load-"))

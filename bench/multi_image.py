@@ -61,7 +61,8 @@ def product_metrics(ranked: list[list[str]], answers: list[str]) -> dict:
 
 def measure(dataset: Path, n_products: int = 80) -> dict:
     """Builds the catalogue (in a temporary folder), indexes it on a fresh stack, and returns the figures."""
-    from lookalike.ingest import index_items, open_catalogue
+    from lookalike.catalogue_reader import open_catalogue
+    from lookalike.ingest import index_items
     from lookalike.stack import Stack, StackConfig
     from quality import embed_paths, search_rest
 

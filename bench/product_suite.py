@@ -41,7 +41,8 @@ def log(msg: str) -> None:
 def clothing_small(dataset: Path, catalogue: int | None = None, queries: int | None = None) -> dict:
     """Train split (or an evenly spaced `catalogue` photos of it) indexed through gRPC, test photos (or
     `queries` of them) searched over REST; the same photos ranked by brute force."""
-    from lookalike.ingest import index_items, scan_folder
+    from lookalike.catalogue_reader import scan_folder
+    from lookalike.ingest import index_items
     from lookalike.stack import Stack, StackConfig
     from quality import embed_paths, search_rest
 

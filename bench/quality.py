@@ -104,7 +104,8 @@ def search_rest(http_url: str, paths: list[Path], top_k: int, **form: str) -> li
 
 def served(dataset: Path, http_url: str, grpc_address: str, index: bool = True) -> dict:
     """Indexes the train split through gRPC, then queries every test photo through REST."""
-    from lookalike.ingest import index_items, scan_folder
+    from lookalike.catalogue_reader import scan_folder
+    from lookalike.ingest import index_items
 
     result: dict = {}
     if index:

@@ -182,7 +182,8 @@ def main() -> int:
     import embedder_suite
     import load as load_bench
 
-    from lookalike.ingest import index_items, scan_folder
+    from lookalike.catalogue_reader import scan_folder
+    from lookalike.ingest import index_items
     from lookalike.stack import Stack, StackConfig
 
     cores = usable_cpus()

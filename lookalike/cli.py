@@ -49,7 +49,9 @@ def _index(address: str, path: Path, api_key: str | None, progress: bool,
            max_image_bytes: int | None = None) -> int:
     import grpc
 
-    from lookalike.ingest import DEFAULT_MAX_IMAGE_BYTES, CatalogueError, index_items, open_catalogue
+    from lookalike.catalogue_reader import CatalogueError, open_catalogue
+    from lookalike.ingest import index_items
+    from lookalike.limits import DEFAULT_MAX_UPLOAD_BYTES
 
     try:
         items, total = open_catalogue(path)
@@ -65,7 +67,7 @@ def _index(address: str, path: Path, api_key: str | None, progress: bool,
         report = index_items(address, items, api_key=api_key, progress=progress, total=total,
                              skip_duplicates=skip_duplicates, failures_file=failures_file,
                              duplicates_file=duplicates_file,
-                             max_image_bytes=max_image_bytes or DEFAULT_MAX_IMAGE_BYTES)
+                             max_image_bytes=max_image_bytes or DEFAULT_MAX_UPLOAD_BYTES)
     except grpc.RpcError as exc:
         print(f"error: indexing failed: {exc.code().name}: {exc.details()}\n"
               "everything acknowledged before is stored: run the same command again to resume", file=sys.stderr)

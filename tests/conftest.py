@@ -62,7 +62,8 @@ def stack(tmp_path_factory):
 @pytest.fixture(scope="session")
 def indexed_stack(stack, small_catalogue):
     """The stack with the small catalogue indexed through the gRPC UpsertProducts stream."""
-    from lookalike.ingest import index_items, scan_folder
+    from lookalike.catalogue_reader import scan_folder
+    from lookalike.ingest import index_items
 
     report = index_items(stack.grpc_address, scan_folder(small_catalogue), progress=False)
     assert report.failed == 0, report.failures

@@ -35,7 +35,8 @@ PER_CLASS = 4
 @pytest.fixture(scope="module")
 def contract_stack(tmp_path_factory):
     """A stack with PER_CLASS photos per category indexed (its own: Schemathesis changes it)."""
-    from lookalike.ingest import index_items, scan_folder
+    from lookalike.catalogue_reader import scan_folder
+    from lookalike.ingest import index_items
     from lookalike.stack import Stack, StackConfig
 
     catalogue = make_catalogue(tmp_path_factory.mktemp("contract-catalogue"), PER_CLASS)

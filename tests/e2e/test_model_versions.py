@@ -14,7 +14,8 @@ import sys
 import httpx
 import pytest
 
-from lookalike.ingest import index_items, scan_folder
+from lookalike.catalogue_reader import scan_folder
+from lookalike.ingest import index_items
 from lookalike.torchserve_config import build_embedder_mar
 
 pytestmark = pytest.mark.e2e

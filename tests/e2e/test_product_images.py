@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from lookalike.ingest import index_items, open_catalogue
+from lookalike.catalogue_reader import open_catalogue
+from lookalike.ingest import index_items
 from lookalike.v1 import lookalike_pb2, lookalike_pb2_grpc, types_pb2
 
 from tests.conftest import clothing_split

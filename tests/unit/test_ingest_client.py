@@ -12,8 +12,8 @@ from concurrent import futures
 import grpc
 import pytest
 
-from lookalike.ingest import (CatalogueError, index_items, iter_folder, iter_manifest, open_catalogue,
-                              read_image_file)
+from lookalike.catalogue_reader import CatalogueError, iter_folder, iter_manifest, open_catalogue
+from lookalike.ingest import index_items, read_image_file
 from lookalike.v1 import lookalike_pb2_grpc
 from lookalike_gateway.auth import ApiKeyCheck
 from lookalike_gateway.grpc_api import LookalikeServicer

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from lookalike.ingest import index_items, iter_folder, iter_manifest, open_catalogue
+from lookalike.catalogue_reader import iter_folder, iter_manifest, open_catalogue
+from lookalike.ingest import index_items
 
 from .gateway_fakes import png
 from .test_ingest_client import gateway_address  # noqa: F401
