@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
+
+from lookalike import atomic
 
 FILE_NAME = "stack-status.json"
 STATES = ("up", "down", "restarting")
@@ -27,14 +28,7 @@ def write(path: str | os.PathLike, children: dict[str, dict]) -> None:
     """Replaces the file atomically (a reader sees the old or the new content, never half of it)."""
     path = Path(path)
     data = json.dumps({"updated": time.time(), "children": children}, indent=1, sort_keys=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic.write_text(path, data, fsync=False)  # rewritten on every change: atomic, not fsynced
 
 
 def read(path: str | os.PathLike | None) -> dict[str, dict] | None:

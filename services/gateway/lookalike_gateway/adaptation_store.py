@@ -10,10 +10,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
 import re
 import threading
 from pathlib import Path
+
+from lookalike import atomic
 
 from .projection import META, Projection, ProjectionError
 
@@ -67,10 +68,7 @@ class AdaptationStore:
         reports.mkdir(parents=True, exist_ok=True)
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
         path = reports / f"{stamp}.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(report, indent=2, sort_keys=True))
-        os.replace(tmp, path)
-        return path
+        return atomic.write_text(path, json.dumps(report, indent=2, sort_keys=True), fsync=False)
 
     def latest_report(self) -> dict | None:
         reports = sorted((self.root / "reports").glob("*.json")) if (self.root / "reports").is_dir() else []

@@ -14,44 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
+from lookalike import atomic
+
 from .classifier_head import LinearHead
 
 log = logging.getLogger(__name__)
 
 VERSION_RE = re.compile(r"^\d{8}T\d{6}\.\d{3}Z-[0-9a-f]{4}$")
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_file(path: Path, data: bytes) -> None:
-    with open(path, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Writes a file so a reader sees the old or the new content, never a part (temp file + rename)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 class ClassifierRepository:
@@ -84,19 +53,20 @@ class ClassifierRepository:
         report = {**report, "version": version}
         staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=self.root))
         try:
-            with open(staging / "head.npz", "wb") as handle:
-                np.savez(handle, coef=head.coef, intercept=head.intercept, labels=np.array(head.labels, dtype=str))
-                handle.flush()
-                os.fsync(handle.fileno())
-            _write_file(staging / "meta.json", json.dumps(report, indent=2, sort_keys=True).encode())
-            _fsync_dir(staging)
+            # each file fsynced, then the staging folder once, then the rename that publishes the version
+            atomic.write_with(staging / "head.npz", lambda out: np.savez(
+                out, coef=head.coef, intercept=head.intercept, labels=np.array(head.labels, dtype=str)),
+                fsync=True, fsync_dir=False)
+            atomic.write_text(staging / "meta.json", json.dumps(report, indent=2, sort_keys=True),
+                              fsync=True, fsync_dir=False)
+            atomic.fsync_directory(staging)
             os.rename(staging, self.root / version)
         except BaseException:
             for leftover in staging.glob("*"):
                 leftover.unlink(missing_ok=True)
             staging.rmdir()
             raise
-        _fsync_dir(self.root)
+        atomic.fsync_directory(self.root)
         if activate:
             self.activate(version)
         return version
@@ -104,7 +74,7 @@ class ClassifierRepository:
     def activate(self, version: str) -> None:
         if version not in self.versions():
             raise KeyError(version)
-        atomic_write(self.pointer, f"{version}\n".encode())
+        atomic.write_text(self.pointer, f"{version}\n")
 
     def current_version(self) -> str | None:
         """The version `current` names; the newest stored one when the pointer is missing or invalid."""

@@ -1,10 +1,10 @@
 """Content-addressed store of the original product images (for thumbnails and re-embedding)."""
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
+
+from lookalike import atomic
 
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
@@ -27,17 +27,8 @@ class ImageStore:
         if target.exists():
             return target
         target.parent.mkdir(exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return target
+        # the photo's data is fsynced; not its folder (a folder fsync per photo would slow every ingest)
+        return atomic.write_bytes(target, data, fsync=True, fsync_dir=False)
 
     def exists(self, digest: str) -> bool:
         try:

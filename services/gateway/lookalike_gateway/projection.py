@@ -13,11 +13,12 @@ Numpy only (the gateway projects query embeddings and new products with it). Sav
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from lookalike import atomic
 
 FORMAT = 1
 ARRAYS = "projection.npz"
@@ -106,14 +107,10 @@ class Projection:
         arrays = {"mean": self.mean}
         for i, (w, b) in enumerate(self.layers):
             arrays[f"weight{i}"], arrays[f"bias{i}"] = w, b
-        tmp = directory / (ARRAYS + ".tmp.npz")
-        np.savez(tmp, **arrays)
-        os.replace(tmp, directory / ARRAYS)
+        atomic.write_with(directory / ARRAYS, lambda out: np.savez(out, **arrays), fsync=False)
         meta = dict(self.meta, format=FORMAT, method=self.method, alpha=float(self.alpha), layers=len(self.layers),
                     input_dim=self.input_dim, learned_dim=self.learned_dim, output_dim=self.output_dim)
-        tmp = directory / (META + ".tmp")
-        tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
-        os.replace(tmp, directory / META)
+        atomic.write_text(directory / META, json.dumps(meta, indent=2, sort_keys=True), fsync=False)
 
     @classmethod
     def load(cls, directory: Path) -> Projection:
