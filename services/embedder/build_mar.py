@@ -45,6 +45,10 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 
+from lookalike import atomic
+from lookalike.naming import DEFAULT_MODEL_NAME as MODEL_NAME  # torch-free
+from lookalike.naming import model_id
+
 HERE = Path(__file__).resolve().parent
 PACKAGE = HERE / "lookalike_embedder"
 HANDLER = PACKAGE / "handler.py"
@@ -52,7 +56,6 @@ MODEL = PACKAGE / "model.py"
 #: Modules whose code decides the vectors (fingerprinted; packed for provenance).
 SOURCES = (MODEL, PACKAGE / "contract.py", PACKAGE / "preprocessing.py", PACKAGE / "runtime.py", PACKAGE / "export.py", PACKAGE / "presets.py")
 MODEL_CONFIG = HERE / "model-config.yaml"
-MODEL_NAME = "lookalike-lite0"   # = lookalike_embedder.model.MODEL_NAME (not imported: keeps this script torch-free)
 ARCHIVE_VERSION = "1.0"
 DEFAULT_STORE = "var/model-store"
 #: Installed packages whose version changes the exported graph.
@@ -169,8 +172,7 @@ def build_mar(model_store: str | os.PathLike = DEFAULT_STORE, *, cut: str | None
         handler_extra = {"source": "onnx", "model_version": chosen.model_version, "pooling": "none", "dim": 1280,
                          **chosen.spec.to_config()}
     if model_version and preset == "lite0":  # --onnx, or the default model packed as another version
-        from lookalike.naming import model_id  # validates the version's characters
-        model_id(MODEL_NAME, model_version)
+        model_id(MODEL_NAME, model_version)  # validates the version's characters
         version = model_version
     if onnx:
         if not model_version:
@@ -225,8 +227,8 @@ def build_mar(model_store: str | os.PathLike = DEFAULT_STORE, *, cut: str | None
                                                photos=export.check_photos(directory=check_photos_dir))
                 for old in store.glob(f".{MODEL_NAME}.*.onnx"):
                     old.unlink(missing_ok=True)
-                shutil.copy2(graph, tmp_path / "cached.onnx")
-                os.replace(tmp_path / "cached.onnx", cached)
+                with open(graph, "rb") as exported:
+                    atomic.write_with(cached, lambda out: shutil.copyfileobj(exported, out), fsync=False)
             if serialized_file:
                 shutil.copy2(serialized_file, src / WEIGHTS_FILE)
                 extra_files.append(src / WEIGHTS_FILE)
@@ -249,8 +251,8 @@ def build_mar(model_store: str | os.PathLike = DEFAULT_STORE, *, cut: str | None
         built = out / f"{MODEL_NAME}.mar"
         if proc.returncode != 0 or not built.is_file():
             raise RuntimeError(f"torch-model-archiver failed (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-        os.replace(built, mar)
-        stamp.write_text(fingerprint + "\n")
+        os.replace(built, mar)  # built in a temporary folder of the store: the rename publishes it whole
+        atomic.write_text(stamp, fingerprint + "\n", fsync=False)
     if not quiet:
         print(f"built {mar} ({mar.stat().st_size} bytes)")
     return mar

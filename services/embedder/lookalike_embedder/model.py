@@ -31,11 +31,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from lookalike.naming import DEFAULT_MODEL_NAME as MODEL_NAME  # registered in TorchServe: /predictions/<MODEL_NAME>
 from lookalike_embedder.preprocessing import LITE0, resize_crop, to_array
 from lookalike_embedder.runtime import BACKENDS, OnnxRunner
 
-#: Name under which the model is registered in TorchServe (URL /predictions/<MODEL_NAME>).
-MODEL_NAME = "lookalike-lite0"
 ARCH = "efficientnet-lite0"
 WEIGHTS = "imagenet"
 DEFAULT_CUT = "final"

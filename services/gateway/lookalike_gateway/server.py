@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import socket
 import threading
@@ -14,6 +13,7 @@ from pathlib import Path
 import grpc
 import uvicorn
 
+from lookalike import atomic, naming
 from lookalike.grpc_server import ServiceHost, configure_logging
 from lookalike.settings import load_settings
 from lookalike.embedder_client import RECONNECT_OPTIONS, EmbedderClient
@@ -85,8 +85,7 @@ def build_gateway(settings: GatewaySettings) -> Gateway:
     search_channel = grpc.insecure_channel(settings.search_address, options=[
         ("grpc.max_receive_message_length", 64 * 1024 * 1024),
         ("grpc.max_send_message_length", 64 * 1024 * 1024), *RECONNECT_OPTIONS])
-    model_id = settings.embedder_model + (f"-{settings.embedder_model_version}" if settings.embedder_model_version
-                                          else "")
+    model_id = naming.model_id(settings.embedder_model, settings.embedder_model_version)
     cache = EmbeddingCache(settings.redis_url, model_id=model_id, ttl_s=settings.cache_ttl_s,
                            timeout_s=settings.redis_timeout_s, retry_after_s=settings.redis_retry_after_s)
     return Gateway(settings, embedder, search_channel, cache, ImageStore(settings.data_dir / "images"))
@@ -117,9 +116,7 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def _write_port_file(path: Path, grpc_port: int, http_port: int) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(f"grpc={grpc_port}\nhttp={http_port}\n")
-    os.replace(tmp, path)
+    atomic.write_text(path, f"grpc={grpc_port}\nhttp={http_port}\n", fsync=False)
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from lookalike import limits
+from lookalike import limits, naming
 
 
 class GatewaySettings(BaseSettings):
@@ -21,7 +21,7 @@ class GatewaySettings(BaseSettings):
     port_file: Path | None = None  # when set, "grpc=<port>\nhttp=<port>" is written there once ready
 
     embedder_address: str = "127.0.0.1:7070"
-    embedder_model: str = "lookalike-lite0"
+    embedder_model: str = naming.DEFAULT_MODEL_NAME
     embedder_model_version: str = ""  # part of the cache key; empty = the model's default version
     embedder_token: SecretStr | None = None
     embedder_token_file: Path | None = None  # TorchServe's key_file.json
