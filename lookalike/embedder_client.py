@@ -33,9 +33,8 @@ from google.protobuf import empty_pb2
 from lookalike.naming import DEFAULT_MODEL_NAME as MODEL_NAME
 from lookalike.torchserve_api import inference_pb2, inference_pb2_grpc
 from lookalike.vectors import unpack
+from lookalike_embedder.contract import ERROR_PREFIX  # a leaf: no torch
 
-#: Bytes that start a per-item error payload (= lookalike_embedder.handler.ERROR_PREFIX).
-ERROR_PREFIX = b'{"error"'
 #: Channel options: reconnect within ~1 s once TorchServe is back (gRPC's default backoff grows to
 #: 120 s, which would keep a restarted embedder "down" long after it returned).
 RECONNECT_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 200), ("grpc.min_reconnect_backoff_ms", 200),

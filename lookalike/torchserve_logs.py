@@ -1,14 +1,13 @@
-"""Reading a TorchServe run's logs: their tail (for error messages) and the count of images embedded
-(the handler logs one ``lookalike-embedded-batch n_ok=<n>`` line per batch; tests and benches use the count
-to prove that a cache hit or a re-index did not reach the model)."""
+"""Reading a TorchServe run's logs: their tail (for error messages) and the count of images embedded (the
+handler logs one line per batch, tagged lookalike_embedder.contract.BATCH_LOG_TAG, with n_ok=<n>; tests and
+benches use the count to prove that a cache hit or a re-index did not reach the model)."""
 from __future__ import annotations
 
 import os
-import re
 import time
 from pathlib import Path
 
-BATCH_LINE = re.compile(r"lookalike-embedded-batch n_ok=(\d+)")
+from lookalike_embedder.contract import BATCH_LOG_PATTERN
 
 
 def log_tail(log_dir: str | os.PathLike, lines: int = 40) -> str:
@@ -35,7 +34,7 @@ def inference_count(log_dir: str | os.PathLike, settle_s: float = 0.3) -> int:
         if not path.is_file():
             return 0
         text = path.read_text(errors="replace")
-        return sum(int(m) for m in BATCH_LINE.findall(text))
+        return sum(int(m) for m in BATCH_LOG_PATTERN.findall(text))
 
     value, deadline = count(), time.monotonic() + max(2.0, 4 * settle_s)
     while time.monotonic() < deadline:
