@@ -105,13 +105,7 @@ def test_the_cycle_finder_finds_a_function_level_cycle(tmp_path):
     assert cycles({"a": {"b"}, "b": set()}) == []
 
 
-# lookalike.cli <-> lookalike.cli_adapt: being untangled in the same pass (issue 17, lookalike/ package); strict,
-# so this marker fails once the cycle is gone and must be removed then.
-PENDING = {"lookalike": "lookalike.cli <-> lookalike.cli_adapt (issue 17, lookalike/ package)"}
-
-
-@pytest.mark.parametrize("package", [pytest.param(p, marks=pytest.mark.xfail(reason=PENDING[p], strict=True))
-                                     if p in PENDING else p for p in sorted(PACKAGES)])
+@pytest.mark.parametrize("package", sorted(PACKAGES))
 def test_no_import_cycle(package):
     graph = project_graph()
     within = [c for c in cycles(graph) if any(m == package or m.startswith(package + ".") for m in c)]
