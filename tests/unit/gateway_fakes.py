@@ -17,7 +17,9 @@ from lookalike.v1 import search_pb2, types_pb2
 from lookalike.vectors import pack, unpack
 from lookalike_gateway.cache import EmbeddingCache
 from lookalike_gateway.core import Gateway
+from lookalike_gateway.errors import Deadline
 from lookalike_gateway.image_store import ImageStore
+from lookalike_gateway.ingest_types import IngestItem
 from lookalike_gateway.settings import GatewaySettings
 
 DIM = 8
@@ -249,11 +251,15 @@ def product(pid: str, **fields) -> types_pb2.Product:
     return types_pb2.Product(id=pid, title=fields.pop("title", f"title {pid}"), **fields)
 
 
-def ingest(gateway, items, **kw) -> list:
-    """Runs items through the gateway's ingest pipeline; the IngestResults in order."""
-    from lookalike_gateway.errors import Deadline
+def as_items(items):
+    """IngestItems from (product, image[, skip_duplicates]) tuples or IngestItems, lazily (a stream stays one)."""
+    for item in items:
+        yield item if isinstance(item, IngestItem) else IngestItem(*item)
 
-    return list(gateway.ingest_pipeline.run(items, lambda: Deadline(10), **kw))
+
+def ingest(gateway, items, deadline_s: float = 10.0, **kw) -> list:
+    """Runs items (see as_items) through the gateway's ingest pipeline; the IngestResults in order."""
+    return list(gateway.ingest_pipeline.run(as_items(items), lambda: Deadline(deadline_s), **kw))
 
 
 class GatedSearch(FakeSearch):

@@ -17,6 +17,7 @@ from lookalike_gateway.errors import Deadline
 from lookalike_gateway.projection import Projection, ProjectionError
 
 from .gateway_fakes import FakeEmbedder, FakeSearch, make_gateway, png
+from .gateway_fakes import ingest as ingest_items
 
 DIM = 16
 
@@ -119,7 +120,7 @@ def catalogue(n_groups: int, per_group: int, seed: int, first_group: int = 0, si
 
 
 def ingest(gateway, items):
-    return list(gateway.ingest_pipeline.run(items, lambda: Deadline(30)))
+    return ingest_items(gateway, items, deadline_s=30.0)
 
 
 class Done:

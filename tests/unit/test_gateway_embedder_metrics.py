@@ -20,12 +20,11 @@ from lookalike.embedder_client import EmbedderClient, EmbedderImageError
 from lookalike.torchserve_api import inference_pb2, inference_pb2_grpc
 from lookalike.vectors import pack
 from lookalike_gateway import embedder_metrics, metrics
-from lookalike_gateway.errors import Deadline
 from lookalike_gateway.embedder_metrics import InFlightInterceptor, TorchServeMetrics, reexport
 from lookalike_gateway.server import build_gateway
 from lookalike_gateway.settings import GatewaySettings
 
-from .gateway_fakes import make_gateway, png
+from .gateway_fakes import ingest, make_gateway, png
 
 TOKEN = "s3cret"
 
@@ -200,12 +199,12 @@ def test_each_ingest_burst_is_one_batch_size_observation(tmp_path):
     count, total = (sample("lookalike_gateway_embedder_batch_size_count"),
                     sample("lookalike_gateway_embedder_batch_size_sum"))
     items = [(types_pb2.Product(id=f"p{i}", title="t"), png(i)) for i in range(10)]
-    results = list(gateway.ingest_pipeline.run(items, lambda: Deadline(10)))
+    results = ingest(gateway, items)
     assert len(results) == 10 and all(r.ok for r in results)
     assert sample("lookalike_gateway_embedder_batch_size_sum") - total == 10  # every image sent once
     assert sample("lookalike_gateway_embedder_batch_size_count") - count == 3  # bursts of 4, 4 and 2
     assert sample("lookalike_gateway_embedder_batch_size_bucket", {"le": "4.0"}) >= 3
-    again = list(gateway.ingest_pipeline.run(items, lambda: Deadline(10)))  # unchanged: nothing embedded
+    again = ingest(gateway, items)  # unchanged: nothing embedded
     assert len(again) == 10 and sample("lookalike_gateway_embedder_batch_size_count") - count == 3
 
 

@@ -12,7 +12,7 @@ import pytest
 from lookalike_gateway.errors import Deadline
 from lookalike_gateway.ingest_types import CREATED, FAILED, SKIPPED, UNCHANGED, UPDATED, IngestItem
 
-from .gateway_fakes import FakeEmbedder, ingest, make_gateway, png, product, unit
+from .gateway_fakes import FakeEmbedder, as_items, ingest, make_gateway, png, product, unit
 
 
 def png_bomb(side: int = 100_000) -> bytes:
@@ -117,7 +117,7 @@ def test_a_cancelled_stream_stores_nothing_more(gateway):
             yield product(f"c{i}"), png(100 + i)
 
     results = []
-    for result in gateway.ingest_pipeline.run(items(), lambda: Deadline(10), cancelled=gone.is_set):
+    for result in gateway.ingest_pipeline.run(as_items(items()), lambda: Deadline(10), cancelled=gone.is_set):
         results.append(result)
         if len(results) == 4:
             gone.set()  # the client is killed after its first acknowledgements
@@ -136,7 +136,7 @@ def test_acks_flow_while_the_client_waits_for_them(gateway):
             acked.clear()
 
     results = []
-    for result in gateway.ingest_pipeline.run(items(), lambda: Deadline(10)):
+    for result in gateway.ingest_pipeline.run(as_items(items()), lambda: Deadline(10)):
         results.append(result)
         acked.set()
     assert [r.outcome for r in results] == [CREATED] * 3

@@ -12,7 +12,7 @@ from lookalike_gateway.classifier_head import LinearHead
 from lookalike_gateway.errors import ApiError, Deadline
 from lookalike_gateway.ranking import rerank_by_category
 
-from .gateway_fakes import DIM, FakeEmbedder, make_gateway, png, unit
+from .gateway_fakes import DIM, FakeEmbedder, ingest, make_gateway, png, unit
 
 
 def result(pid: str, category: str, score: float) -> types_pb2.SearchResult:
@@ -59,7 +59,7 @@ def catalogue(tmp_path):
         vectors[image] = unit(base + noise)
         items.append((types_pb2.Product(id=f"{category}{i}", category=category), image))
     gateway = make_gateway(tmp_path, embedder=FakeEmbedder(vectors))
-    results = list(gateway.ingest_pipeline.run(items, lambda: Deadline(10)))
+    results = ingest(gateway, items)
     assert all(r.error is None for r in results)
     return SimpleNamespace(gateway=gateway, query=query)
 

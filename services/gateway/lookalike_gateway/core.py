@@ -212,7 +212,7 @@ class Gateway:
             raise not_found("image", product_id, f"no stored image {index} for product {product_id!r}")
         return data
 
-    def ingest(self, items: Iterable[IngestItem | tuple], deadline_for_batch: Callable[[], Deadline],
+    def ingest(self, items: Iterable[IngestItem], deadline_for_batch: Callable[[], Deadline],
                cancelled: Callable[[], bool] | None = None) -> Iterator[IngestResult]:
         """Indexes products in micro-batches into the active collection; yields one IngestResult per item,
         in order: CREATED/UPDATED once the search service stored it durably, UNCHANGED when the stored

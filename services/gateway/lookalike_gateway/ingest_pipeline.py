@@ -76,14 +76,6 @@ class _Slot:
     def skip_duplicates(self) -> bool:
         return self.item.skip_duplicates
 
-    @property
-    def digest(self) -> str:
-        return self.digests[0] if self.digests else ""
-
-    @property
-    def vector(self) -> np.ndarray | None:
-        return self.vectors[0] if self.vectors else None
-
     def finish(self, outcome: int, error: ApiError | None = None) -> None:
         self.result = IngestResult(self.item.product.id, outcome, error, embedded=self.embedded,
                                    images=len(self.digests) if outcome in (CREATED, UPDATED, UNCHANGED) else 0)
@@ -123,7 +115,7 @@ class IngestPipeline:
 
     # ---- the stream ---------------------------------------------------------------------------------
 
-    def run(self, items: Iterable[IngestItem | tuple], deadline_for_batch: Callable[[], Deadline],
+    def run(self, items: Iterable[IngestItem], deadline_for_batch: Callable[[], Deadline],
             target: Callable[[], Target] | None = None, detect_duplicates: bool | None = None, gated: bool = True,
             cancelled: Callable[[], bool] | None = None) -> Iterator[IngestResult]:
         """Yields one IngestResult per item, in order. `target()` names the collection and model to write
@@ -141,7 +133,7 @@ class IngestPipeline:
         with ThreadPoolExecutor(BATCHES_IN_FLIGHT, thread_name_prefix="ingest") as pool:
             in_flight: deque = deque()
             rid = request_id.current.get()
-            for raw in batches((_item(i) for i in items), size, max_wait_s=0.02):
+            for raw in batches(items, size, max_wait_s=0.02):
                 if raw is not None:
                     batch = _Batch([_Slot(item) for item in raw])
                     turns = _Turns(embed_after=embedded[0], commit_after=committed)
@@ -400,9 +392,3 @@ def _stored_vectors(point: search_pb2.Point) -> dict[str, np.ndarray]:
 def _which(slot: _Slot, index: int) -> str:
     """A message prefix naming the image, for products with several."""
     return f"image {index}: " if len(slot.item.more_images) else ""
-
-
-def _item(raw) -> IngestItem:
-    if isinstance(raw, IngestItem):
-        return raw
-    return IngestItem(*raw)
