@@ -132,14 +132,21 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def check_size(data, max_bytes: int | None = None) -> None:
+    """The one empty / oversized rule for an uploaded image, a check that needs no look inside: ImageRejected
+    "empty", or "too_large" above `max_bytes` (None: no limit). `decode_image` and `probe_image` start with it;
+    the gateway runs it first (lookalike_gateway.validation.check_size), before hashing a huge body."""
+    if data is None or len(data) == 0:
+        raise ImageRejected("empty", "image is empty")
+    if max_bytes is not None and len(data) > max_bytes:
+        raise ImageRejected("too_large", f"image is {len(data)} bytes, above the limit of {max_bytes}")
+
+
 def _open_checked(data, max_pixels: int, max_bytes: int | None, allowed_formats) -> tuple[str, Image.Image]:
     """Every check that needs no pixel data (size of the upload, format by magic bytes, allow-list,
     readable header, dimensions, pixel limit), then the opened but not yet decoded image and its
     format. The caller closes the image."""
-    if data is None or len(data) == 0:
-        raise ImageRejected("empty", "the upload is empty (0 bytes)")
-    if max_bytes is not None and len(data) > max_bytes:
-        raise ImageRejected("too_large", f"the upload has {len(data)} bytes, the limit is {max_bytes}")
+    check_size(data, max_bytes)
     fmt = sniff_format(data)
     if fmt is None:
         raise ImageRejected("not_an_image", "the upload is not a recognised image "

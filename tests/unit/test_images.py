@@ -151,3 +151,18 @@ def test_rejection_is_picklable():
 def test_sniff_format_unknown():
     assert sniff_format(b"") is None
     assert sniff_format(b"\x00" * 32) is None
+
+
+def test_check_size_is_the_one_empty_and_oversize_rule():
+    """lookalike.images.check_size: what decode_image, probe_image and the gateway's validation all apply."""
+    from lookalike.images import check_size, probe_image
+
+    for data, limit, reason, message in [(b"", 10, "empty", "image is empty"),
+                                         (b"x" * 11, 10, "too_large", "image is 11 bytes, above the limit of 10")]:
+        for check in (lambda: check_size(data, limit), lambda: decode_image(data, max_bytes=limit),
+                      lambda: probe_image(data, max_bytes=limit)):
+            with pytest.raises(ImageRejected) as err:
+                check()
+            assert (err.value.reason, str(err.value)) == (reason, message)
+    check_size(b"x" * 10, 10)
+    check_size(b"x" * 10**6)  # no limit given: only emptiness is refused
