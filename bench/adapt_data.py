@@ -25,6 +25,8 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 
+from lookalike import atomic  # noqa: E402
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DEFAULT_DATASET, RESULTS, list_split  # noqa: E402
 
@@ -143,9 +145,8 @@ class AdaptFeatures:
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.stem + ".tmp.npz")
-        np.savez(tmp, keys=np.array(list(self.index), dtype=str), vectors=self.vectors)
-        tmp.replace(self.path)
+        atomic.write_with(self.path, lambda out: np.savez(out, keys=np.array(list(self.index), dtype=str),
+                                                          vectors=self.vectors), fsync=False)
 
 
 def ensure(items: list[tuple[Path, int]], batch: int = 32) -> AdaptFeatures:

@@ -32,6 +32,8 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see lookalike/torchserve_process.py
 import numpy as np  # noqa: E402
 
+from lookalike import atomic  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 from quality import DEFAULT_DATASET, list_split, retrieval_metrics  # noqa: E402
@@ -124,9 +126,7 @@ def features(dataset: Path, split: str, paths: list[Path], cuts: list[str], cach
             stored.update({split: computed[cut], f"{split}_paths": np.array([str(p) for p in paths]),
                            "version": np.array(CACHE_VERSION)})
             cache_dir.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp.npz")
-            np.savez(tmp, **stored)
-            tmp.replace(path)
+            atomic.write_with(path, lambda out: np.savez(out, **stored), fsync=False)
     return result
 
 

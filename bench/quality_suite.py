@@ -20,6 +20,8 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads
 import numpy as np  # noqa: E402
 
+from lookalike import atomic  # noqa: E402
+
 from common import RESULTS, every_nth, list_split, load_now  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -179,9 +181,8 @@ class FeatureCache:
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp.npz")
-        np.savez(tmp, paths=np.array(list(self.rows), dtype=str), **self.arrays)
-        tmp.replace(self.path)
+        atomic.write_with(self.path, lambda out: np.savez(out, paths=np.array(list(self.rows), dtype=str),
+                                                          **self.arrays), fsync=False)
 
 
 def ensure_features(paths: list[Path], wanted: list[tuple[str, str]], batch: int = 32) -> dict:

@@ -139,9 +139,10 @@ def _configured_cut(config_text: str) -> str:
 
 def archive_file(version: str) -> str:
     """The archive's file name in the model store: ``lookalike-lite0.mar`` for the default model's version,
-    ``lookalike-lite0.<version>.mar`` for any other, so several versions lie side by side (TorchServe
-    registers them all under the model name; the first loaded, the default file, is its default version)."""
-    return f"{MODEL_NAME}.mar" if version == ARCHIVE_VERSION else f"{MODEL_NAME}.{version}.mar"
+    ``<model id>.mar`` (lookalike.naming.model_id: ``lookalike-lite0.<version>.mar``) for any other, so several
+    versions lie side by side (TorchServe registers them all under the model name; the first loaded, the
+    default file, is its default version)."""
+    return f"{MODEL_NAME}.mar" if version == ARCHIVE_VERSION else f"{model_id(MODEL_NAME, version)}.mar"
 
 
 def build_mar(model_store: str | os.PathLike = DEFAULT_STORE, *, cut: str | None = None,
