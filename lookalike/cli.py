@@ -111,8 +111,8 @@ def cmd_reindex(args) -> int:
     quality = ""
     try:
         for progress in stub.Reindex(request, metadata=metadata):
-            step = getattr(progress, "pass")
-            new_pass = last is None or getattr(last, "pass") != step
+            step = progress.pass_number
+            new_pass = last is None or last.pass_number != step
             last = progress
             failures.extend(progress.failures)
             quality = progress.quality_json or quality
@@ -148,7 +148,7 @@ def cmd_reindex(args) -> int:
     if last is None:
         return 1
     print(f"{last.collection}: {last.embedded} written, {last.unchanged} unchanged in the last pass, "
-          f"{last.failed} failed, {last.removed} removed ({getattr(last, 'pass')} passes)")
+          f"{last.failed} failed, {last.removed} removed ({last.pass_number} passes)")
     if quality:
         import json
 

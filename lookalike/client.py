@@ -151,7 +151,7 @@ class LookalikeClient:
         """Indexes one product (one photo, or several: the main one first); raises LookalikeError when it was
         not stored."""
         (result,) = list(self.upsert_products([(product, image)], timeout=timeout or self.timeout))
-        if not result.ok:  # the stream result carries the reason as text only
+        if result.outcome == lookalike_pb2.UpsertProductsResponse.OUTCOME_FAILED:  # the reason as text only
             raise LookalikeError(grpc.StatusCode.UNKNOWN, result.error)
         return result
 
@@ -187,7 +187,7 @@ class LookalikeClient:
     def train_classifier(self, label_field: str = "category", holdout_fraction: float | None = None,
                          c_values: Iterable[float] | None = None, min_examples_per_label: int | None = None,
                          on_progress: Callable[[types_pb2.JobStatus], None] | None = None,
-                         wait_s: float = 600.0, poll_s: float = TRAIN_POLL_S) -> classifier_pb2.TrainClassifierResponse:
+                         wait_s: float = 600.0, poll_s: float = TRAIN_POLL_S) -> classifier_pb2.ClassifierReport:
         """Starts a training job and polls it until done (`on_progress(job)` after each read); returns
         the report, or raises the job's error. DEADLINE_EXCEEDED after `wait_s` (the job goes on)."""
         job = self.start_classifier_training(label_field, holdout_fraction, c_values, min_examples_per_label)
@@ -207,7 +207,7 @@ class LookalikeClient:
                                      f"training job {job.id} did not finish within {wait_s:.0f}s; it goes on")
             time.sleep(poll_s)
 
-    def get_classifier(self, timeout: float | None = None) -> classifier_pb2.TrainClassifierResponse:
+    def get_classifier(self, timeout: float | None = None) -> classifier_pb2.ClassifierReport:
         """The active classifier's report (NOT_FOUND before any training)."""
         return self._call(self.classification.GetClassifier, classifier_pb2.GetClassifierRequest(),
                           timeout).classifier

@@ -211,24 +211,24 @@ def index_items(address: str, items: Iterable[CatalogueItem], api_key: str | Non
 
 def _count(report: IngestReport, sink: _Sink, response, local_error: str | None) -> None:
     outcome = response.outcome
-    if not response.ok or outcome == Outcome.FAILED:
+    if outcome == Outcome.OUTCOME_FAILED:
         report.failed += 1
         sink.write("failures", {"id": response.product_id, "error": local_error or response.error})
         return
-    if outcome == Outcome.UNCHANGED:
+    if outcome == Outcome.OUTCOME_UNCHANGED:
         report.unchanged += 1
-    elif outcome == Outcome.UPDATED:
+    elif outcome == Outcome.OUTCOME_UPDATED:
         report.updated += 1
-    elif outcome == Outcome.SKIPPED_DUPLICATE:
+    elif outcome == Outcome.OUTCOME_SKIPPED_DUPLICATE:
         report.skipped += 1
-    else:  # CREATED, or a gateway older than outcomes (ok=true)
+    else:  # OUTCOME_CREATED
         report.created += 1
     if response.duplicate_of:
         report.duplicates += 1
         sink.write("duplicates", {"id": response.product_id, "duplicate_of": response.duplicate_of,
                                   "exact": response.exact_duplicate,
                                   "similarity": round(float(response.duplicate_similarity), 4),
-                                  "skipped": outcome == Outcome.SKIPPED_DUPLICATE})
+                                  "skipped": outcome == Outcome.OUTCOME_SKIPPED_DUPLICATE})
 
 
 def write_failures(report: IngestReport, path: Path) -> None:

@@ -17,7 +17,7 @@ from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"
-PACKAGES = ["lookalike/v1", "lookalike/torchserve_api"]
+PACKAGES = ["lookalike/v1", "lookalike/search/v1", "lookalike/torchserve_api"]
 
 
 def generate(out_dir: Path) -> list[Path]:
@@ -30,6 +30,9 @@ def generate(out_dir: Path) -> list[Path]:
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
     generated = []
+    for parent in {Path(package).parent for package in PACKAGES} - {Path("lookalike")}:
+        (out_dir / parent / "__init__.py").touch()  # e.g. lookalike/search/ above lookalike/search/v1/
+        generated.append(out_dir / parent / "__init__.py")
     for package in PACKAGES:
         (out_dir / package / "__init__.py").touch()
         generated += sorted((out_dir / package).glob("*.py*"))
@@ -53,6 +56,13 @@ def main() -> int:
             else:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(path, target)
+        wanted = {path.relative_to(tmp_dir) for path in generated}
+        for orphan in sorted(path for package in PACKAGES for path in (ROOT / package).glob("*.py*")
+                             if path.relative_to(ROOT) not in wanted):  # its .proto was renamed or moved
+            if args.check:
+                stale.append(str(orphan.relative_to(ROOT)))
+            else:
+                orphan.unlink()
         if stale:
             print("stale generated stubs (run: python scripts/gen_protos.py):", *stale, sep="\n  ")
             return 1

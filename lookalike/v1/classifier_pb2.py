@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from lookalike.v1 import types_pb2 as lookalike_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dlookalike/v1/classifier.proto\x12\x0clookalike.v1\x1a\x18lookalike/v1/types.proto\"c\n\x0f\x43lassifyRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x12\n\x05top_k\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12#\n\x04\x63rop\x18\x03 \x01(\x0b\x32\x15.lookalike.v1.CropBoxB\x08\n\x06_top_k\"0\n\nPrediction\x12\r\n\x05label\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x01\"p\n\x10\x43lassifyResponse\x12-\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x18.lookalike.v1.Prediction\x12\x11\n\tcache_hit\x18\x02 \x01(\x08\x12\x1a\n\x12\x63lassifier_version\x18\x03 \x01(\t\"\xb3\x01\n\x16TrainClassifierRequest\x12\x13\n\x0blabel_field\x18\x01 \x01(\t\x12\x1d\n\x10holdout_fraction\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x08\x63_values\x18\x03 \x03(\x01\x12#\n\x16min_examples_per_label\x18\x04 \x01(\x05H\x01\x88\x01\x01\x42\x13\n\x11_holdout_fractionB\x19\n\x17_min_examples_per_label\"i\n\x0c\x43lassMetrics\x12\r\n\x05label\x18\x01 \x01(\t\x12\x11\n\tprecision\x18\x02 \x01(\x01\x12\x0e\n\x06recall\x18\x03 \x01(\x01\x12\x0f\n\x07support\x18\x04 \x01(\x05\x12\x16\n\x0etrain_examples\x18\x05 \x01(\x05\"\xbc\x03\n\x17TrainClassifierResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x13\n\x0blabel_field\x18\x03 \x01(\t\x12\x0e\n\x06labels\x18\x04 \x03(\t\x12\x12\n\ntrain_size\x18\x05 \x01(\x05\x12\x11\n\ttest_size\x18\x06 \x01(\x05\x12\x10\n\x08\x61\x63\x63uracy\x18\x07 \x01(\x01\x12\x13\n\x0b\x63v_accuracy\x18\x08 \x01(\x01\x12\t\n\x01\x63\x18\t \x01(\x01\x12-\n\tper_class\x18\n \x03(\x0b\x32\x1a.lookalike.v1.ClassMetrics\x12\x0f\n\x07seconds\x18\x0b \x01(\x01\x12\x12\n\ncreated_at\x18\x0c \x01(\t\x12P\n\x0eskipped_labels\x18\r \x03(\x0b\x32\x38.lookalike.v1.TrainClassifierResponse.SkippedLabelsEntry\x12\x11\n\tunlabeled\x18\x0e \x01(\x05\x12\x11\n\tconfusion\x18\x0f \x03(\x05\x1a\x34\n\x12SkippedLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"\x16\n\x14GetClassifierRequest\"R\n\x15GetClassifierResponse\x12\x39\n\nclassifier\x18\x01 \x01(\x0b\x32%.lookalike.v1.TrainClassifierResponse\"X\n\x1eStartClassifierTrainingRequest\x12\x36\n\x08training\x18\x01 \x01(\x0b\x32$.lookalike.v1.TrainClassifierRequest\"G\n\x1fStartClassifierTrainingResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.lookalike.v1.JobStatus\".\n\x1cGetClassifierTrainingRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"|\n\x1dGetClassifierTrainingResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.lookalike.v1.JobStatus\x12\x35\n\x06report\x18\x02 \x01(\x0b\x32%.lookalike.v1.TrainClassifierResponse2\xff\x03\n\x0e\x43lassification\x12I\n\x08\x43lassify\x12\x1d.lookalike.v1.ClassifyRequest\x1a\x1e.lookalike.v1.ClassifyResponse\x12^\n\x0fTrainClassifier\x12$.lookalike.v1.TrainClassifierRequest\x1a%.lookalike.v1.TrainClassifierResponse\x12v\n\x17StartClassifierTraining\x12,.lookalike.v1.StartClassifierTrainingRequest\x1a-.lookalike.v1.StartClassifierTrainingResponse\x12p\n\x15GetClassifierTraining\x12*.lookalike.v1.GetClassifierTrainingRequest\x1a+.lookalike.v1.GetClassifierTrainingResponse\x12X\n\rGetClassifier\x12\".lookalike.v1.GetClassifierRequest\x1a#.lookalike.v1.GetClassifierResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dlookalike/v1/classifier.proto\x12\x0clookalike.v1\x1a\x18lookalike/v1/types.proto\"c\n\x0f\x43lassifyRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x12\n\x05top_k\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12#\n\x04\x63rop\x18\x03 \x01(\x0b\x32\x15.lookalike.v1.CropBoxB\x08\n\x06_top_k\"0\n\nPrediction\x12\r\n\x05label\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x01\"p\n\x10\x43lassifyResponse\x12-\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x18.lookalike.v1.Prediction\x12\x11\n\tcache_hit\x18\x02 \x01(\x08\x12\x1a\n\x12\x63lassifier_version\x18\x03 \x01(\t\"\xb3\x01\n\x16TrainClassifierRequest\x12\x13\n\x0blabel_field\x18\x01 \x01(\t\x12\x1d\n\x10holdout_fraction\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x08\x63_values\x18\x03 \x03(\x01\x12#\n\x16min_examples_per_label\x18\x04 \x01(\x05H\x01\x88\x01\x01\x42\x13\n\x11_holdout_fractionB\x19\n\x17_min_examples_per_label\"i\n\x0c\x43lassMetrics\x12\r\n\x05label\x18\x01 \x01(\t\x12\x11\n\tprecision\x18\x02 \x01(\x01\x12\x0e\n\x06recall\x18\x03 \x01(\x01\x12\x0f\n\x07support\x18\x04 \x01(\x05\x12\x16\n\x0etrain_examples\x18\x05 \x01(\x05\"O\n\x17TrainClassifierResponse\x12.\n\x06report\x18\x10 \x01(\x0b\x32\x1e.lookalike.v1.ClassifierReportJ\x04\x08\x01\x10\x10\"\xae\x03\n\x10\x43lassifierReport\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x13\n\x0blabel_field\x18\x03 \x01(\t\x12\x0e\n\x06labels\x18\x04 \x03(\t\x12\x12\n\ntrain_size\x18\x05 \x01(\x05\x12\x11\n\ttest_size\x18\x06 \x01(\x05\x12\x10\n\x08\x61\x63\x63uracy\x18\x07 \x01(\x01\x12\x13\n\x0b\x63v_accuracy\x18\x08 \x01(\x01\x12\t\n\x01\x63\x18\t \x01(\x01\x12-\n\tper_class\x18\n \x03(\x0b\x32\x1a.lookalike.v1.ClassMetrics\x12\x0f\n\x07seconds\x18\x0b \x01(\x01\x12\x12\n\ncreated_at\x18\x0c \x01(\t\x12I\n\x0eskipped_labels\x18\r \x03(\x0b\x32\x31.lookalike.v1.ClassifierReport.SkippedLabelsEntry\x12\x11\n\tunlabeled\x18\x0e \x01(\x05\x12\x11\n\tconfusion\x18\x0f \x03(\x05\x1a\x34\n\x12SkippedLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"\x16\n\x14GetClassifierRequest\"K\n\x15GetClassifierResponse\x12\x32\n\nclassifier\x18\x01 \x01(\x0b\x32\x1e.lookalike.v1.ClassifierReport\"X\n\x1eStartClassifierTrainingRequest\x12\x36\n\x08training\x18\x01 \x01(\x0b\x32$.lookalike.v1.TrainClassifierRequest\"G\n\x1fStartClassifierTrainingResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.lookalike.v1.JobStatus\".\n\x1cGetClassifierTrainingRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"u\n\x1dGetClassifierTrainingResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.lookalike.v1.JobStatus\x12.\n\x06report\x18\x02 \x01(\x0b\x32\x1e.lookalike.v1.ClassifierReport2\xff\x03\n\x0e\x43lassification\x12I\n\x08\x43lassify\x12\x1d.lookalike.v1.ClassifyRequest\x1a\x1e.lookalike.v1.ClassifyResponse\x12^\n\x0fTrainClassifier\x12$.lookalike.v1.TrainClassifierRequest\x1a%.lookalike.v1.TrainClassifierResponse\x12v\n\x17StartClassifierTraining\x12,.lookalike.v1.StartClassifierTrainingRequest\x1a-.lookalike.v1.StartClassifierTrainingResponse\x12p\n\x15GetClassifierTraining\x12*.lookalike.v1.GetClassifierTrainingRequest\x1a+.lookalike.v1.GetClassifierTrainingResponse\x12X\n\rGetClassifier\x12\".lookalike.v1.GetClassifierRequest\x1a#.lookalike.v1.GetClassifierResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lookalike.v1.classifier_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TRAINCLASSIFIERRESPONSE_SKIPPEDLABELSENTRY']._loaded_options = None
-  _globals['_TRAINCLASSIFIERRESPONSE_SKIPPEDLABELSENTRY']._serialized_options = b'8\001'
+  _globals['_CLASSIFIERREPORT_SKIPPEDLABELSENTRY']._loaded_options = None
+  _globals['_CLASSIFIERREPORT_SKIPPEDLABELSENTRY']._serialized_options = b'8\001'
   _globals['_CLASSIFYREQUEST']._serialized_start=73
   _globals['_CLASSIFYREQUEST']._serialized_end=172
   _globals['_PREDICTION']._serialized_start=174
@@ -44,22 +44,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRAINCLASSIFIERREQUEST']._serialized_end=518
   _globals['_CLASSMETRICS']._serialized_start=520
   _globals['_CLASSMETRICS']._serialized_end=625
-  _globals['_TRAINCLASSIFIERRESPONSE']._serialized_start=628
-  _globals['_TRAINCLASSIFIERRESPONSE']._serialized_end=1072
-  _globals['_TRAINCLASSIFIERRESPONSE_SKIPPEDLABELSENTRY']._serialized_start=1020
-  _globals['_TRAINCLASSIFIERRESPONSE_SKIPPEDLABELSENTRY']._serialized_end=1072
-  _globals['_GETCLASSIFIERREQUEST']._serialized_start=1074
-  _globals['_GETCLASSIFIERREQUEST']._serialized_end=1096
-  _globals['_GETCLASSIFIERRESPONSE']._serialized_start=1098
-  _globals['_GETCLASSIFIERRESPONSE']._serialized_end=1180
-  _globals['_STARTCLASSIFIERTRAININGREQUEST']._serialized_start=1182
-  _globals['_STARTCLASSIFIERTRAININGREQUEST']._serialized_end=1270
-  _globals['_STARTCLASSIFIERTRAININGRESPONSE']._serialized_start=1272
-  _globals['_STARTCLASSIFIERTRAININGRESPONSE']._serialized_end=1343
-  _globals['_GETCLASSIFIERTRAININGREQUEST']._serialized_start=1345
-  _globals['_GETCLASSIFIERTRAININGREQUEST']._serialized_end=1391
-  _globals['_GETCLASSIFIERTRAININGRESPONSE']._serialized_start=1393
-  _globals['_GETCLASSIFIERTRAININGRESPONSE']._serialized_end=1517
-  _globals['_CLASSIFICATION']._serialized_start=1520
-  _globals['_CLASSIFICATION']._serialized_end=2031
+  _globals['_TRAINCLASSIFIERRESPONSE']._serialized_start=627
+  _globals['_TRAINCLASSIFIERRESPONSE']._serialized_end=706
+  _globals['_CLASSIFIERREPORT']._serialized_start=709
+  _globals['_CLASSIFIERREPORT']._serialized_end=1139
+  _globals['_CLASSIFIERREPORT_SKIPPEDLABELSENTRY']._serialized_start=1087
+  _globals['_CLASSIFIERREPORT_SKIPPEDLABELSENTRY']._serialized_end=1139
+  _globals['_GETCLASSIFIERREQUEST']._serialized_start=1141
+  _globals['_GETCLASSIFIERREQUEST']._serialized_end=1163
+  _globals['_GETCLASSIFIERRESPONSE']._serialized_start=1165
+  _globals['_GETCLASSIFIERRESPONSE']._serialized_end=1240
+  _globals['_STARTCLASSIFIERTRAININGREQUEST']._serialized_start=1242
+  _globals['_STARTCLASSIFIERTRAININGREQUEST']._serialized_end=1330
+  _globals['_STARTCLASSIFIERTRAININGRESPONSE']._serialized_start=1332
+  _globals['_STARTCLASSIFIERTRAININGRESPONSE']._serialized_end=1403
+  _globals['_GETCLASSIFIERTRAININGREQUEST']._serialized_start=1405
+  _globals['_GETCLASSIFIERTRAININGREQUEST']._serialized_end=1451
+  _globals['_GETCLASSIFIERTRAININGRESPONSE']._serialized_start=1453
+  _globals['_GETCLASSIFIERTRAININGRESPONSE']._serialized_end=1570
+  _globals['_CLASSIFICATION']._serialized_start=1573
+  _globals['_CLASSIFICATION']._serialized_end=2084
 # @@protoc_insertion_point(module_scope)

@@ -62,6 +62,12 @@ class ClassMetrics(_message.Message):
     def __init__(self, label: _Optional[str] = ..., precision: _Optional[float] = ..., recall: _Optional[float] = ..., support: _Optional[int] = ..., train_examples: _Optional[int] = ...) -> None: ...
 
 class TrainClassifierResponse(_message.Message):
+    __slots__ = ("report",)
+    REPORT_FIELD_NUMBER: _ClassVar[int]
+    report: ClassifierReport
+    def __init__(self, report: _Optional[_Union[ClassifierReport, _Mapping]] = ...) -> None: ...
+
+class ClassifierReport(_message.Message):
     __slots__ = ("version", "model_id", "label_field", "labels", "train_size", "test_size", "accuracy", "cv_accuracy", "c", "per_class", "seconds", "created_at", "skipped_labels", "unlabeled", "confusion")
     class SkippedLabelsEntry(_message.Message):
         __slots__ = ("key", "value")
@@ -109,8 +115,8 @@ class GetClassifierRequest(_message.Message):
 class GetClassifierResponse(_message.Message):
     __slots__ = ("classifier",)
     CLASSIFIER_FIELD_NUMBER: _ClassVar[int]
-    classifier: TrainClassifierResponse
-    def __init__(self, classifier: _Optional[_Union[TrainClassifierResponse, _Mapping]] = ...) -> None: ...
+    classifier: ClassifierReport
+    def __init__(self, classifier: _Optional[_Union[ClassifierReport, _Mapping]] = ...) -> None: ...
 
 class StartClassifierTrainingRequest(_message.Message):
     __slots__ = ("training",)
@@ -135,5 +141,5 @@ class GetClassifierTrainingResponse(_message.Message):
     JOB_FIELD_NUMBER: _ClassVar[int]
     REPORT_FIELD_NUMBER: _ClassVar[int]
     job: _types_pb2.JobStatus
-    report: TrainClassifierResponse
-    def __init__(self, job: _Optional[_Union[_types_pb2.JobStatus, _Mapping]] = ..., report: _Optional[_Union[TrainClassifierResponse, _Mapping]] = ...) -> None: ...
+    report: ClassifierReport
+    def __init__(self, job: _Optional[_Union[_types_pb2.JobStatus, _Mapping]] = ..., report: _Optional[_Union[ClassifierReport, _Mapping]] = ...) -> None: ...

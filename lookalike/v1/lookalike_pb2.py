@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from lookalike.v1 import types_pb2 as lookalike_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1clookalike/v1/lookalike.proto\x12\x0clookalike.v1\x1a\x18lookalike/v1/types.proto\"\xe4\x01\n\x14SearchByImageRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x12\n\x05top_k\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12$\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x14.lookalike.v1.Filter\x12\x1b\n\x0e\x63\x61tegory_boost\x18\x04 \x01(\x02H\x01\x88\x01\x01\x12#\n\x04\x63rop\x18\x05 \x01(\x0b\x32\x15.lookalike.v1.CropBox\x12\x16\n\tmin_score\x18\x06 \x01(\x02H\x02\x88\x01\x01\x42\x08\n\x06_top_kB\x11\n\x0f_category_boostB\x0c\n\n_min_score\"\x89\x01\n\x15SearchByImageResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.lookalike.v1.SearchResult\x12\x11\n\tcache_hit\x18\x02 \x01(\x08\x12\x16\n\x0e\x63\x61tegory_boost\x18\x03 \x01(\x02\x12\x18\n\x10weak_match_score\x18\x04 \x01(\x02\"\x94\x01\n\x14SearchSimilarRequest\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x12\n\x05top_k\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12$\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x14.lookalike.v1.Filter\x12\x16\n\tmin_score\x18\x04 \x01(\x02H\x01\x88\x01\x01\x42\x08\n\x06_top_kB\x0c\n\n_min_score\"D\n\x15SearchSimilarResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.lookalike.v1.SearchResult\"|\n\x15UpsertProductsRequest\x12&\n\x07product\x18\x01 \x01(\x0b\x32\x15.lookalike.v1.Product\x12\r\n\x05image\x18\x02 \x01(\x0c\x12\x13\n\x0bmore_images\x18\x04 \x03(\x0c\x12\x17\n\x0fskip_duplicates\x18\x03 \x01(\x08\"\xec\x02\n\x16UpsertProductsResponse\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12=\n\x07outcome\x18\x04 \x01(\x0e\x32,.lookalike.v1.UpsertProductsResponse.Outcome\x12\x14\n\x0c\x64uplicate_of\x18\x05 \x01(\t\x12\x17\n\x0f\x65xact_duplicate\x18\x06 \x01(\x08\x12\x1c\n\x14\x64uplicate_similarity\x18\x07 \x01(\x02\x12\x17\n\x0f\x64uplicate_image\x18\x08 \x01(\x05\x12\x0e\n\x06images\x18\t \x01(\x05\"n\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x43REATED\x10\x01\x12\x0b\n\x07UPDATED\x10\x02\x12\r\n\tUNCHANGED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\x12\x15\n\x11SKIPPED_DUPLICATE\x10\x05\",\n\x15\x44\x65leteProductsRequest\x12\x13\n\x0bproduct_ids\x18\x01 \x03(\t\")\n\x16\x44\x65leteProductsResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x05\"\'\n\x11GetProductRequest\x12\x12\n\nproduct_id\x18\x01 \x01(\t\"<\n\x12GetProductResponse\x12&\n\x07product\x18\x01 \x01(\x0b\x32\x15.lookalike.v1.Product\"\\\n\x0eReindexRequest\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x12\n\ncollection\x18\x02 \x01(\t\x12\x10\n\x08\x61\x63tivate\x18\x03 \x01(\x08\x12\r\n\x05\x66orce\x18\x04 \x01(\x08\"\xbd\x02\n\x0fReindexProgress\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x10\n\x08model_id\x18\x03 \x01(\t\x12\r\n\x05total\x18\x04 \x01(\x03\x12\x0c\n\x04\x64one\x18\x05 \x01(\x03\x12\x10\n\x08\x65mbedded\x18\x06 \x01(\x03\x12\x11\n\tunchanged\x18\x07 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x08 \x01(\x03\x12\x0f\n\x07removed\x18\t \x01(\x03\x12\x0c\n\x04pass\x18\n \x01(\x05\x12\x10\n\x08\x66inished\x18\x0b \x01(\x08\x12\x11\n\tactivated\x18\x0c \x01(\x08\x12\x10\n\x08previous\x18\r \x01(\t\x12\x36\n\x08\x66\x61ilures\x18\x0e \x03(\x0b\x32$.lookalike.v1.UpsertProductsResponse\x12\x14\n\x0cquality_json\x18\x0f \x01(\t\"\x18\n\x16ListCollectionsRequest\"e\n\x0e\x43ollectionInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x13\n\x0bvector_size\x18\x03 \x01(\x05\x12\x0e\n\x06points\x18\x04 \x01(\x03\x12\x0e\n\x06\x61\x63tive\x18\x05 \x01(\x08\"}\n\x17ListCollectionsResponse\x12\r\n\x05\x61lias\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x02 \x01(\t\x12\x10\n\x08previous\x18\x03 \x01(\t\x12\x31\n\x0b\x63ollections\x18\x04 \x03(\x0b\x32\x1c.lookalike.v1.CollectionInfo\"A\n\x19\x41\x63tivateCollectionRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x10\n\x08rollback\x18\x02 \x01(\x08\">\n\x1a\x41\x63tivateCollectionResponse\x12\x0e\n\x06\x61\x63tive\x18\x01 \x01(\t\x12\x10\n\x08previous\x18\x02 \x01(\t\"]\n\x16StartAdaptationRequest\x12\x13\n\x0blabel_field\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63tivate\x18\x02 \x01(\x08\x12\r\n\x05\x66orce\x18\x03 \x01(\x08\x12\r\n\x05plain\x18\x04 \x01(\x08\"?\n\x17StartAdaptationResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.lookalike.v1.JobStatus\"&\n\x14GetAdaptationRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x96\x01\n\x10\x41\x64\x61ptationResult\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x12\n\ncollection\x18\x02 \x01(\t\x12\x11\n\tactivated\x18\x03 \x01(\x08\x12\x10\n\x08previous\x18\x04 \x01(\t\x12\x0f\n\x07refused\x18\x05 \x01(\t\x12\x13\n\x0bregressions\x18\x06 \x03(\t\x12\x13\n\x0breport_json\x18\x07 \x01(\t\"m\n\x15GetAdaptationResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.lookalike.v1.JobStatus\x12.\n\x06result\x18\x02 \x01(\x0b\x32\x1e.lookalike.v1.AdaptationResult2\x9b\x07\n\tLookalike\x12X\n\rSearchByImage\x12\".lookalike.v1.SearchByImageRequest\x1a#.lookalike.v1.SearchByImageResponse\x12X\n\rSearchSimilar\x12\".lookalike.v1.SearchSimilarRequest\x1a#.lookalike.v1.SearchSimilarResponse\x12_\n\x0eUpsertProducts\x12#.lookalike.v1.UpsertProductsRequest\x1a$.lookalike.v1.UpsertProductsResponse(\x01\x30\x01\x12[\n\x0e\x44\x65leteProducts\x12#.lookalike.v1.DeleteProductsRequest\x1a$.lookalike.v1.DeleteProductsResponse\x12O\n\nGetProduct\x12\x1f.lookalike.v1.GetProductRequest\x1a .lookalike.v1.GetProductResponse\x12H\n\x07Reindex\x12\x1c.lookalike.v1.ReindexRequest\x1a\x1d.lookalike.v1.ReindexProgress0\x01\x12^\n\x0fListCollections\x12$.lookalike.v1.ListCollectionsRequest\x1a%.lookalike.v1.ListCollectionsResponse\x12g\n\x12\x41\x63tivateCollection\x12\'.lookalike.v1.ActivateCollectionRequest\x1a(.lookalike.v1.ActivateCollectionResponse\x12^\n\x0fStartAdaptation\x12$.lookalike.v1.StartAdaptationRequest\x1a%.lookalike.v1.StartAdaptationResponse\x12X\n\rGetAdaptation\x12\".lookalike.v1.GetAdaptationRequest\x1a#.lookalike.v1.GetAdaptationResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1clookalike/v1/lookalike.proto\x12\x0clookalike.v1\x1a\x18lookalike/v1/types.proto\"\xe4\x01\n\x14SearchByImageRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x12\n\x05top_k\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12$\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x14.lookalike.v1.Filter\x12\x1b\n\x0e\x63\x61tegory_boost\x18\x04 \x01(\x02H\x01\x88\x01\x01\x12#\n\x04\x63rop\x18\x05 \x01(\x0b\x32\x15.lookalike.v1.CropBox\x12\x16\n\tmin_score\x18\x06 \x01(\x02H\x02\x88\x01\x01\x42\x08\n\x06_top_kB\x11\n\x0f_category_boostB\x0c\n\n_min_score\"\x89\x01\n\x15SearchByImageResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.lookalike.v1.SearchResult\x12\x11\n\tcache_hit\x18\x02 \x01(\x08\x12\x16\n\x0e\x63\x61tegory_boost\x18\x03 \x01(\x02\x12\x18\n\x10weak_match_score\x18\x04 \x01(\x02\"\x94\x01\n\x14SearchSimilarRequest\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x12\n\x05top_k\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12$\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x14.lookalike.v1.Filter\x12\x16\n\tmin_score\x18\x04 \x01(\x02H\x01\x88\x01\x01\x42\x08\n\x06_top_kB\x0c\n\n_min_score\"D\n\x15SearchSimilarResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.lookalike.v1.SearchResult\"|\n\x15UpsertProductsRequest\x12&\n\x07product\x18\x01 \x01(\x0b\x32\x15.lookalike.v1.Product\x12\r\n\x05image\x18\x02 \x01(\x0c\x12\x13\n\x0bmore_images\x18\x04 \x03(\x0c\x12\x17\n\x0fskip_duplicates\x18\x03 \x01(\x08\"\x93\x03\n\x16UpsertProductsResponse\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12=\n\x07outcome\x18\x04 \x01(\x0e\x32,.lookalike.v1.UpsertProductsResponse.Outcome\x12\x14\n\x0c\x64uplicate_of\x18\x05 \x01(\t\x12\x17\n\x0f\x65xact_duplicate\x18\x06 \x01(\x08\x12\x1c\n\x14\x64uplicate_similarity\x18\x07 \x01(\x02\x12\x17\n\x0f\x64uplicate_image\x18\x08 \x01(\x05\x12\x0e\n\x06images\x18\t \x01(\x05\"\x96\x01\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x13\n\x0fOUTCOME_CREATED\x10\x01\x12\x13\n\x0fOUTCOME_UPDATED\x10\x02\x12\x15\n\x11OUTCOME_UNCHANGED\x10\x03\x12\x12\n\x0eOUTCOME_FAILED\x10\x04\x12\x1d\n\x19OUTCOME_SKIPPED_DUPLICATE\x10\x05J\x04\x08\x02\x10\x03R\x02ok\",\n\x15\x44\x65leteProductsRequest\x12\x13\n\x0bproduct_ids\x18\x01 \x03(\t\")\n\x16\x44\x65leteProductsResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x05\"\'\n\x11GetProductRequest\x12\x12\n\nproduct_id\x18\x01 \x01(\t\"<\n\x12GetProductResponse\x12&\n\x07product\x18\x01 \x01(\x0b\x32\x15.lookalike.v1.Product\"\\\n\x0eReindexRequest\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x12\n\ncollection\x18\x02 \x01(\t\x12\x10\n\x08\x61\x63tivate\x18\x03 \x01(\x08\x12\r\n\x05\x66orce\x18\x04 \x01(\x08\"\xc4\x02\n\x0fReindexResponse\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x10\n\x08model_id\x18\x03 \x01(\t\x12\r\n\x05total\x18\x04 \x01(\x03\x12\x0c\n\x04\x64one\x18\x05 \x01(\x03\x12\x10\n\x08\x65mbedded\x18\x06 \x01(\x03\x12\x11\n\tunchanged\x18\x07 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x08 \x01(\x03\x12\x0f\n\x07removed\x18\t \x01(\x03\x12\x13\n\x0bpass_number\x18\n \x01(\x05\x12\x10\n\x08\x66inished\x18\x0b \x01(\x08\x12\x11\n\tactivated\x18\x0c \x01(\x08\x12\x10\n\x08previous\x18\r \x01(\t\x12\x36\n\x08\x66\x61ilures\x18\x0e \x03(\x0b\x32$.lookalike.v1.UpsertProductsResponse\x12\x14\n\x0cquality_json\x18\x0f \x01(\t\"\x18\n\x16ListCollectionsRequest\"e\n\x0e\x43ollectionInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x13\n\x0bvector_size\x18\x03 \x01(\x05\x12\x0e\n\x06points\x18\x04 \x01(\x03\x12\x0e\n\x06\x61\x63tive\x18\x05 \x01(\x08\"}\n\x17ListCollectionsResponse\x12\r\n\x05\x61lias\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x02 \x01(\t\x12\x10\n\x08previous\x18\x03 \x01(\t\x12\x31\n\x0b\x63ollections\x18\x04 \x03(\x0b\x32\x1c.lookalike.v1.CollectionInfo\"A\n\x19\x41\x63tivateCollectionRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x10\n\x08rollback\x18\x02 \x01(\x08\">\n\x1a\x41\x63tivateCollectionResponse\x12\x0e\n\x06\x61\x63tive\x18\x01 \x01(\t\x12\x10\n\x08previous\x18\x02 \x01(\t\"]\n\x16StartAdaptationRequest\x12\x13\n\x0blabel_field\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63tivate\x18\x02 \x01(\x08\x12\r\n\x05\x66orce\x18\x03 \x01(\x08\x12\r\n\x05plain\x18\x04 \x01(\x08\"?\n\x17StartAdaptationResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.lookalike.v1.JobStatus\"&\n\x14GetAdaptationRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x96\x01\n\x10\x41\x64\x61ptationResult\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x12\n\ncollection\x18\x02 \x01(\t\x12\x11\n\tactivated\x18\x03 \x01(\x08\x12\x10\n\x08previous\x18\x04 \x01(\t\x12\x0f\n\x07refused\x18\x05 \x01(\t\x12\x13\n\x0bregressions\x18\x06 \x03(\t\x12\x13\n\x0breport_json\x18\x07 \x01(\t\"m\n\x15GetAdaptationResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.lookalike.v1.JobStatus\x12.\n\x06result\x18\x02 \x01(\x0b\x32\x1e.lookalike.v1.AdaptationResult2\x9b\x07\n\tLookalike\x12X\n\rSearchByImage\x12\".lookalike.v1.SearchByImageRequest\x1a#.lookalike.v1.SearchByImageResponse\x12X\n\rSearchSimilar\x12\".lookalike.v1.SearchSimilarRequest\x1a#.lookalike.v1.SearchSimilarResponse\x12_\n\x0eUpsertProducts\x12#.lookalike.v1.UpsertProductsRequest\x1a$.lookalike.v1.UpsertProductsResponse(\x01\x30\x01\x12[\n\x0e\x44\x65leteProducts\x12#.lookalike.v1.DeleteProductsRequest\x1a$.lookalike.v1.DeleteProductsResponse\x12O\n\nGetProduct\x12\x1f.lookalike.v1.GetProductRequest\x1a .lookalike.v1.GetProductResponse\x12H\n\x07Reindex\x12\x1c.lookalike.v1.ReindexRequest\x1a\x1d.lookalike.v1.ReindexResponse0\x01\x12^\n\x0fListCollections\x12$.lookalike.v1.ListCollectionsRequest\x1a%.lookalike.v1.ListCollectionsResponse\x12g\n\x12\x41\x63tivateCollection\x12\'.lookalike.v1.ActivateCollectionRequest\x1a(.lookalike.v1.ActivateCollectionResponse\x12^\n\x0fStartAdaptation\x12$.lookalike.v1.StartAdaptationRequest\x1a%.lookalike.v1.StartAdaptationResponse\x12X\n\rGetAdaptation\x12\".lookalike.v1.GetAdaptationRequest\x1a#.lookalike.v1.GetAdaptationResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,41 +43,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_UPSERTPRODUCTSREQUEST']._serialized_start=664
   _globals['_UPSERTPRODUCTSREQUEST']._serialized_end=788
   _globals['_UPSERTPRODUCTSRESPONSE']._serialized_start=791
-  _globals['_UPSERTPRODUCTSRESPONSE']._serialized_end=1155
-  _globals['_UPSERTPRODUCTSRESPONSE_OUTCOME']._serialized_start=1045
-  _globals['_UPSERTPRODUCTSRESPONSE_OUTCOME']._serialized_end=1155
-  _globals['_DELETEPRODUCTSREQUEST']._serialized_start=1157
-  _globals['_DELETEPRODUCTSREQUEST']._serialized_end=1201
-  _globals['_DELETEPRODUCTSRESPONSE']._serialized_start=1203
-  _globals['_DELETEPRODUCTSRESPONSE']._serialized_end=1244
-  _globals['_GETPRODUCTREQUEST']._serialized_start=1246
-  _globals['_GETPRODUCTREQUEST']._serialized_end=1285
-  _globals['_GETPRODUCTRESPONSE']._serialized_start=1287
-  _globals['_GETPRODUCTRESPONSE']._serialized_end=1347
-  _globals['_REINDEXREQUEST']._serialized_start=1349
-  _globals['_REINDEXREQUEST']._serialized_end=1441
-  _globals['_REINDEXPROGRESS']._serialized_start=1444
-  _globals['_REINDEXPROGRESS']._serialized_end=1761
-  _globals['_LISTCOLLECTIONSREQUEST']._serialized_start=1763
-  _globals['_LISTCOLLECTIONSREQUEST']._serialized_end=1787
-  _globals['_COLLECTIONINFO']._serialized_start=1789
-  _globals['_COLLECTIONINFO']._serialized_end=1890
-  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_start=1892
-  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_end=2017
-  _globals['_ACTIVATECOLLECTIONREQUEST']._serialized_start=2019
-  _globals['_ACTIVATECOLLECTIONREQUEST']._serialized_end=2084
-  _globals['_ACTIVATECOLLECTIONRESPONSE']._serialized_start=2086
-  _globals['_ACTIVATECOLLECTIONRESPONSE']._serialized_end=2148
-  _globals['_STARTADAPTATIONREQUEST']._serialized_start=2150
-  _globals['_STARTADAPTATIONREQUEST']._serialized_end=2243
-  _globals['_STARTADAPTATIONRESPONSE']._serialized_start=2245
-  _globals['_STARTADAPTATIONRESPONSE']._serialized_end=2308
-  _globals['_GETADAPTATIONREQUEST']._serialized_start=2310
-  _globals['_GETADAPTATIONREQUEST']._serialized_end=2348
-  _globals['_ADAPTATIONRESULT']._serialized_start=2351
-  _globals['_ADAPTATIONRESULT']._serialized_end=2501
-  _globals['_GETADAPTATIONRESPONSE']._serialized_start=2503
-  _globals['_GETADAPTATIONRESPONSE']._serialized_end=2612
-  _globals['_LOOKALIKE']._serialized_start=2615
-  _globals['_LOOKALIKE']._serialized_end=3538
+  _globals['_UPSERTPRODUCTSRESPONSE']._serialized_end=1194
+  _globals['_UPSERTPRODUCTSRESPONSE_OUTCOME']._serialized_start=1034
+  _globals['_UPSERTPRODUCTSRESPONSE_OUTCOME']._serialized_end=1184
+  _globals['_DELETEPRODUCTSREQUEST']._serialized_start=1196
+  _globals['_DELETEPRODUCTSREQUEST']._serialized_end=1240
+  _globals['_DELETEPRODUCTSRESPONSE']._serialized_start=1242
+  _globals['_DELETEPRODUCTSRESPONSE']._serialized_end=1283
+  _globals['_GETPRODUCTREQUEST']._serialized_start=1285
+  _globals['_GETPRODUCTREQUEST']._serialized_end=1324
+  _globals['_GETPRODUCTRESPONSE']._serialized_start=1326
+  _globals['_GETPRODUCTRESPONSE']._serialized_end=1386
+  _globals['_REINDEXREQUEST']._serialized_start=1388
+  _globals['_REINDEXREQUEST']._serialized_end=1480
+  _globals['_REINDEXRESPONSE']._serialized_start=1483
+  _globals['_REINDEXRESPONSE']._serialized_end=1807
+  _globals['_LISTCOLLECTIONSREQUEST']._serialized_start=1809
+  _globals['_LISTCOLLECTIONSREQUEST']._serialized_end=1833
+  _globals['_COLLECTIONINFO']._serialized_start=1835
+  _globals['_COLLECTIONINFO']._serialized_end=1936
+  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_start=1938
+  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_end=2063
+  _globals['_ACTIVATECOLLECTIONREQUEST']._serialized_start=2065
+  _globals['_ACTIVATECOLLECTIONREQUEST']._serialized_end=2130
+  _globals['_ACTIVATECOLLECTIONRESPONSE']._serialized_start=2132
+  _globals['_ACTIVATECOLLECTIONRESPONSE']._serialized_end=2194
+  _globals['_STARTADAPTATIONREQUEST']._serialized_start=2196
+  _globals['_STARTADAPTATIONREQUEST']._serialized_end=2289
+  _globals['_STARTADAPTATIONRESPONSE']._serialized_start=2291
+  _globals['_STARTADAPTATIONRESPONSE']._serialized_end=2354
+  _globals['_GETADAPTATIONREQUEST']._serialized_start=2356
+  _globals['_GETADAPTATIONREQUEST']._serialized_end=2394
+  _globals['_ADAPTATIONRESULT']._serialized_start=2397
+  _globals['_ADAPTATIONRESULT']._serialized_end=2547
+  _globals['_GETADAPTATIONRESPONSE']._serialized_start=2549
+  _globals['_GETADAPTATIONRESPONSE']._serialized_end=2658
+  _globals['_LOOKALIKE']._serialized_start=2661
+  _globals['_LOOKALIKE']._serialized_end=3584
 # @@protoc_insertion_point(module_scope)

@@ -67,23 +67,22 @@ class UpsertProductsRequest(_message.Message):
     def __init__(self, product: _Optional[_Union[_types_pb2.Product, _Mapping]] = ..., image: _Optional[bytes] = ..., more_images: _Optional[_Iterable[bytes]] = ..., skip_duplicates: _Optional[bool] = ...) -> None: ...
 
 class UpsertProductsResponse(_message.Message):
-    __slots__ = ("product_id", "ok", "error", "outcome", "duplicate_of", "exact_duplicate", "duplicate_similarity", "duplicate_image", "images")
+    __slots__ = ("product_id", "error", "outcome", "duplicate_of", "exact_duplicate", "duplicate_similarity", "duplicate_image", "images")
     class Outcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         OUTCOME_UNSPECIFIED: _ClassVar[UpsertProductsResponse.Outcome]
-        CREATED: _ClassVar[UpsertProductsResponse.Outcome]
-        UPDATED: _ClassVar[UpsertProductsResponse.Outcome]
-        UNCHANGED: _ClassVar[UpsertProductsResponse.Outcome]
-        FAILED: _ClassVar[UpsertProductsResponse.Outcome]
-        SKIPPED_DUPLICATE: _ClassVar[UpsertProductsResponse.Outcome]
+        OUTCOME_CREATED: _ClassVar[UpsertProductsResponse.Outcome]
+        OUTCOME_UPDATED: _ClassVar[UpsertProductsResponse.Outcome]
+        OUTCOME_UNCHANGED: _ClassVar[UpsertProductsResponse.Outcome]
+        OUTCOME_FAILED: _ClassVar[UpsertProductsResponse.Outcome]
+        OUTCOME_SKIPPED_DUPLICATE: _ClassVar[UpsertProductsResponse.Outcome]
     OUTCOME_UNSPECIFIED: UpsertProductsResponse.Outcome
-    CREATED: UpsertProductsResponse.Outcome
-    UPDATED: UpsertProductsResponse.Outcome
-    UNCHANGED: UpsertProductsResponse.Outcome
-    FAILED: UpsertProductsResponse.Outcome
-    SKIPPED_DUPLICATE: UpsertProductsResponse.Outcome
+    OUTCOME_CREATED: UpsertProductsResponse.Outcome
+    OUTCOME_UPDATED: UpsertProductsResponse.Outcome
+    OUTCOME_UNCHANGED: UpsertProductsResponse.Outcome
+    OUTCOME_FAILED: UpsertProductsResponse.Outcome
+    OUTCOME_SKIPPED_DUPLICATE: UpsertProductsResponse.Outcome
     PRODUCT_ID_FIELD_NUMBER: _ClassVar[int]
-    OK_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     DUPLICATE_OF_FIELD_NUMBER: _ClassVar[int]
@@ -92,7 +91,6 @@ class UpsertProductsResponse(_message.Message):
     DUPLICATE_IMAGE_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     product_id: str
-    ok: bool
     error: str
     outcome: UpsertProductsResponse.Outcome
     duplicate_of: str
@@ -100,7 +98,7 @@ class UpsertProductsResponse(_message.Message):
     duplicate_similarity: float
     duplicate_image: int
     images: int
-    def __init__(self, product_id: _Optional[str] = ..., ok: _Optional[bool] = ..., error: _Optional[str] = ..., outcome: _Optional[_Union[UpsertProductsResponse.Outcome, str]] = ..., duplicate_of: _Optional[str] = ..., exact_duplicate: _Optional[bool] = ..., duplicate_similarity: _Optional[float] = ..., duplicate_image: _Optional[int] = ..., images: _Optional[int] = ...) -> None: ...
+    def __init__(self, product_id: _Optional[str] = ..., error: _Optional[str] = ..., outcome: _Optional[_Union[UpsertProductsResponse.Outcome, str]] = ..., duplicate_of: _Optional[str] = ..., exact_duplicate: _Optional[bool] = ..., duplicate_similarity: _Optional[float] = ..., duplicate_image: _Optional[int] = ..., images: _Optional[int] = ...) -> None: ...
 
 class DeleteProductsRequest(_message.Message):
     __slots__ = ("product_ids",)
@@ -138,8 +136,8 @@ class ReindexRequest(_message.Message):
     force: bool
     def __init__(self, model_version: _Optional[str] = ..., collection: _Optional[str] = ..., activate: _Optional[bool] = ..., force: _Optional[bool] = ...) -> None: ...
 
-class ReindexProgress(_message.Message):
-    __slots__ = ("collection", "source", "model_id", "total", "done", "embedded", "unchanged", "failed", "removed", "finished", "activated", "previous", "failures", "quality_json")
+class ReindexResponse(_message.Message):
+    __slots__ = ("collection", "source", "model_id", "total", "done", "embedded", "unchanged", "failed", "removed", "pass_number", "finished", "activated", "previous", "failures", "quality_json")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
@@ -149,7 +147,7 @@ class ReindexProgress(_message.Message):
     UNCHANGED_FIELD_NUMBER: _ClassVar[int]
     FAILED_FIELD_NUMBER: _ClassVar[int]
     REMOVED_FIELD_NUMBER: _ClassVar[int]
-    PASS_FIELD_NUMBER: _ClassVar[int]
+    PASS_NUMBER_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
     ACTIVATED_FIELD_NUMBER: _ClassVar[int]
     PREVIOUS_FIELD_NUMBER: _ClassVar[int]
@@ -164,12 +162,13 @@ class ReindexProgress(_message.Message):
     unchanged: int
     failed: int
     removed: int
+    pass_number: int
     finished: bool
     activated: bool
     previous: str
     failures: _containers.RepeatedCompositeFieldContainer[UpsertProductsResponse]
     quality_json: str
-    def __init__(self, collection: _Optional[str] = ..., source: _Optional[str] = ..., model_id: _Optional[str] = ..., total: _Optional[int] = ..., done: _Optional[int] = ..., embedded: _Optional[int] = ..., unchanged: _Optional[int] = ..., failed: _Optional[int] = ..., removed: _Optional[int] = ..., finished: _Optional[bool] = ..., activated: _Optional[bool] = ..., previous: _Optional[str] = ..., failures: _Optional[_Iterable[_Union[UpsertProductsResponse, _Mapping]]] = ..., quality_json: _Optional[str] = ..., **kwargs) -> None: ...
+    def __init__(self, collection: _Optional[str] = ..., source: _Optional[str] = ..., model_id: _Optional[str] = ..., total: _Optional[int] = ..., done: _Optional[int] = ..., embedded: _Optional[int] = ..., unchanged: _Optional[int] = ..., failed: _Optional[int] = ..., removed: _Optional[int] = ..., pass_number: _Optional[int] = ..., finished: _Optional[bool] = ..., activated: _Optional[bool] = ..., previous: _Optional[str] = ..., failures: _Optional[_Iterable[_Union[UpsertProductsResponse, _Mapping]]] = ..., quality_json: _Optional[str] = ...) -> None: ...
 
 class ListCollectionsRequest(_message.Message):
     __slots__ = ()

@@ -63,7 +63,7 @@ class LookalikeStub:
         self.Reindex = channel.unary_stream(
                 '/lookalike.v1.Lookalike/Reindex',
                 request_serializer=lookalike_dot_v1_dot_lookalike__pb2.ReindexRequest.SerializeToString,
-                response_deserializer=lookalike_dot_v1_dot_lookalike__pb2.ReindexProgress.FromString,
+                response_deserializer=lookalike_dot_v1_dot_lookalike__pb2.ReindexResponse.FromString,
                 _registered_method=True)
         self.ListCollections = channel.unary_unary(
                 '/lookalike.v1.Lookalike/ListCollections',
@@ -114,13 +114,15 @@ class LookalikeServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteProducts(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Deletes products (all their images); ids not in the catalogue are ignored.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetProduct(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """One product's stored metadata (NOT_FOUND when it is not in the catalogue).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -198,7 +200,7 @@ def add_LookalikeServicer_to_server(servicer, server):
             'Reindex': grpc.unary_stream_rpc_method_handler(
                     servicer.Reindex,
                     request_deserializer=lookalike_dot_v1_dot_lookalike__pb2.ReindexRequest.FromString,
-                    response_serializer=lookalike_dot_v1_dot_lookalike__pb2.ReindexProgress.SerializeToString,
+                    response_serializer=lookalike_dot_v1_dot_lookalike__pb2.ReindexResponse.SerializeToString,
             ),
             'ListCollections': grpc.unary_unary_rpc_method_handler(
                     servicer.ListCollections,
@@ -383,7 +385,7 @@ class Lookalike:
             target,
             '/lookalike.v1.Lookalike/Reindex',
             lookalike_dot_v1_dot_lookalike__pb2.ReindexRequest.SerializeToString,
-            lookalike_dot_v1_dot_lookalike__pb2.ReindexProgress.FromString,
+            lookalike_dot_v1_dot_lookalike__pb2.ReindexResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -17,9 +17,12 @@ from pathlib import Path
 import grpc
 import pytest
 
-from lookalike.v1 import lookalike_pb2, lookalike_pb2_grpc, search_pb2, search_pb2_grpc, types_pb2
+from lookalike.search.v1 import search_pb2, search_pb2_grpc
+from lookalike.v1 import lookalike_pb2, lookalike_pb2_grpc, types_pb2
 from lookalike.vectors import unpack
 from tests.conftest import ROOT, clothing_split
+
+FAILED = lookalike_pb2.UpsertProductsResponse.OUTCOME_FAILED  # an acknowledgement of a product not stored
 
 pytestmark = pytest.mark.e2e
 
@@ -66,7 +69,7 @@ def as_products(items) -> list[lookalike_pb2.UpsertProductsRequest]:
 
 def upsert(stub, requests) -> None:
     acks = list(stub.UpsertProducts(iter(requests), timeout=600))
-    assert [a.ok for a in acks] == [True] * len(requests), [a.error for a in acks if not a.ok][:3]
+    assert [a.outcome != FAILED for a in acks] == [True] * len(requests), [a.error for a in acks if a.error][:3]
 
 
 def adapt_cli(stack, *args) -> subprocess.CompletedProcess:

@@ -130,13 +130,14 @@ def test_generated_client_searches_writes_reads_deletes_and_classifies(contract_
 def test_python_grpc_client_round_trip(contract_stack, clothing_test_photos):
     """lookalike.client (what backend services and the CLI use): upsert, get, search, similar, delete."""
     from lookalike.client import LookalikeClient
-    from lookalike.v1 import types_pb2
+    from lookalike.v1 import lookalike_pb2, types_pb2
 
     photo = clothing_test_photos["hat"][0].read_bytes()
     with LookalikeClient(contract_stack.grpc_address, timeout=60) as client:
         stored = client.upsert_product(types_pb2.Product(id="client/hat-1", title="Client hat", category="hat",
                                                          price=20.0), photo)
-        assert stored.ok and stored.product_id == "client/hat-1"
+        assert stored.outcome == lookalike_pb2.UpsertProductsResponse.OUTCOME_CREATED
+        assert stored.product_id == "client/hat-1"
         assert client.get_product("client/hat-1").title == "Client hat"
         found = client.search_by_image(photo, top_k=3, category="hat", max_price=100)
         assert found.results[0].product.id == "client/hat-1" and found.results[0].score > 0.99

@@ -21,7 +21,8 @@ from PIL import Image
 
 from lookalike import naming
 from lookalike.stack import ManagedProcess, wait_for_port_file
-from lookalike.v1 import lookalike_pb2, lookalike_pb2_grpc, search_pb2, search_pb2_grpc, types_pb2
+from lookalike.search.v1 import search_pb2, search_pb2_grpc
+from lookalike.v1 import lookalike_pb2, lookalike_pb2_grpc, types_pb2
 
 from tests.conftest import clothing_split
 from tests.e2e.support import metric, wait_until
@@ -203,10 +204,11 @@ def test_duplicates_are_reported_and_optionally_skipped(indexed_stack, stub, sma
     ]
     exact, near, skipped = list(stub.UpsertProducts(iter(requests), timeout=120))
     try:
-        assert (exact.outcome, exact.duplicate_of, exact.exact_duplicate) == (Outcome.CREATED, original_id, True)
-        assert near.outcome == Outcome.CREATED and not near.exact_duplicate
+        assert (exact.outcome, exact.duplicate_of, exact.exact_duplicate) == (
+            Outcome.OUTCOME_CREATED, original_id, True)
+        assert near.outcome == Outcome.OUTCOME_CREATED and not near.exact_duplicate
         assert near.duplicate_of in (original_id, f"dup-exact-{token}") and near.duplicate_similarity > 0.97
-        assert (skipped.outcome, skipped.ok, skipped.exact_duplicate) == (Outcome.SKIPPED_DUPLICATE, True, True)
+        assert (skipped.outcome, skipped.exact_duplicate) == (Outcome.OUTCOME_SKIPPED_DUPLICATE, True)
         with pytest.raises(grpc.RpcError) as err:
             stub.GetProduct(lookalike_pb2.GetProductRequest(product_id=f"dup-skip-{token}"), timeout=10)
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
@@ -258,7 +260,7 @@ def test_alias_switch_under_query_load(indexed_stack, stub, search_stub, clothin
         # A product written now goes to the new collection only, and the very next searches find it.
         ack = next(stub.UpsertProducts(iter([lookalike_pb2.UpsertProductsRequest(
             product=types_pb2.Product(id=marker, title="marker", category="dress"), image=query)]), timeout=120))
-        assert ack.ok, ack.error
+        assert ack.outcome != Outcome.OUTCOME_FAILED, ack.error
         written = time.monotonic()
         deadline = written + 30
         while not any(t > written and marker in ids for t, ids in answers):

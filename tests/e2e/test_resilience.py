@@ -22,6 +22,8 @@ from lookalike.embedder_client import read_key_file
 from lookalike.v1 import lookalike_pb2, lookalike_pb2_grpc, types_pb2
 from tests.conftest import clothing_split
 from tests.e2e.support import (ExtraGateway, catalogue, grpc_health, heal, healthz, metric, torchserve_pids,
+
+FAILED = lookalike_pb2.UpsertProductsResponse.OUTCOME_FAILED  # an acknowledgement of a product not stored
                                upsert, variant, wait_until)
 
 pytestmark = pytest.mark.e2e
@@ -45,7 +47,7 @@ def rstack(tmp_path_factory):
             stub = lookalike_pb2_grpc.LookalikeStub(channel)
             for item in catalogue(train, CATEGORIES, 2):  # one per stream: each batch well inside 2 s
                 acks = upsert(stub, [item])
-                assert acks[0].ok, acks[0].error
+                assert acks[0].outcome != FAILED, acks[0].error
         yield stack
     finally:
         stack.stop()
@@ -348,7 +350,7 @@ def test_kill_9_of_the_gateway_mid_stream_loses_no_acknowledged_item(rstack):
         def consume():
             try:
                 for ack in stream:
-                    (acked if ack.ok else failed).append(ack.product_id)
+                    (acked if ack.outcome != FAILED else failed).append(ack.product_id)
                     if len(acked) >= 2:
                         received.set()
             except grpc.RpcError as exc:

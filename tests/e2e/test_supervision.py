@@ -28,6 +28,8 @@ from lookalike.v1 import lookalike_pb2, lookalike_pb2_grpc, types_pb2
 from tests.conftest import clothing_split
 from tests.e2e.support import healthz, metric, variant, wait_until
 
+FAILED = lookalike_pb2.UpsertProductsResponse.OUTCOME_FAILED  # an acknowledgement of a product not stored
+
 pytestmark = pytest.mark.e2e
 
 PER_CATEGORY = 2  # held-out catalogue: the validation split, 2 photos of each of the 10 categories
@@ -246,7 +248,7 @@ def ingest_across_search_kill(served, figures, http, photos, seed) -> tuple[list
     def consume(stream):
         try:
             for ack in stream:
-                if ack.ok:
+                if ack.outcome != FAILED:
                     acked.append(ack.product_id)
                 else:
                     failed.append((ack.product_id, ack.error))

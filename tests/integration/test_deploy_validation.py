@@ -368,7 +368,7 @@ def test_k8s_probes(manifests, target):
 
     gateway, search, embedder = container("gateway"), container("search"), container("embedder")
     assert gateway["readinessProbe"]["grpc"] == {"port": 50051, "service": "lookalike.v1.Lookalike"}
-    assert search["readinessProbe"]["grpc"] == {"port": 50052, "service": "lookalike.v1.SearchService"}
+    assert search["readinessProbe"]["grpc"] == {"port": 50052, "service": "lookalike.search.v1.SearchService"}
     assert embedder["readinessProbe"]["httpGet"]["path"] == "/ping"
     assert embedder["startupProbe"]["httpGet"]["path"] == "/ping"
     for c in (gateway, search, embedder):

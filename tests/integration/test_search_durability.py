@@ -17,7 +17,8 @@ import grpc
 import numpy as np
 import pytest
 
-from lookalike.v1 import search_pb2, search_pb2_grpc, types_pb2
+from lookalike.search.v1 import search_pb2, search_pb2_grpc
+from lookalike.v1 import types_pb2
 from lookalike.vectors import pack, unpack
 from tests.integration.search_fixtures import SearchProcess
 

@@ -14,13 +14,14 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from lookalike.v1 import search_pb2, search_pb2_grpc, types_pb2
+from lookalike.search.v1 import search_pb2, search_pb2_grpc
+from lookalike.v1 import types_pb2
 from lookalike.vectors import pack, unpack
 
 from .search_fixtures import SearchProcess, channel
 
 DIM = 8
-SERVICE = "lookalike.v1.SearchService"
+SERVICE = "lookalike.search.v1.SearchService"
 
 
 def unit(v):

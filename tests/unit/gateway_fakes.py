@@ -13,7 +13,8 @@ from PIL import Image
 
 from lookalike.images import ImageRejected, decode_image
 from lookalike.embedder_client import EmbedderImageError
-from lookalike.v1 import search_pb2, types_pb2
+from lookalike.search.v1 import search_pb2
+from lookalike.v1 import types_pb2
 from lookalike.vectors import pack, unpack
 from lookalike_gateway.cache import EmbeddingCache
 from lookalike_gateway.core import Gateway
@@ -200,9 +201,9 @@ class FakeSearch:
 
     def ListCollections(self, request, timeout=None, metadata=()):
         with self.lock:
-            return search_pb2.ListStoredCollectionsResponse(
+            return search_pb2.ListCollectionsResponse(
                 alias=self.alias, active=self.active, previous=self.previous,
-                collections=[search_pb2.StoredCollection(
+                collections=[search_pb2.Collection(
                     name=name, vector_size=DIM, points=len(col) if request.with_counts else 0,
                     active=name == self.active) for name, col in sorted(self.collections.items())])
 
@@ -210,7 +211,7 @@ class FakeSearch:
         with self.lock:
             created = request.name not in self.collections
             self.collections.setdefault(request.name, {})
-            return search_pb2.CreateCollectionResponse(created=created, collection=search_pb2.StoredCollection(
+            return search_pb2.CreateCollectionResponse(created=created, collection=search_pb2.Collection(
                 name=request.name, vector_size=request.vector_size))
 
     def SetAlias(self, request, timeout=None, metadata=()):

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from lookalike import status
-from lookalike.v1 import classifier_pb2, search_pb2, types_pb2
+from lookalike.search.v1 import search_pb2
+from lookalike.v1 import classifier_pb2, types_pb2
 from lookalike.vectors import pack
 from lookalike_gateway.auth import ApiKeyCheck
 from lookalike_gateway.classifier import ClassifierService
@@ -413,7 +414,7 @@ def test_grpc_service_over_a_real_server(service, catalogue):
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "nope" in err.value.details()
             assert status.rpc_error_details(err.value) == [status.bad_request(
                 "label_field", "unknown label field 'nope': use 'category' or 'attributes.<name>'")]
-            report = stub.TrainClassifier(classifier_pb2.TrainClassifierRequest(c_values=[1.0]), timeout=60)
+            report = stub.TrainClassifier(classifier_pb2.TrainClassifierRequest(c_values=[1.0]), timeout=60).report
             assert list(report.labels) == LABELS and report.train_size == 120 and report.test_size == 30
             assert report.c == 1.0 and report.accuracy >= 0.9 and len(report.per_class) == 5
             service.gateway.known[b"hat"] = unit(catalogue[2][1]).astype(np.float32)

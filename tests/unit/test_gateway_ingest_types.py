@@ -28,5 +28,5 @@ def test_to_proto_carries_the_outcome(gateway):
     ingest(gateway, [(product("o"), png(9))])
     result = ingest(gateway, [(product("d"), png(9)), (product("x"), b"junk")])
     protos = [r.to_proto() for r in result]
-    assert protos[0].outcome == lookalike_pb2.UpsertProductsResponse.CREATED and protos[0].duplicate_of == "o"
-    assert protos[1].outcome == lookalike_pb2.UpsertProductsResponse.FAILED and not protos[1].ok and protos[1].error
+    assert protos[0].outcome == lookalike_pb2.UpsertProductsResponse.OUTCOME_CREATED and protos[0].duplicate_of == "o"
+    assert protos[1].outcome == lookalike_pb2.UpsertProductsResponse.OUTCOME_FAILED and protos[1].error

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from lookalike.embedder_client import EmbedderImageError
-from lookalike.v1 import search_pb2, types_pb2
+from lookalike.search.v1 import search_pb2
+from lookalike.v1 import types_pb2
 from lookalike_gateway.cache import EmbeddingCache
 from lookalike_gateway.core import Gateway
 from lookalike_gateway.errors import ApiError, Deadline

@@ -23,7 +23,7 @@ def health_server():
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    servicer.set("lookalike.v1.SearchService", health_pb2.HealthCheckResponse.SERVING)
+    servicer.set("lookalike.search.v1.SearchService", health_pb2.HealthCheckResponse.SERVING)
     servicer.set("lookalike.v1.Lookalike", health_pb2.HealthCheckResponse.NOT_SERVING)
     yield f"127.0.0.1:{port}"
     server.stop(None)
@@ -66,7 +66,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 def test_grpc_serving_overall_and_named(health_server):
     assert healthcheck.main(["grpc", health_server]) == 0
-    assert healthcheck.main(["grpc", health_server, "lookalike.v1.SearchService"]) == 0
+    assert healthcheck.main(["grpc", health_server, "lookalike.search.v1.SearchService"]) == 0
 
 
 def test_grpc_not_serving_unknown_service_and_down(health_server):

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from lookalike import naming
-from lookalike.v1 import search_pb2, types_pb2
+from lookalike.search.v1 import search_pb2
+from lookalike.v1 import types_pb2
 from lookalike.vectors import pack
 from lookalike_search.aliases import PointerFileAliases, QdrantAliases
 from lookalike_search.collections import Collections
@@ -194,7 +195,7 @@ def test_servicer_routes_by_collection(tmp_path):
     assert ctx.code == grpc.StatusCode.NOT_FOUND and "products__missing" in ctx.details
     switched = servicer.SetAlias(search_pb2.SetAliasRequest(collection="products__x"), ctx)
     assert (switched.active, switched.previous) == ("products__x", "products__lookalike-lite0")
-    listed = servicer.ListCollections(search_pb2.ListStoredCollectionsRequest(with_counts=True), ctx)
+    listed = servicer.ListCollections(search_pb2.ListCollectionsRequest(with_counts=True), ctx)
     assert listed.alias == "products" and listed.active == "products__x"
     assert {(c.name, c.points, c.active) for c in listed.collections} == {
         ("products__lookalike-lite0", 0, False), ("products__x", 1, True)}

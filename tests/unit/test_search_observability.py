@@ -12,7 +12,7 @@ import pytest
 
 from lookalike.grpc_server import JsonFormatter, ServiceHost
 from lookalike.request_id import RequestIdFilter
-from lookalike.v1 import search_pb2, search_pb2_grpc
+from lookalike.search.v1 import search_pb2, search_pb2_grpc
 from lookalike.vectors import pack
 from lookalike_search.observability import REQUESTS, ObservabilityInterceptor, start_metrics_server
 from lookalike_search.server import SERVICE_NAME, SearchServicer

@@ -5,7 +5,8 @@ import grpc
 import numpy as np
 import pytest
 
-from lookalike.v1 import search_pb2, types_pb2
+from lookalike.search.v1 import search_pb2
+from lookalike.v1 import types_pb2
 from lookalike.vectors import pack
 from lookalike_search.server import SearchServicer
 from lookalike_search.store import Hit, NotFound, Record, StoreError

@@ -8,7 +8,8 @@ import grpc
 import numpy as np
 import pytest
 from lookalike_gateway import calibration
-from lookalike.v1 import search_pb2, types_pb2
+from lookalike.search.v1 import search_pb2
+from lookalike.v1 import types_pb2
 from lookalike_gateway.calibration import Sample, WeakMatchCalibrator, measure_collection, threshold
 from lookalike_gateway.errors import ApiError
 from lookalike_gateway.settings import GatewaySettings

@@ -25,7 +25,8 @@ from threadpoolctl import threadpool_limits
 
 from lookalike import naming
 from lookalike import vectors
-from lookalike.v1 import lookalike_pb2, search_pb2
+from lookalike.search.v1 import search_pb2
+from lookalike.v1 import lookalike_pb2
 
 from . import adapt_fit, quality_gate
 from .errors import ApiError, Deadline
@@ -143,7 +144,7 @@ class Adapter:
     # ---- building ---------------------------------------------------------------------------------------
 
     def _target_name(self, source, plain: bool) -> str:
-        names = {c.name for c in self._call("ListCollections", search_pb2.ListStoredCollectionsRequest()).collections}
+        names = {c.name for c in self._call("ListCollections", search_pb2.ListCollectionsRequest()).collections}
         alias = self.collections.alias or naming.DEFAULT_ALIAS
         if plain:
             if source.projection is None:

@@ -20,7 +20,7 @@ import grpc
 import numpy as np
 from prometheus_client import Gauge
 
-from lookalike.v1 import search_pb2
+from lookalike.search.v1 import search_pb2
 
 from .errors import ApiError, Deadline
 from .weak_match import weak_match_score

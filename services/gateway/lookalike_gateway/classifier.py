@@ -29,7 +29,7 @@ import numpy as np
 from prometheus_client import Histogram
 
 from lookalike import vectors
-from lookalike.v1 import search_pb2
+from lookalike.search.v1 import search_pb2
 
 from .classifier_head import DEFAULT_C_VALUES, DEFAULT_HOLDOUT, LinearHead, TrainingError, fit_head
 from .classifier_store import ClassifierRepository

@@ -23,9 +23,10 @@ from .grpc_api import GatewayServicer, _unary
 from .jobs import Job, JobState, job_json, job_proto
 
 
-def report_proto(report: dict) -> classifier_pb2.TrainClassifierResponse:
+def report_proto(report: dict) -> classifier_pb2.ClassifierReport:
+    """A stored report (the classifier's meta.json, a dict) as its message; absent keys read as unset."""
     labels = report.get("labels", [])
-    return classifier_pb2.TrainClassifierResponse(
+    return classifier_pb2.ClassifierReport(
         version=report.get("version", ""), model_id=report.get("model_id", ""),
         label_field=report.get("label_field", ""), labels=labels,
         train_size=report.get("train_size", 0), test_size=report.get("test_size", 0),
@@ -64,7 +65,8 @@ class ClassificationServicer(GatewayServicer, classifier_pb2_grpc.Classification
     def TrainClassifier(self, request, context, deadline):
         remaining = context.time_remaining()  # training may take longer than the usual request deadline
         wait_s = TRAIN_TIMEOUT_S if remaining is None else min(remaining - 0.5, TRAIN_TIMEOUT_S)
-        return report_proto(self.service.train(*training_arguments(request), wait_s=max(0.0, wait_s)))
+        report = self.service.train(*training_arguments(request), wait_s=max(0.0, wait_s))
+        return classifier_pb2.TrainClassifierResponse(report=report_proto(report))
 
     @_unary
     def StartClassifierTraining(self, request, context, deadline):

@@ -22,7 +22,8 @@ import numpy as np
 
 from lookalike import naming
 from lookalike.embedder_client import EmbedderClient
-from lookalike.v1 import lookalike_pb2, search_pb2
+from lookalike.search.v1 import search_pb2
+from lookalike.v1 import lookalike_pb2
 
 from .adaptation_store import AdaptationStore
 from .cache import EmbeddingCache
@@ -189,7 +190,7 @@ class CollectionManager:
 
     def refresh(self, timeout: float = 2.0) -> Target:
         """Reads the alias now (one call, no retries); ApiError when the search service does not answer."""
-        response = self.search.call_once("ListCollections", search_pb2.ListStoredCollectionsRequest(), timeout)
+        response = self.search.call_once("ListCollections", search_pb2.ListCollectionsRequest(), timeout)
         self.alias, self.previous = response.alias, response.previous
         target = self.target(response.active)
         if self._active is None or self._active.collection != target.collection:
@@ -198,7 +199,7 @@ class CollectionManager:
         return target
 
     def list(self, deadline: Deadline) -> lookalike_pb2.ListCollectionsResponse:
-        response = self.search.call("ListCollections", search_pb2.ListStoredCollectionsRequest(
+        response = self.search.call("ListCollections", search_pb2.ListCollectionsRequest(
             with_counts=True), deadline)
         self.alias = response.alias
         return lookalike_pb2.ListCollectionsResponse(

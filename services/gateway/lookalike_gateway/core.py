@@ -21,7 +21,8 @@ from lookalike import crop as crops
 from lookalike import request_id, vectors
 from lookalike.limits import MAX_TOP_K
 from lookalike.embedder_client import EmbedderClient, EmbedderImageError, EmbedderNotReady
-from lookalike.v1 import search_pb2, search_pb2_grpc, types_pb2
+from lookalike.search.v1 import search_pb2, search_pb2_grpc
+from lookalike.v1 import types_pb2
 
 from . import metrics, ranking
 from .admission import EmbedGate, EmbedQueueFull

@@ -33,7 +33,8 @@ import numpy as np
 
 from lookalike import images, request_id, vectors
 from lookalike.embedder_client import EmbedderImageError
-from lookalike.v1 import search_pb2, types_pb2
+from lookalike.search.v1 import search_pb2
+from lookalike.v1 import types_pb2
 
 from . import metrics
 from .cache import image_digest
@@ -41,8 +42,8 @@ from .collection_manager import CollectionManager, Target
 from .duplicates import Stream, find_duplicates
 from .errors import EMBEDDER_NAME, ApiError, Deadline, dependency_error
 from .image_store import ImageStore
-from .ingest_types import (CREATED, FAILED, SKIPPED, UNCHANGED, UPDATED, IngestItem, IngestResult, Outcome,
-                           same_metadata)
+from .ingest_types import (CREATED, FAILED, SKIPPED, UNCHANGED, UPDATED, IngestItem, IngestResult,
+                           outcome_name, same_metadata)
 from .microbatch import batches
 from .retry import POLICY, RetryPolicy
 from .search_client import SearchClient
@@ -183,7 +184,7 @@ class IngestPipeline:
                     if slot.result is None:
                         slot.finish(FAILED, exc)
             for slot in batch.slots:
-                metrics.INGESTED.labels(outcome=Outcome.Name(slot.result.outcome).lower()).inc()
+                metrics.INGESTED.labels(outcome=outcome_name(slot.result.outcome).lower()).inc()
             return [slot.result for slot in batch.slots]
         finally:
             batch.committed.set()

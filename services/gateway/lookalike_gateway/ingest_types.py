@@ -9,8 +9,16 @@ from lookalike.v1 import lookalike_pb2, types_pb2
 from .errors import ApiError
 
 Outcome = lookalike_pb2.UpsertProductsResponse.Outcome
-CREATED, UPDATED, UNCHANGED, FAILED, SKIPPED = (Outcome.Value(n) for n in (
-    "CREATED", "UPDATED", "UNCHANGED", "FAILED", "SKIPPED_DUPLICATE"))
+CREATED, UPDATED, UNCHANGED, FAILED, SKIPPED = (Outcome.OUTCOME_CREATED, Outcome.OUTCOME_UPDATED,
+                                                Outcome.OUTCOME_UNCHANGED, Outcome.OUTCOME_FAILED,
+                                                Outcome.OUTCOME_SKIPPED_DUPLICATE)
+
+
+def outcome_name(outcome: int) -> str:
+    """The outcome's name without the enum prefix ("CREATED"): what REST answers and the metric label."""
+    return Outcome.Name(outcome).removeprefix("OUTCOME_")
+
+
 PREDICTED, PROBABILITY = "_predicted", "_probability"  # attribute suffixes of predicted fields
 
 
@@ -45,7 +53,7 @@ class IngestResult:
 
     def to_proto(self) -> lookalike_pb2.UpsertProductsResponse:
         return lookalike_pb2.UpsertProductsResponse(
-            product_id=self.product_id, ok=self.ok, error=self.error.message if self.error else "",
+            product_id=self.product_id, error=self.error.message if self.error else "",
             outcome=self.outcome, duplicate_of=self.duplicate_of, exact_duplicate=self.exact_duplicate,
             duplicate_similarity=self.duplicate_similarity, duplicate_image=self.duplicate_image,
             images=self.images)

@@ -15,7 +15,7 @@ import grpc
 import numpy as np
 
 from lookalike import vectors
-from lookalike.v1 import search_pb2
+from lookalike.search.v1 import search_pb2
 
 from .adapt_eval import make_split, regressions, split_figures
 from .adaptation_store import AdaptationStore

@@ -19,7 +19,8 @@ import grpc
 from PIL import Image
 
 from lookalike import naming
-from lookalike.v1 import lookalike_pb2, search_pb2
+from lookalike.search.v1 import search_pb2
+from lookalike.v1 import lookalike_pb2
 
 from . import metrics
 from .collection_manager import CollectionManager, Target
@@ -49,7 +50,7 @@ class Reindexer:
         self.image_store = image_store
 
     def reindex(self, request: lookalike_pb2.ReindexRequest, deadline_for_batch, cancelled=None) -> Iterator[
-            lookalike_pb2.ReindexProgress]:
+            lookalike_pb2.ReindexResponse]:
         """Builds (or brings up to date) a collection from the active one; see the module docstring.
         `cancelled()` true: the caller went away; the work stops (calling again resumes)."""
         with self.collections.exclusive_job():
@@ -59,7 +60,7 @@ class Reindexer:
             run = _Run(source.collection, target.collection, target.model_id)
             run.cancelled = cancelled
             for number in range(1, MAX_CATCH_UP_PASSES + 2):
-                run.pass_ = number
+                run.pass_number = number
                 changes = yield from self._pass(run, source, target, deadline_for_batch)
                 if changes == 0 or number > MAX_CATCH_UP_PASSES:
                     break
@@ -71,7 +72,7 @@ class Reindexer:
                 yield check_switch(self.search, self.collections.adaptations, run.progress(), source, target,
                                    request.force)  # the quality gate
                 with self.collections.gate.exclusive():  # this gateway's writes wait (searches do not)
-                    run.pass_ += 1
+                    run.pass_number += 1
                     yield from self._pass(run, source, target, deadline_for_batch)
                     _, previous = self.collections.switch(target.collection, Deadline(30.0))
                 run.activated, run.previous = True, previous
@@ -110,7 +111,7 @@ class Reindexer:
         return target
 
     def _names(self, deadline: Deadline) -> set[str]:
-        response = self.search.call("ListCollections", search_pb2.ListStoredCollectionsRequest(), deadline)
+        response = self.search.call("ListCollections", search_pb2.ListCollectionsRequest(), deadline)
         return {c.name for c in response.collections}
 
     def _probe_vector(self, target: Target, deadline):
@@ -192,19 +193,18 @@ class _Run:
     def __init__(self, source: str, collection: str, model_id: str):
         self.source, self.collection, self.model_id = source, collection, model_id
         self.total = self.done = self.embedded = self.unchanged = self.failed = self.removed = 0
-        self.pass_ = 1
+        self.pass_number = 1
         self.finished = self.activated = False
         self.previous = ""
         self.failures: list = []
         self.cancelled = None
 
-    def progress(self) -> lookalike_pb2.ReindexProgress:
-        message = lookalike_pb2.ReindexProgress(
+    def progress(self) -> lookalike_pb2.ReindexResponse:
+        message = lookalike_pb2.ReindexResponse(
             collection=self.collection, source=self.source, model_id=self.model_id, total=self.total,
             done=self.done, embedded=self.embedded, unchanged=self.unchanged, failed=self.failed,
-            removed=self.removed, finished=self.finished, activated=self.activated, previous=self.previous,
-            failures=self.failures)
-        setattr(message, "pass", self.pass_)  # a Python keyword
+            removed=self.removed, pass_number=self.pass_number, finished=self.finished, activated=self.activated,
+            previous=self.previous, failures=self.failures)
         self.failures = []
         return message
 

@@ -31,7 +31,7 @@ from .auth import HTTP_HEADER, ApiKeyCheck, bearer_token
 from .core import Gateway
 from .errors import ApiError, Deadline, bad_argument, not_found
 from .http_errors import api_error_response, error_response
-from .ingest_types import IngestItem, Outcome
+from .ingest_types import IngestItem, outcome_name
 from .settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -302,7 +302,7 @@ def create_app(gateway: Gateway, auth: ApiKeyCheck, readiness, draining: threadi
             lambda: list(gateway.ingest([IngestItem(product, photos[0], more_images=photos[1:])], deadline)))
         if outcome[0].error is not None:
             raise outcome[0].error
-        return {"id": product_id, "ok": True, "outcome": Outcome.Name(outcome[0].outcome), "images": len(photos)}
+        return {"id": product_id, "ok": True, "outcome": outcome_name(outcome[0].outcome), "images": len(photos)}
 
     @app.get("/v1/products/{product_id:path}", tags=["products"], response_model=m.Product,
              responses=m.errors(400, 404, 504))

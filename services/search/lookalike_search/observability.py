@@ -1,6 +1,6 @@
 """Request ids, access log and Prometheus metrics for the search service.
 
-`ObservabilityInterceptor` wraps every lookalike.v1.SearchService RPC: it takes the caller's request id
+`ObservabilityInterceptor` wraps every lookalike.search.v1.SearchService RPC: it takes the caller's request id
 from gRPC metadata `x-request-id` (the gateway sends it) so every log line of the call carries it, logs
 one access line per call (method, status, milliseconds), and records
 `lookalike_search_requests_total{method,code}` and `lookalike_search_request_seconds{method}`.

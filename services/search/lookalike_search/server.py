@@ -1,4 +1,4 @@
-"""gRPC lookalike.v1.SearchService over a VectorStore, hosted by lookalike.grpc_server.ServiceHost."""
+"""gRPC lookalike.search.v1.SearchService over a VectorStore, hosted by lookalike.grpc_server.ServiceHost."""
 from __future__ import annotations
 
 import contextlib
@@ -17,7 +17,8 @@ import numpy as np
 from lookalike.grpc_server import ServiceHost, configure_logging
 from lookalike.limits import MAX_ID_LENGTH, MAX_TOP_K
 from lookalike.settings import ConfigError, load_settings
-from lookalike.v1 import search_pb2, search_pb2_grpc, types_pb2
+from lookalike.search.v1 import search_pb2, search_pb2_grpc
+from lookalike.v1 import types_pb2
 from lookalike.vectors import pack, unpack
 
 from .collections import Active, CollectionNotFound, Collections
@@ -28,7 +29,7 @@ from .store import (IMAGE_DIGEST, IMAGE_LIST, MAX_IMAGES_PER_PRODUCT, Collection
 
 log = logging.getLogger("lookalike_search")
 
-SERVICE_NAME = search_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name  # lookalike.v1.SearchService
+SERVICE_NAME = search_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name  # lookalike.search.v1.SearchService
 MAX_POINTS_PER_UPSERT = 10_000
 MAX_IDS_PER_REQUEST = 10_000
 MAX_VECTORS_PER_SEARCH = 1024
@@ -264,9 +265,9 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     @rpc
     def ListCollections(self, request, context):
         active, previous, rows = self.collections.describe(with_counts=request.with_counts)
-        return search_pb2.ListStoredCollectionsResponse(
+        return search_pb2.ListCollectionsResponse(
             alias=self.collections.alias, active=active, previous=previous or "",
-            collections=[search_pb2.StoredCollection(name=name, vector_size=size, points=points or 0,
+            collections=[search_pb2.Collection(name=name, vector_size=size, points=points or 0,
                                                      active=name == active) for name, size, points in rows])
 
     @rpc
@@ -274,7 +275,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         if request.vector_size < 0:
             raise InvalidArgument(f"vector_size must be positive, got {request.vector_size}")
         store, created = self.collections.create(request.name, request.vector_size or None)
-        return search_pb2.CreateCollectionResponse(created=created, collection=search_pb2.StoredCollection(
+        return search_pb2.CreateCollectionResponse(created=created, collection=search_pb2.Collection(
             name=request.name, vector_size=store.vector_size, active=request.name == self.collections.active().name))
 
     @rpc

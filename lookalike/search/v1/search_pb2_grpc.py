@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from lookalike.v1 import search_pb2 as lookalike_dot_v1_dot_search__pb2
+from lookalike.search.v1 import search_pb2 as lookalike_dot_search_dot_v1_dot_search__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in lookalike/v1/search_pb2_grpc.py depends on'
+        + ' but the generated code in lookalike/search/v1/search_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -26,7 +26,9 @@ if _version_not_supported:
 
 
 class SearchServiceStub:
-    """Internal vector search service over Qdrant. Vectors travel as packed little-endian float32.
+    """Internal vector search service over Qdrant, called by the gateway only (never exposed). Its own
+    package: the public lookalike.v1 must not depend on it; it reuses the public types (Product, Filter,
+    SearchResult). Vectors travel as packed little-endian float32.
     """
 
     def __init__(self, channel):
@@ -36,64 +38,66 @@ class SearchServiceStub:
             channel: A grpc.Channel.
         """
         self.UpsertPoints = channel.unary_unary(
-                '/lookalike.v1.SearchService/UpsertPoints',
-                request_serializer=lookalike_dot_v1_dot_search__pb2.UpsertPointsRequest.SerializeToString,
-                response_deserializer=lookalike_dot_v1_dot_search__pb2.UpsertPointsResponse.FromString,
+                '/lookalike.search.v1.SearchService/UpsertPoints',
+                request_serializer=lookalike_dot_search_dot_v1_dot_search__pb2.UpsertPointsRequest.SerializeToString,
+                response_deserializer=lookalike_dot_search_dot_v1_dot_search__pb2.UpsertPointsResponse.FromString,
                 _registered_method=True)
         self.SearchByVector = channel.unary_unary(
-                '/lookalike.v1.SearchService/SearchByVector',
-                request_serializer=lookalike_dot_v1_dot_search__pb2.SearchByVectorRequest.SerializeToString,
-                response_deserializer=lookalike_dot_v1_dot_search__pb2.SearchByVectorResponse.FromString,
+                '/lookalike.search.v1.SearchService/SearchByVector',
+                request_serializer=lookalike_dot_search_dot_v1_dot_search__pb2.SearchByVectorRequest.SerializeToString,
+                response_deserializer=lookalike_dot_search_dot_v1_dot_search__pb2.SearchByVectorResponse.FromString,
                 _registered_method=True)
         self.SearchByVectors = channel.unary_unary(
-                '/lookalike.v1.SearchService/SearchByVectors',
-                request_serializer=lookalike_dot_v1_dot_search__pb2.SearchByVectorsRequest.SerializeToString,
-                response_deserializer=lookalike_dot_v1_dot_search__pb2.SearchByVectorsResponse.FromString,
+                '/lookalike.search.v1.SearchService/SearchByVectors',
+                request_serializer=lookalike_dot_search_dot_v1_dot_search__pb2.SearchByVectorsRequest.SerializeToString,
+                response_deserializer=lookalike_dot_search_dot_v1_dot_search__pb2.SearchByVectorsResponse.FromString,
                 _registered_method=True)
         self.SearchById = channel.unary_unary(
-                '/lookalike.v1.SearchService/SearchById',
-                request_serializer=lookalike_dot_v1_dot_search__pb2.SearchByIdRequest.SerializeToString,
-                response_deserializer=lookalike_dot_v1_dot_search__pb2.SearchByIdResponse.FromString,
+                '/lookalike.search.v1.SearchService/SearchById',
+                request_serializer=lookalike_dot_search_dot_v1_dot_search__pb2.SearchByIdRequest.SerializeToString,
+                response_deserializer=lookalike_dot_search_dot_v1_dot_search__pb2.SearchByIdResponse.FromString,
                 _registered_method=True)
         self.GetPoints = channel.unary_unary(
-                '/lookalike.v1.SearchService/GetPoints',
-                request_serializer=lookalike_dot_v1_dot_search__pb2.GetPointsRequest.SerializeToString,
-                response_deserializer=lookalike_dot_v1_dot_search__pb2.GetPointsResponse.FromString,
+                '/lookalike.search.v1.SearchService/GetPoints',
+                request_serializer=lookalike_dot_search_dot_v1_dot_search__pb2.GetPointsRequest.SerializeToString,
+                response_deserializer=lookalike_dot_search_dot_v1_dot_search__pb2.GetPointsResponse.FromString,
                 _registered_method=True)
         self.DeletePoints = channel.unary_unary(
-                '/lookalike.v1.SearchService/DeletePoints',
-                request_serializer=lookalike_dot_v1_dot_search__pb2.DeletePointsRequest.SerializeToString,
-                response_deserializer=lookalike_dot_v1_dot_search__pb2.DeletePointsResponse.FromString,
+                '/lookalike.search.v1.SearchService/DeletePoints',
+                request_serializer=lookalike_dot_search_dot_v1_dot_search__pb2.DeletePointsRequest.SerializeToString,
+                response_deserializer=lookalike_dot_search_dot_v1_dot_search__pb2.DeletePointsResponse.FromString,
                 _registered_method=True)
         self.CountPoints = channel.unary_unary(
-                '/lookalike.v1.SearchService/CountPoints',
-                request_serializer=lookalike_dot_v1_dot_search__pb2.CountPointsRequest.SerializeToString,
-                response_deserializer=lookalike_dot_v1_dot_search__pb2.CountPointsResponse.FromString,
+                '/lookalike.search.v1.SearchService/CountPoints',
+                request_serializer=lookalike_dot_search_dot_v1_dot_search__pb2.CountPointsRequest.SerializeToString,
+                response_deserializer=lookalike_dot_search_dot_v1_dot_search__pb2.CountPointsResponse.FromString,
                 _registered_method=True)
         self.ScrollPoints = channel.unary_unary(
-                '/lookalike.v1.SearchService/ScrollPoints',
-                request_serializer=lookalike_dot_v1_dot_search__pb2.ScrollPointsRequest.SerializeToString,
-                response_deserializer=lookalike_dot_v1_dot_search__pb2.ScrollPointsResponse.FromString,
+                '/lookalike.search.v1.SearchService/ScrollPoints',
+                request_serializer=lookalike_dot_search_dot_v1_dot_search__pb2.ScrollPointsRequest.SerializeToString,
+                response_deserializer=lookalike_dot_search_dot_v1_dot_search__pb2.ScrollPointsResponse.FromString,
                 _registered_method=True)
         self.ListCollections = channel.unary_unary(
-                '/lookalike.v1.SearchService/ListCollections',
-                request_serializer=lookalike_dot_v1_dot_search__pb2.ListStoredCollectionsRequest.SerializeToString,
-                response_deserializer=lookalike_dot_v1_dot_search__pb2.ListStoredCollectionsResponse.FromString,
+                '/lookalike.search.v1.SearchService/ListCollections',
+                request_serializer=lookalike_dot_search_dot_v1_dot_search__pb2.ListCollectionsRequest.SerializeToString,
+                response_deserializer=lookalike_dot_search_dot_v1_dot_search__pb2.ListCollectionsResponse.FromString,
                 _registered_method=True)
         self.CreateCollection = channel.unary_unary(
-                '/lookalike.v1.SearchService/CreateCollection',
-                request_serializer=lookalike_dot_v1_dot_search__pb2.CreateCollectionRequest.SerializeToString,
-                response_deserializer=lookalike_dot_v1_dot_search__pb2.CreateCollectionResponse.FromString,
+                '/lookalike.search.v1.SearchService/CreateCollection',
+                request_serializer=lookalike_dot_search_dot_v1_dot_search__pb2.CreateCollectionRequest.SerializeToString,
+                response_deserializer=lookalike_dot_search_dot_v1_dot_search__pb2.CreateCollectionResponse.FromString,
                 _registered_method=True)
         self.SetAlias = channel.unary_unary(
-                '/lookalike.v1.SearchService/SetAlias',
-                request_serializer=lookalike_dot_v1_dot_search__pb2.SetAliasRequest.SerializeToString,
-                response_deserializer=lookalike_dot_v1_dot_search__pb2.SetAliasResponse.FromString,
+                '/lookalike.search.v1.SearchService/SetAlias',
+                request_serializer=lookalike_dot_search_dot_v1_dot_search__pb2.SetAliasRequest.SerializeToString,
+                response_deserializer=lookalike_dot_search_dot_v1_dot_search__pb2.SetAliasResponse.FromString,
                 _registered_method=True)
 
 
 class SearchServiceServicer:
-    """Internal vector search service over Qdrant. Vectors travel as packed little-endian float32.
+    """Internal vector search service over Qdrant, called by the gateway only (never exposed). Its own
+    package: the public lookalike.v1 must not depend on it; it reuses the public types (Product, Filter,
+    SearchResult). Vectors travel as packed little-endian float32.
     """
 
     def UpsertPoints(self, request, context):
@@ -126,19 +130,22 @@ class SearchServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetPoints(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The stored points of the given products (only those that exist), optionally with their vectors.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeletePoints(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Deletes products (all their images); ids not stored are ignored.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CountPoints(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Counts the stored products (or images) matching a filter.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -178,69 +185,71 @@ def add_SearchServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'UpsertPoints': grpc.unary_unary_rpc_method_handler(
                     servicer.UpsertPoints,
-                    request_deserializer=lookalike_dot_v1_dot_search__pb2.UpsertPointsRequest.FromString,
-                    response_serializer=lookalike_dot_v1_dot_search__pb2.UpsertPointsResponse.SerializeToString,
+                    request_deserializer=lookalike_dot_search_dot_v1_dot_search__pb2.UpsertPointsRequest.FromString,
+                    response_serializer=lookalike_dot_search_dot_v1_dot_search__pb2.UpsertPointsResponse.SerializeToString,
             ),
             'SearchByVector': grpc.unary_unary_rpc_method_handler(
                     servicer.SearchByVector,
-                    request_deserializer=lookalike_dot_v1_dot_search__pb2.SearchByVectorRequest.FromString,
-                    response_serializer=lookalike_dot_v1_dot_search__pb2.SearchByVectorResponse.SerializeToString,
+                    request_deserializer=lookalike_dot_search_dot_v1_dot_search__pb2.SearchByVectorRequest.FromString,
+                    response_serializer=lookalike_dot_search_dot_v1_dot_search__pb2.SearchByVectorResponse.SerializeToString,
             ),
             'SearchByVectors': grpc.unary_unary_rpc_method_handler(
                     servicer.SearchByVectors,
-                    request_deserializer=lookalike_dot_v1_dot_search__pb2.SearchByVectorsRequest.FromString,
-                    response_serializer=lookalike_dot_v1_dot_search__pb2.SearchByVectorsResponse.SerializeToString,
+                    request_deserializer=lookalike_dot_search_dot_v1_dot_search__pb2.SearchByVectorsRequest.FromString,
+                    response_serializer=lookalike_dot_search_dot_v1_dot_search__pb2.SearchByVectorsResponse.SerializeToString,
             ),
             'SearchById': grpc.unary_unary_rpc_method_handler(
                     servicer.SearchById,
-                    request_deserializer=lookalike_dot_v1_dot_search__pb2.SearchByIdRequest.FromString,
-                    response_serializer=lookalike_dot_v1_dot_search__pb2.SearchByIdResponse.SerializeToString,
+                    request_deserializer=lookalike_dot_search_dot_v1_dot_search__pb2.SearchByIdRequest.FromString,
+                    response_serializer=lookalike_dot_search_dot_v1_dot_search__pb2.SearchByIdResponse.SerializeToString,
             ),
             'GetPoints': grpc.unary_unary_rpc_method_handler(
                     servicer.GetPoints,
-                    request_deserializer=lookalike_dot_v1_dot_search__pb2.GetPointsRequest.FromString,
-                    response_serializer=lookalike_dot_v1_dot_search__pb2.GetPointsResponse.SerializeToString,
+                    request_deserializer=lookalike_dot_search_dot_v1_dot_search__pb2.GetPointsRequest.FromString,
+                    response_serializer=lookalike_dot_search_dot_v1_dot_search__pb2.GetPointsResponse.SerializeToString,
             ),
             'DeletePoints': grpc.unary_unary_rpc_method_handler(
                     servicer.DeletePoints,
-                    request_deserializer=lookalike_dot_v1_dot_search__pb2.DeletePointsRequest.FromString,
-                    response_serializer=lookalike_dot_v1_dot_search__pb2.DeletePointsResponse.SerializeToString,
+                    request_deserializer=lookalike_dot_search_dot_v1_dot_search__pb2.DeletePointsRequest.FromString,
+                    response_serializer=lookalike_dot_search_dot_v1_dot_search__pb2.DeletePointsResponse.SerializeToString,
             ),
             'CountPoints': grpc.unary_unary_rpc_method_handler(
                     servicer.CountPoints,
-                    request_deserializer=lookalike_dot_v1_dot_search__pb2.CountPointsRequest.FromString,
-                    response_serializer=lookalike_dot_v1_dot_search__pb2.CountPointsResponse.SerializeToString,
+                    request_deserializer=lookalike_dot_search_dot_v1_dot_search__pb2.CountPointsRequest.FromString,
+                    response_serializer=lookalike_dot_search_dot_v1_dot_search__pb2.CountPointsResponse.SerializeToString,
             ),
             'ScrollPoints': grpc.unary_unary_rpc_method_handler(
                     servicer.ScrollPoints,
-                    request_deserializer=lookalike_dot_v1_dot_search__pb2.ScrollPointsRequest.FromString,
-                    response_serializer=lookalike_dot_v1_dot_search__pb2.ScrollPointsResponse.SerializeToString,
+                    request_deserializer=lookalike_dot_search_dot_v1_dot_search__pb2.ScrollPointsRequest.FromString,
+                    response_serializer=lookalike_dot_search_dot_v1_dot_search__pb2.ScrollPointsResponse.SerializeToString,
             ),
             'ListCollections': grpc.unary_unary_rpc_method_handler(
                     servicer.ListCollections,
-                    request_deserializer=lookalike_dot_v1_dot_search__pb2.ListStoredCollectionsRequest.FromString,
-                    response_serializer=lookalike_dot_v1_dot_search__pb2.ListStoredCollectionsResponse.SerializeToString,
+                    request_deserializer=lookalike_dot_search_dot_v1_dot_search__pb2.ListCollectionsRequest.FromString,
+                    response_serializer=lookalike_dot_search_dot_v1_dot_search__pb2.ListCollectionsResponse.SerializeToString,
             ),
             'CreateCollection': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateCollection,
-                    request_deserializer=lookalike_dot_v1_dot_search__pb2.CreateCollectionRequest.FromString,
-                    response_serializer=lookalike_dot_v1_dot_search__pb2.CreateCollectionResponse.SerializeToString,
+                    request_deserializer=lookalike_dot_search_dot_v1_dot_search__pb2.CreateCollectionRequest.FromString,
+                    response_serializer=lookalike_dot_search_dot_v1_dot_search__pb2.CreateCollectionResponse.SerializeToString,
             ),
             'SetAlias': grpc.unary_unary_rpc_method_handler(
                     servicer.SetAlias,
-                    request_deserializer=lookalike_dot_v1_dot_search__pb2.SetAliasRequest.FromString,
-                    response_serializer=lookalike_dot_v1_dot_search__pb2.SetAliasResponse.SerializeToString,
+                    request_deserializer=lookalike_dot_search_dot_v1_dot_search__pb2.SetAliasRequest.FromString,
+                    response_serializer=lookalike_dot_search_dot_v1_dot_search__pb2.SetAliasResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'lookalike.v1.SearchService', rpc_method_handlers)
+            'lookalike.search.v1.SearchService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('lookalike.v1.SearchService', rpc_method_handlers)
+    server.add_registered_method_handlers('lookalike.search.v1.SearchService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
 class SearchService:
-    """Internal vector search service over Qdrant. Vectors travel as packed little-endian float32.
+    """Internal vector search service over Qdrant, called by the gateway only (never exposed). Its own
+    package: the public lookalike.v1 must not depend on it; it reuses the public types (Product, Filter,
+    SearchResult). Vectors travel as packed little-endian float32.
     """
 
     @staticmethod
@@ -257,9 +266,9 @@ class SearchService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/lookalike.v1.SearchService/UpsertPoints',
-            lookalike_dot_v1_dot_search__pb2.UpsertPointsRequest.SerializeToString,
-            lookalike_dot_v1_dot_search__pb2.UpsertPointsResponse.FromString,
+            '/lookalike.search.v1.SearchService/UpsertPoints',
+            lookalike_dot_search_dot_v1_dot_search__pb2.UpsertPointsRequest.SerializeToString,
+            lookalike_dot_search_dot_v1_dot_search__pb2.UpsertPointsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -284,9 +293,9 @@ class SearchService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/lookalike.v1.SearchService/SearchByVector',
-            lookalike_dot_v1_dot_search__pb2.SearchByVectorRequest.SerializeToString,
-            lookalike_dot_v1_dot_search__pb2.SearchByVectorResponse.FromString,
+            '/lookalike.search.v1.SearchService/SearchByVector',
+            lookalike_dot_search_dot_v1_dot_search__pb2.SearchByVectorRequest.SerializeToString,
+            lookalike_dot_search_dot_v1_dot_search__pb2.SearchByVectorResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -311,9 +320,9 @@ class SearchService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/lookalike.v1.SearchService/SearchByVectors',
-            lookalike_dot_v1_dot_search__pb2.SearchByVectorsRequest.SerializeToString,
-            lookalike_dot_v1_dot_search__pb2.SearchByVectorsResponse.FromString,
+            '/lookalike.search.v1.SearchService/SearchByVectors',
+            lookalike_dot_search_dot_v1_dot_search__pb2.SearchByVectorsRequest.SerializeToString,
+            lookalike_dot_search_dot_v1_dot_search__pb2.SearchByVectorsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -338,9 +347,9 @@ class SearchService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/lookalike.v1.SearchService/SearchById',
-            lookalike_dot_v1_dot_search__pb2.SearchByIdRequest.SerializeToString,
-            lookalike_dot_v1_dot_search__pb2.SearchByIdResponse.FromString,
+            '/lookalike.search.v1.SearchService/SearchById',
+            lookalike_dot_search_dot_v1_dot_search__pb2.SearchByIdRequest.SerializeToString,
+            lookalike_dot_search_dot_v1_dot_search__pb2.SearchByIdResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -365,9 +374,9 @@ class SearchService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/lookalike.v1.SearchService/GetPoints',
-            lookalike_dot_v1_dot_search__pb2.GetPointsRequest.SerializeToString,
-            lookalike_dot_v1_dot_search__pb2.GetPointsResponse.FromString,
+            '/lookalike.search.v1.SearchService/GetPoints',
+            lookalike_dot_search_dot_v1_dot_search__pb2.GetPointsRequest.SerializeToString,
+            lookalike_dot_search_dot_v1_dot_search__pb2.GetPointsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -392,9 +401,9 @@ class SearchService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/lookalike.v1.SearchService/DeletePoints',
-            lookalike_dot_v1_dot_search__pb2.DeletePointsRequest.SerializeToString,
-            lookalike_dot_v1_dot_search__pb2.DeletePointsResponse.FromString,
+            '/lookalike.search.v1.SearchService/DeletePoints',
+            lookalike_dot_search_dot_v1_dot_search__pb2.DeletePointsRequest.SerializeToString,
+            lookalike_dot_search_dot_v1_dot_search__pb2.DeletePointsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -419,9 +428,9 @@ class SearchService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/lookalike.v1.SearchService/CountPoints',
-            lookalike_dot_v1_dot_search__pb2.CountPointsRequest.SerializeToString,
-            lookalike_dot_v1_dot_search__pb2.CountPointsResponse.FromString,
+            '/lookalike.search.v1.SearchService/CountPoints',
+            lookalike_dot_search_dot_v1_dot_search__pb2.CountPointsRequest.SerializeToString,
+            lookalike_dot_search_dot_v1_dot_search__pb2.CountPointsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -446,9 +455,9 @@ class SearchService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/lookalike.v1.SearchService/ScrollPoints',
-            lookalike_dot_v1_dot_search__pb2.ScrollPointsRequest.SerializeToString,
-            lookalike_dot_v1_dot_search__pb2.ScrollPointsResponse.FromString,
+            '/lookalike.search.v1.SearchService/ScrollPoints',
+            lookalike_dot_search_dot_v1_dot_search__pb2.ScrollPointsRequest.SerializeToString,
+            lookalike_dot_search_dot_v1_dot_search__pb2.ScrollPointsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -473,9 +482,9 @@ class SearchService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/lookalike.v1.SearchService/ListCollections',
-            lookalike_dot_v1_dot_search__pb2.ListStoredCollectionsRequest.SerializeToString,
-            lookalike_dot_v1_dot_search__pb2.ListStoredCollectionsResponse.FromString,
+            '/lookalike.search.v1.SearchService/ListCollections',
+            lookalike_dot_search_dot_v1_dot_search__pb2.ListCollectionsRequest.SerializeToString,
+            lookalike_dot_search_dot_v1_dot_search__pb2.ListCollectionsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -500,9 +509,9 @@ class SearchService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/lookalike.v1.SearchService/CreateCollection',
-            lookalike_dot_v1_dot_search__pb2.CreateCollectionRequest.SerializeToString,
-            lookalike_dot_v1_dot_search__pb2.CreateCollectionResponse.FromString,
+            '/lookalike.search.v1.SearchService/CreateCollection',
+            lookalike_dot_search_dot_v1_dot_search__pb2.CreateCollectionRequest.SerializeToString,
+            lookalike_dot_search_dot_v1_dot_search__pb2.CreateCollectionResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -527,9 +536,9 @@ class SearchService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/lookalike.v1.SearchService/SetAlias',
-            lookalike_dot_v1_dot_search__pb2.SetAliasRequest.SerializeToString,
-            lookalike_dot_v1_dot_search__pb2.SetAliasResponse.FromString,
+            '/lookalike.search.v1.SearchService/SetAlias',
+            lookalike_dot_search_dot_v1_dot_search__pb2.SetAliasRequest.SerializeToString,
+            lookalike_dot_search_dot_v1_dot_search__pb2.SetAliasResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -153,7 +153,7 @@ class ScrollPointsResponse(_message.Message):
     next_offset: str
     def __init__(self, points: _Optional[_Iterable[_Union[Point, _Mapping]]] = ..., next_offset: _Optional[str] = ...) -> None: ...
 
-class StoredCollection(_message.Message):
+class Collection(_message.Message):
     __slots__ = ("name", "vector_size", "points", "active")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VECTOR_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -165,13 +165,13 @@ class StoredCollection(_message.Message):
     active: bool
     def __init__(self, name: _Optional[str] = ..., vector_size: _Optional[int] = ..., points: _Optional[int] = ..., active: _Optional[bool] = ...) -> None: ...
 
-class ListStoredCollectionsRequest(_message.Message):
+class ListCollectionsRequest(_message.Message):
     __slots__ = ("with_counts",)
     WITH_COUNTS_FIELD_NUMBER: _ClassVar[int]
     with_counts: bool
     def __init__(self, with_counts: _Optional[bool] = ...) -> None: ...
 
-class ListStoredCollectionsResponse(_message.Message):
+class ListCollectionsResponse(_message.Message):
     __slots__ = ("alias", "active", "previous", "collections")
     ALIAS_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_FIELD_NUMBER: _ClassVar[int]
@@ -180,8 +180,8 @@ class ListStoredCollectionsResponse(_message.Message):
     alias: str
     active: str
     previous: str
-    collections: _containers.RepeatedCompositeFieldContainer[StoredCollection]
-    def __init__(self, alias: _Optional[str] = ..., active: _Optional[str] = ..., previous: _Optional[str] = ..., collections: _Optional[_Iterable[_Union[StoredCollection, _Mapping]]] = ...) -> None: ...
+    collections: _containers.RepeatedCompositeFieldContainer[Collection]
+    def __init__(self, alias: _Optional[str] = ..., active: _Optional[str] = ..., previous: _Optional[str] = ..., collections: _Optional[_Iterable[_Union[Collection, _Mapping]]] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
     __slots__ = ("name", "vector_size")
@@ -195,9 +195,9 @@ class CreateCollectionResponse(_message.Message):
     __slots__ = ("collection", "created")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
-    collection: StoredCollection
+    collection: Collection
     created: bool
-    def __init__(self, collection: _Optional[_Union[StoredCollection, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
+    def __init__(self, collection: _Optional[_Union[Collection, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
 
 class SetAliasRequest(_message.Message):
     __slots__ = ("collection",)
