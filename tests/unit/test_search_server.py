@@ -1,5 +1,8 @@
-"""SearchServicer status mapping, with a fake store and a fake context (no sockets)."""
+"""lookalike_search.server: SearchServicer's validation and status mapping (a fake store and a fake context, no
+sockets), the proto <-> payload translation, and the process pieces (port file, opening until ready)."""
 from __future__ import annotations
+
+import threading
 
 import grpc
 import numpy as np
@@ -8,8 +11,10 @@ import pytest
 from lookalike.search.v1 import search_pb2
 from lookalike.v1 import types_pb2
 from lookalike.vectors import pack
-from lookalike_search.server import SearchServicer
-from lookalike_search.store import Hit, NotFound, Record, StoreError
+from lookalike.limits import MAX_ID_LENGTH
+from lookalike_search.server import (SearchServicer, open_until_ready, payload_product, product_payload, to_filter,
+                                     write_port_file)
+from lookalike_search.store import CollectionMismatch, Hit, NotFound, Record, StoreError
 
 
 class Aborted(Exception):
@@ -121,3 +126,67 @@ def test_scroll_pages_limits_and_offsets():
         assert err[0] == grpc.StatusCode.INVALID_ARGUMENT and "limit" in err[1]
     _, err = call(servicer, "ScrollPoints", search_pb2.ScrollPointsRequest(offset="bad"))
     assert err[0] == grpc.StatusCode.INVALID_ARGUMENT and "offset" in err[1]
+
+
+def test_product_ids_are_limited_like_the_gateways():
+    store = FakeStore()
+    _, err = call(SearchServicer(store, 4), "SearchById",
+                  search_pb2.SearchByIdRequest(product_id="x" * (MAX_ID_LENGTH + 1), top_k=2))
+    assert err[0] == grpc.StatusCode.INVALID_ARGUMENT and str(MAX_ID_LENGTH) in err[1] and not store.calls
+    _, err = call(SearchServicer(store, 4), "SearchById",
+                  search_pb2.SearchByIdRequest(product_id="x" * MAX_ID_LENGTH, top_k=2))
+    assert err[0] == grpc.StatusCode.NOT_FOUND  # reached the store
+
+
+def test_product_payload_roundtrip():
+    product = types_pb2.Product(id="x", title="T", category="c", attributes={"k": "v"}, image_sha256="ff")
+    payload = product_payload(product)
+    assert "price" not in payload
+    read = payload_product("x", payload)
+    assert list(read.image_sha256s) == ["ff"]  # reads list the images (here the one main image)
+    read.ClearField("image_sha256s")
+    assert read == product
+    product.price = 0.0  # a zero price is a price
+    assert product_payload(product)["price"] == 0.0
+    assert payload_product("x", product_payload(product)).HasField("price")
+
+
+def test_filter_translation():
+    assert to_filter(types_pb2.Filter()) is None
+    flt = to_filter(types_pb2.Filter(category="c", min_price=0))
+    assert (flt.category, flt.min_price, flt.max_price) == ("c", 0.0, None)
+    with pytest.raises(ValueError, match="greater than"):
+        to_filter(types_pb2.Filter(min_price=2, max_price=1))
+
+
+def test_port_file_is_atomic(tmp_path):
+    target = tmp_path / "sub" / "port"
+    write_port_file(target, 1234)
+    write_port_file(target, 4321)
+    assert target.read_text() == "4321\n"
+    assert [p.name for p in target.parent.iterdir()] == ["port"]
+
+
+class Opening:
+    """A registry whose open() fails with the given errors, then succeeds."""
+
+    def __init__(self, *errors):
+        self.errors = list(errors)
+        self.opened = 0
+
+    def open(self):
+        self.opened += 1
+        if self.errors:
+            raise self.errors.pop(0)
+
+
+def test_open_until_ready_retries_only_transient_failures():
+    stopping = threading.Event()
+    registry = Opening(StoreError("qdrant starting", unavailable=True))
+    assert open_until_ready(registry, stopping) is True and registry.opened == 2
+    with pytest.raises(CollectionMismatch):
+        open_until_ready(Opening(CollectionMismatch("vector size 8, not 4")), stopping)
+    with pytest.raises(StoreError):
+        open_until_ready(Opening(StoreError("corrupt shard")), stopping)
+    stopping.set()
+    assert open_until_ready(Opening(), stopping) is False

@@ -4,9 +4,7 @@ from __future__ import annotations
 import pytest
 
 from lookalike.settings import ConfigError, load_settings
-from lookalike_search.server import payload_product, product_payload, to_filter, write_port_file
 from lookalike_search.settings import SearchSettings
-from lookalike.v1 import types_pb2
 
 
 @pytest.fixture(autouse=True)
@@ -73,32 +71,3 @@ def test_invalid_values_name_the_env_var(monkeypatch, capsys, env, name, text):
 def test_log_level_is_case_insensitive(monkeypatch):
     monkeypatch.setenv("LOOKALIKE_SEARCH_LOG_LEVEL", "debug")
     assert load_settings(SearchSettings).log_level == "DEBUG"
-
-
-def test_product_payload_roundtrip():
-    product = types_pb2.Product(id="x", title="T", category="c", attributes={"k": "v"}, image_sha256="ff")
-    payload = product_payload(product)
-    assert "price" not in payload
-    read = payload_product("x", payload)
-    assert list(read.image_sha256s) == ["ff"]  # reads list the images (here the one main image)
-    read.ClearField("image_sha256s")
-    assert read == product
-    product.price = 0.0  # a zero price is a price
-    assert product_payload(product)["price"] == 0.0
-    assert payload_product("x", product_payload(product)).HasField("price")
-
-
-def test_filter_translation():
-    assert to_filter(types_pb2.Filter()) is None
-    flt = to_filter(types_pb2.Filter(category="c", min_price=0))
-    assert (flt.category, flt.min_price, flt.max_price) == ("c", 0.0, None)
-    with pytest.raises(ValueError, match="greater than"):
-        to_filter(types_pb2.Filter(min_price=2, max_price=1))
-
-
-def test_port_file_is_atomic(tmp_path):
-    target = tmp_path / "sub" / "port"
-    write_port_file(target, 1234)
-    write_port_file(target, 4321)
-    assert target.read_text() == "4321\n"
-    assert [p.name for p in target.parent.iterdir()] == ["port"]

@@ -7,7 +7,7 @@
     is named like the alias (a Qdrant alias cannot take the name of a collection).
   * `QdrantAliases` (qdrant-server): Qdrant's own aliases (`update_collection_aliases`, delete + create in
     one atomic request), so every search replica sees the same switch; each replica re-reads it every
-    ALIAS_REFRESH_S seconds (lookalike_search.collections).
+    ALIAS_REFRESH_S seconds (lookalike_search.registry).
 
 Both answer `get(alias) -> (collection, previous)` and `set(alias, collection) -> previous`.
 """

@@ -15,17 +15,17 @@ import grpc
 import numpy as np
 
 from lookalike.grpc_server import ServiceHost, configure_logging
-from lookalike.limits import MAX_ID_LENGTH, MAX_TOP_K
+from lookalike.limits import MAX_ID_LENGTH, MAX_IMAGES_PER_PRODUCT, MAX_TOP_K
 from lookalike.settings import ConfigError, load_settings
 from lookalike.search.v1 import search_pb2, search_pb2_grpc
 from lookalike.v1 import types_pb2
 from lookalike.vectors import pack, unpack
 
-from .collections import Active, CollectionNotFound, Collections
 from .observability import ObservabilityInterceptor, start_metrics_server
+from .registry import CollectionRegistry, SingleStore
 from .settings import SearchSettings
-from .store import (IMAGE_DIGEST, IMAGE_LIST, MAX_IMAGES_PER_PRODUCT, CollectionMismatch, Hit, NotFound, Record,
-                    SearchFilter, StoreError, VectorStore)
+from .store import (IMAGE_DIGEST, IMAGE_LIST, CollectionMismatch, Hit, NotFound, Record, SearchFilter, StoreError,
+                    VectorStore)
 
 log = logging.getLogger("lookalike_search")
 
@@ -150,15 +150,15 @@ def rpc(method):
 
 
 class SearchServicer(search_pb2_grpc.SearchServiceServicer):
-    """`store`: the service's Collections (requests name their collection; "" = the active one), or one
-    VectorStore that answers every request (then a request naming a collection is refused)."""
+    """`store`: the service's CollectionRegistry (requests name their collection; "" = the active one), or
+    one VectorStore that answers every request (then a request naming a collection is refused)."""
 
-    def __init__(self, store: VectorStore | Collections, vector_size: int | None = None):
-        self.collections = store if isinstance(store, Collections) else _OneStore(store)
+    def __init__(self, store: VectorStore | CollectionRegistry, vector_size: int | None = None):
+        self.registry = store if isinstance(store, CollectionRegistry) else SingleStore(store)
         self.default_dim = vector_size  # for a single store that does not say its vector size
 
     def _store(self, request) -> VectorStore:
-        return self.collections.get(request.collection)[1]
+        return self.registry.get(request.collection)[1]
 
     def _dim(self, store: VectorStore) -> int:
         return getattr(store, "vector_size", None) or self.default_dim
@@ -264,9 +264,9 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
 
     @rpc
     def ListCollections(self, request, context):
-        active, previous, rows = self.collections.describe(with_counts=request.with_counts)
+        active, previous, rows = self.registry.describe(with_counts=request.with_counts)
         return search_pb2.ListCollectionsResponse(
-            alias=self.collections.alias, active=active, previous=previous or "",
+            alias=self.registry.alias, active=active, previous=previous or "",
             collections=[search_pb2.Collection(name=name, vector_size=size, points=points or 0,
                                                      active=name == active) for name, size, points in rows])
 
@@ -274,39 +274,15 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     def CreateCollection(self, request, context):
         if request.vector_size < 0:
             raise InvalidArgument(f"vector_size must be positive, got {request.vector_size}")
-        store, created = self.collections.create(request.name, request.vector_size or None)
+        store, created = self.registry.create(request.name, request.vector_size or None)
         return search_pb2.CreateCollectionResponse(created=created, collection=search_pb2.Collection(
-            name=request.name, vector_size=store.vector_size, active=request.name == self.collections.active().name))
+            name=request.name, vector_size=store.vector_size, active=request.name == self.registry.active().name))
 
     @rpc
     def SetAlias(self, request, context):
-        active, previous = self.collections.set_alias(request.collection)
+        active, previous = self.registry.set_alias(request.collection)
         return search_pb2.SetAliasResponse(active=active, previous=previous or "")
 
-
-class _OneStore:
-    """Collections-like view of a single store (tests, embedding the servicer elsewhere)."""
-
-    alias = ""
-
-    def __init__(self, store: VectorStore):
-        self.store = store
-
-    def get(self, name: str | None):
-        if name:
-            raise CollectionNotFound(name)
-        return "", self.store
-
-    def active(self):
-        return Active("", self.store)
-
-    def describe(self, with_counts: bool = False):
-        return "", None, [("", self.store.vector_size, self.store.count() if with_counts else None)]
-
-    def create(self, name, vector_size=None):
-        raise InvalidArgument("this service holds one collection")
-
-    set_alias = create
 
 # ---- process --------------------------------------------------------------------------------------
 
@@ -327,14 +303,14 @@ def write_port_file(path: Path, port: int) -> None:
         raise
 
 
-def open_store_until_ready(store: VectorStore, stopping: threading.Event) -> bool:
-    """ensure_collection, retrying transient failures (a Qdrant server still starting) until stopped.
+def open_until_ready(registry: CollectionRegistry, stopping: threading.Event) -> bool:
+    """Opens the registry, retrying transient failures (a Qdrant server still starting) until stopped.
 
     Returns False when stopped first; raises for permanent failures (e.g. a vector-size mismatch)."""
     delay = 0.5
     while not stopping.is_set():
         try:
-            store.ensure_collection()
+            registry.open()
             return True
         except CollectionMismatch:
             raise
@@ -349,7 +325,7 @@ def open_store_until_ready(store: VectorStore, stopping: threading.Event) -> boo
 
 def serve(settings: SearchSettings) -> int:
     """Runs the service until SIGTERM/SIGINT; returns the exit status."""
-    store = Collections.from_settings(settings)
+    store = CollectionRegistry.from_settings(settings)
     host = ServiceHost(settings.bind_address, max_workers=settings.max_workers, grace=settings.shutdown_grace_s,
                        interceptors=[ObservabilityInterceptor((SERVICE_NAME,), access_log=settings.access_log)])
     if settings.metrics_port:
@@ -373,7 +349,7 @@ def serve(settings: SearchSettings) -> int:
     log.info("search service starting on %s:%d (engine %s, collection %r, vector size %d)",
              settings.host, port, settings.engine, settings.collection, settings.vector_size)
     try:
-        ready = open_store_until_ready(store, stopping)
+        ready = open_until_ready(store, stopping)
     except StoreError as exc:
         log.error("vector store failed to start: %s", exc)
         print(f"search service: vector store failed to start: {exc}", file=sys.stderr)

@@ -21,8 +21,6 @@ from typing import NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
-from lookalike.limits import MAX_IMAGES_PER_PRODUCT  # noqa: F401  (server.py reads it here; moves with it)
-
 # Fixed forever: changing it orphans every stored point.
 PRODUCT_NAMESPACE = uuid.UUID("5b0e1c7a-8f3d-5e2b-9a41-6c2d7f1e0b93")
 

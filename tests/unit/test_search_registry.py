@@ -1,7 +1,7 @@
-"""Collections and the alias in the search service: pointer file, Qdrant aliases, switching under load."""
+"""lookalike_search.registry: the collections of a search service and its alias (first start, switch, rollback,
+catalogues from before aliases, switching under load, the servicer routing by collection)."""
 from __future__ import annotations
 
-import json
 import threading
 
 import grpc
@@ -12,11 +12,10 @@ from lookalike import naming
 from lookalike.search.v1 import search_pb2
 from lookalike.v1 import types_pb2
 from lookalike.vectors import pack
-from lookalike_search.aliases import PointerFileAliases, QdrantAliases
-from lookalike_search.collections import Collections
+from lookalike_search.registry import CollectionRegistry
 from lookalike_search.server import SearchServicer
 from lookalike_search.settings import SearchSettings
-from lookalike_search.store import CollectionMismatch, NotFound, StoreError
+from lookalike_search.store import CollectionMismatch, NotFound
 
 DIM = 4
 
@@ -47,56 +46,26 @@ def test_naming_round_trip():
             naming.model_id(bad)
 
 
-def test_pointer_file_is_replaced_whole(tmp_path):
-    aliases = PointerFileAliases(tmp_path / "aliases.json")
-    assert aliases.get("products") == (None, None)
-    assert aliases.set("products", "a") is None
-    assert aliases.set("products", "b") == "a"
-    assert aliases.get("products") == ("b", "a")
-    assert aliases.set("products", "b") == "b"  # no-op keeps the previous
-    assert aliases.get("products") == ("b", "a")
-    assert [p.name for p in tmp_path.iterdir()] == ["aliases.json"]  # no temp file left
-    assert json.loads((tmp_path / "aliases.json").read_text())["aliases"]["products"]["collection"] == "b"
-    (tmp_path / "aliases.json").write_text("{torn")
-    with pytest.raises(StoreError):
-        aliases.get("products")
-
-
-def test_qdrant_aliases_switch_in_one_request(tmp_path):
-    from qdrant_client import QdrantClient, models
-
-    client = QdrantClient(path=str(tmp_path / "q"))
-    for name in ("a", "b"):
-        client.create_collection(name, vectors_config=models.VectorParams(size=DIM, distance=models.Distance.COSINE))
-    aliases = QdrantAliases(client)
-    assert aliases.get("products") == (None, None)
-    assert aliases.set("products", "a") is None
-    assert aliases.set("products", "b") == "a"
-    assert aliases.get("products") == ("b", "a")
-    assert client.count("products").count == 0  # Qdrant resolves it
-    client.close()
-
-
 def test_first_start_creates_the_initial_collection_and_the_alias(tmp_path, engine):
-    cols = Collections.from_settings(settings(tmp_path, engine))
+    cols = CollectionRegistry.from_settings(settings(tmp_path, engine))
     cols.open()
     assert cols.active().name == "products__lookalike-lite0"
     name, store = cols.get("")
     assert name == "products__lookalike-lite0" and cols.get("products")[1] is store
     store.upsert([point("x", [1, 0, 0, 0])])
     cols.close()
-    again = Collections.from_settings(settings(tmp_path, engine))
+    again = CollectionRegistry.from_settings(settings(tmp_path, engine))
     again.open()
     assert again.get("")[1].count() == 1
     again.close()
-    wrong = Collections.from_settings(settings(tmp_path, engine).model_copy(update={"vector_size": DIM * 2}))
+    wrong = CollectionRegistry.from_settings(settings(tmp_path, engine).model_copy(update={"vector_size": DIM * 2}))
     with pytest.raises(CollectionMismatch, match="LOOKALIKE_SEARCH_VECTOR_SIZE"):
         wrong.open()
     wrong.close()
 
 
 def test_switch_rollback_and_persisted_alias(tmp_path, engine):
-    cols = Collections.from_settings(settings(tmp_path, engine))
+    cols = CollectionRegistry.from_settings(settings(tmp_path, engine))
     cols.open()
     old = cols.active().name
     cols.get("")[1].upsert([point("old", [1, 0, 0, 0])])
@@ -119,7 +88,7 @@ def test_switch_rollback_and_persisted_alias(tmp_path, engine):
     with pytest.raises(NotFound):
         cols.set_alias("products__nope")
     cols.close()
-    reopened = Collections.from_settings(settings(tmp_path, engine))
+    reopened = CollectionRegistry.from_settings(settings(tmp_path, engine))
     reopened.open()
     assert reopened.active().name == "products__m2"
     assert reopened.set_alias(old) == (old, "products__m2")  # rollback
@@ -127,12 +96,12 @@ def test_switch_rollback_and_persisted_alias(tmp_path, engine):
 
 
 def test_catalogue_from_before_aliases_stays_active(tmp_path, engine):
-    legacy = Collections.from_settings(settings(tmp_path, engine, initial_collection="products"))
+    legacy = CollectionRegistry.from_settings(settings(tmp_path, engine, initial_collection="products"))
     legacy.open()  # what an old service created: a collection named like the alias
     legacy.get("")[1].upsert([point("kept", [1, 1, 0, 0])])
     legacy.close()
     (tmp_path / engine / "aliases.json").unlink()  # old services wrote no alias
-    cols = Collections.from_settings(settings(tmp_path, engine))
+    cols = CollectionRegistry.from_settings(settings(tmp_path, engine))
     cols.open()
     assert cols.active().name == "products" and cols.get("")[1].count() == 1
     cols.create("products__lookalike-lite0__r2")
@@ -141,7 +110,7 @@ def test_catalogue_from_before_aliases_stays_active(tmp_path, engine):
 
 
 def test_searches_during_switches_never_fail(tmp_path, engine):
-    cols = Collections.from_settings(settings(tmp_path, engine))
+    cols = CollectionRegistry.from_settings(settings(tmp_path, engine))
     cols.open()
     a = cols.active().name
     cols.get("")[1].upsert([point("in-a", [1, 0, 0, 0])])
@@ -174,7 +143,7 @@ def test_searches_during_switches_never_fail(tmp_path, engine):
 
 
 def test_servicer_routes_by_collection(tmp_path):
-    cols = Collections.from_settings(settings(tmp_path, "qdrant-local"))
+    cols = CollectionRegistry.from_settings(settings(tmp_path, "qdrant-local"))
     cols.open()
     servicer = SearchServicer(cols)
 

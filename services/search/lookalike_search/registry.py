@@ -1,4 +1,4 @@
-"""The collections one search service holds, and the alias that names the active one.
+"""The collection registry: the collections one search service holds, and the alias naming the active one.
 
 Requests carry a collection name; an empty name (or the alias itself) means the collection the alias
 points at. Switching the alias is atomic for the service: a request resolves its collection once, so
@@ -38,8 +38,9 @@ class Active:
     store: VectorStore
 
 
-class Collections:
-    """The collections of one service: opened lazily, one store each; the alias resolved in memory."""
+class CollectionRegistry:
+    """The collections of one service: opened lazily, one store each; the alias resolved in memory (re-read
+    every engine.refresh_alias_s where the alias is shared)."""
 
     def __init__(self, engine: Engine, alias: str = naming.DEFAULT_ALIAS, initial: str | None = None,
                  vector_size: int = 1280, clock: Callable[[], float] = time.monotonic):
@@ -56,7 +57,7 @@ class Collections:
         self._closed = False
 
     @classmethod
-    def from_settings(cls, settings) -> Collections:
+    def from_settings(cls, settings) -> CollectionRegistry:
         return cls(make_engine(settings), alias=settings.collection, initial=settings.initial_collection,
                    vector_size=settings.vector_size)
 
@@ -80,8 +81,6 @@ class Collections:
             self._active = Active(target, store)
             self._previous = previous
             self._read_at = self._clock()
-
-    ensure_collection = open  # what serve() calls (retried while a Qdrant server is unreachable)
 
     def _open(self, name: str, vector_size: int | None, create: bool) -> VectorStore:
         """The store of `name`: its own vector size when it exists (the configured one for the collection
@@ -196,3 +195,29 @@ class Collections:
                     log.exception("closing a store")
             self._stores.clear()
             self.engine.close()
+
+
+class SingleStore:
+    """A registry of one store that answers every request (the servicer embedded elsewhere: the gateway's
+    classifier tests, benches); a request naming a collection is refused."""
+
+    alias = ""
+
+    def __init__(self, store: VectorStore):
+        self.store = store
+
+    def get(self, name: str | None) -> tuple[str, VectorStore]:
+        if name:
+            raise CollectionNotFound(name)
+        return "", self.store
+
+    def active(self) -> Active:
+        return Active("", self.store)
+
+    def describe(self, with_counts: bool = False):
+        return "", None, [("", self.store.vector_size, self.store.count() if with_counts else None)]
+
+    def create(self, name, vector_size=None):
+        raise ValueError("this service holds one collection")
+
+    set_alias = create
