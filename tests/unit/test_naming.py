@@ -33,3 +33,16 @@ def test_the_gateways_cache_keys_carry_the_model_id(tmp_path, version):
         assert naming.model_of(collection, "products", "none") == mid  # the id a collection's name carries
     finally:
         gateway.embedder.close()
+
+
+def test_collection_names_carry_the_model_id_and_read_back():
+    mid = naming.model_id("lookalike-lite0", "2.0")
+    assert mid == "lookalike-lite0.2.0" and naming.split_model_id(mid) == ("lookalike-lite0", "2.0")
+    name = naming.collection_name("products", mid, "r2")
+    assert name == "products__lookalike-lite0.2.0__r2"
+    assert naming.model_of(name, "products", "x") == mid
+    assert naming.model_of("products", "products", "default") == "default"  # from before aliases
+    assert list(zip(range(3), naming.candidate_names("p", "m"))) == [(0, "p__m"), (1, "p__m__r2"), (2, "p__m__r3")]
+    for bad in ("a.b", "a__b", ""):
+        with pytest.raises(ValueError):
+            naming.model_id(bad)

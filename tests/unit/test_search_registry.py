@@ -8,7 +8,6 @@ import grpc
 import numpy as np
 import pytest
 
-from lookalike import naming
 from lookalike.search.v1 import search_pb2
 from lookalike.v1 import types_pb2
 from lookalike.vectors import pack
@@ -31,19 +30,6 @@ def engine(request):
 
 def point(pid: str, vector) -> tuple:
     return pid, np.asarray(vector, dtype=np.float32), {"title": pid, "category": "c"}
-
-
-def test_naming_round_trip():
-    mid = naming.model_id("lookalike-lite0", "2.0")
-    assert mid == "lookalike-lite0.2.0" and naming.split_model_id(mid) == ("lookalike-lite0", "2.0")
-    name = naming.collection_name("products", mid, "r2")
-    assert name == "products__lookalike-lite0.2.0__r2"
-    assert naming.model_of(name, "products", "x") == mid
-    assert naming.model_of("products", "products", "default") == "default"  # from before aliases
-    assert list(zip(range(3), naming.candidate_names("p", "m"))) == [(0, "p__m"), (1, "p__m__r2"), (2, "p__m__r3")]
-    for bad in ("a.b", "a__b", ""):
-        with pytest.raises(ValueError):
-            naming.model_id(bad)
 
 
 def test_first_start_creates_the_initial_collection_and_the_alias(tmp_path, engine):

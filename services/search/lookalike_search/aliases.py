@@ -13,13 +13,12 @@ Both answer `get(alias) -> (collection, previous)` and `set(alias, collection) -
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 import threading
 import time
 from pathlib import Path
+
+from lookalike import atomic
 
 from .store import StoreError
 
@@ -68,22 +67,7 @@ class PointerFileAliases:
 
     def _write(self, data: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w") as handle:
-                json.dump(data, handle, indent=1)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # the rename itself survives a crash
-        finally:
-            os.close(dir_fd)
+        atomic.write_text(self.path, json.dumps(data, indent=1))  # fsync of the file, rename, fsync of the folder
 
 
 class QdrantAliases:

@@ -1,19 +1,17 @@
 """gRPC lookalike.search.v1.SearchService over a VectorStore, hosted by lookalike.grpc_server.ServiceHost."""
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import math
-import os
 import sys
-import tempfile
 import threading
 from pathlib import Path
 
 import grpc
 import numpy as np
 
+from lookalike import atomic
 from lookalike.grpc_server import ServiceHost, configure_logging
 from lookalike.limits import MAX_ID_LENGTH, MAX_IMAGES_PER_PRODUCT, MAX_TOP_K
 from lookalike.settings import ConfigError, load_settings
@@ -287,20 +285,10 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
 # ---- process --------------------------------------------------------------------------------------
 
 def write_port_file(path: Path, port: int) -> None:
-    """Writes "<port>\\n" atomically (temp file in the same folder, then rename)."""
+    """Writes "<port>\n" atomically (a reader sees no port or the whole one)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(f"{port}\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic.write_text(path, f"{port}\n", fsync_dir=False)
 
 
 def open_until_ready(registry: CollectionRegistry, stopping: threading.Event) -> bool:
