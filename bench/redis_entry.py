@@ -13,7 +13,6 @@ import argparse
 import hashlib
 import json
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -21,11 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from lookalike.torchserve_process import free_port
 
 
 def measure(keys: int, dim: int = 1280, model_id: str = "lookalike-lite0", ttl_s: int = 7 * 24 * 3600) -> dict:

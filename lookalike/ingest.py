@@ -229,10 +229,3 @@ def _count(report: IngestReport, sink: _Sink, response, local_error: str | None)
                                   "exact": response.exact_duplicate,
                                   "similarity": round(float(response.duplicate_similarity), 4),
                                   "skipped": outcome == Outcome.OUTCOME_SKIPPED_DUPLICATE})
-
-
-def write_failures(report: IngestReport, path: Path) -> None:
-    """One JSON line per failed item kept in the report: {"id": ..., "error": ...}."""
-    with open(path, "w") as out:
-        for failure in report.failures:
-            out.write(json.dumps(failure) + "\n")

@@ -156,10 +156,6 @@ class TorchServeProcess:
         return self.ports["grpc"]
 
     @property
-    def http_inference_port(self) -> int:
-        return self.ports["http"]
-
-    @property
     def management_port(self) -> int:
         return self.ports["management"]
 
@@ -280,7 +276,8 @@ class TorchServeProcess:
         self.proc = subprocess.Popen(cmd, cwd=self.data_dir, env=self._environment(), stdin=subprocess.DEVNULL,
                                      stdout=self._out, stderr=subprocess.STDOUT, start_new_session=True)
 
-    def _management_get(self, path: str, timeout: float = 5.0):
+    def management_get(self, path: str, timeout: float = 5.0):
+        """GET on the management API (loopback, with the management token); the decoded JSON."""
         request = urllib.request.Request(self.management_url + path,
                                          headers={"Authorization": f"Bearer {self.management_key}"})
         with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -293,7 +290,7 @@ class TorchServeProcess:
 
     def describe_model(self, timeout: float = 5.0) -> dict:
         """Management API GET /models/<model> (first version): workers, batchSize, maxBatchDelay..."""
-        data = self._management_get(f"/models/{self.model_name}", timeout)
+        data = self.management_get(f"/models/{self.model_name}", timeout)
         return data[0] if isinstance(data, list) else data
 
     def wait_ready(self, timeout: float | None = None, cancel: threading.Event | None = None) -> float:

@@ -37,7 +37,7 @@ def test_reindex_to_another_archive_served_beside_the_default(tmp_path_factory):
     config = StackConfig(data_dir=data_dir, http_port=0, grpc_port=0,
                          extra_gateway_env={"LOOKALIKE_GATEWAY_REDIS_TIMEOUT_S": "0.5"})
     with Stack(config) as stack:
-        versions = stack.torchserve._management_get("/models/lookalike-lite0/all")
+        versions = stack.torchserve.management_get("/models/lookalike-lite0/all")
         assert sorted(v["modelVersion"] for v in versions) == ["1.0", VERSION]
         assert stack.torchserve.describe_model()["modelVersion"] == "1.0"  # the default archive stays default
         report = index_items(stack.grpc_address, scan_folder(catalogue), progress=False)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import http.server
-import socket
 import subprocess
 import sys
 import threading
@@ -13,6 +12,7 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from lookalike import healthcheck
+from lookalike.torchserve_process import free_port
 
 
 @pytest.fixture()
@@ -53,12 +53,6 @@ def http_base():
     server.server_close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "lookalike.healthcheck", *args],
                           capture_output=True, text=True, timeout=30)
@@ -72,7 +66,7 @@ def test_grpc_serving_overall_and_named(health_server):
 def test_grpc_not_serving_unknown_service_and_down(health_server):
     assert healthcheck.main(["grpc", health_server, "lookalike.v1.Lookalike"]) == 1
     assert healthcheck.main(["grpc", health_server, "no.such.Service"]) == 1
-    ok, detail = healthcheck.check_grpc(f"127.0.0.1:{_free_port()}", timeout=1.0)
+    ok, detail = healthcheck.check_grpc(f"127.0.0.1:{free_port()}", timeout=1.0)
     assert not ok and "UNAVAILABLE" in detail
 
 
@@ -80,7 +74,7 @@ def test_http_only_200_is_healthy(http_base):
     assert healthcheck.main(["http", f"{http_base}/ok"]) == 0
     for path in ("/down", "/redirect", "/created", "/missing"):
         assert healthcheck.main(["http", f"{http_base}{path}"]) == 1, path
-    assert healthcheck.main(["http", f"http://127.0.0.1:{_free_port()}/ok", "--timeout", "1"]) == 1
+    assert healthcheck.main(["http", f"http://127.0.0.1:{free_port()}/ok", "--timeout", "1"]) == 1
     assert healthcheck.main(["http", "ftp://example.invalid/"]) == 1
 
 
