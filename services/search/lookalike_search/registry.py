@@ -27,6 +27,13 @@ from .store import CollectionMismatch, NotFound, StoreError, VectorStore
 log = logging.getLogger(__name__)
 
 
+def check_name(name: str | None) -> str:
+    """A collection name a request may give (lookalike.naming.NAME_PATTERN), or ValueError."""
+    if not naming.NAME_PATTERN.match(name or ""):
+        raise ValueError(f"collection name {name!r} is not valid (letters, digits, '.', '-', '_'; <= 255)")
+    return name
+
+
 class CollectionNotFound(NotFound):
     def __str__(self) -> str:
         return f"collection {self.product_id!r} not found"
@@ -131,17 +138,14 @@ class CollectionRegistry:
         if not name or name == self.alias:
             active = self.active()
             return active.name, active.store
-        if not naming.NAME_PATTERN.match(name):
-            raise ValueError(f"collection name {name!r} is not valid (letters, digits, '.', '-', '_')")
-        return name, self._open(name, None, create=False)
+        return check_name(name), self._open(name, None, create=False)
 
     # ---- management -----------------------------------------------------------------------------
 
     def create(self, name: str, vector_size: int | None = None) -> tuple[VectorStore, bool]:
         """Creates (or opens) a collection; (store, created). CollectionMismatch when it exists with
         another vector size."""
-        if not naming.NAME_PATTERN.match(name or ""):
-            raise ValueError(f"collection name {name!r} is not valid (letters, digits, '.', '-', '_'; <= 255)")
+        check_name(name)
         if name == self.alias:
             raise ValueError(f"{name!r} is the alias; give the new collection another name")
         size = vector_size or self.vector_size

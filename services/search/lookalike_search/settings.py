@@ -7,6 +7,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from lookalike import naming
+
 Engine = Literal["qdrant-local", "qdrant-edge", "qdrant-server"]
 Quantization = Literal["none", "int8", "binary"]
 ENGINES: tuple[str, ...] = ("qdrant-local", "qdrant-edge", "qdrant-server")
@@ -46,10 +48,10 @@ class SearchSettings(BaseSettings):
     engine: Engine | None = Field(None, validate_default=True)
 
     # The alias searches use; requests that name no collection get the collection it points at.
-    collection: str = Field("products", min_length=1, max_length=255, pattern=r"^[A-Za-z0-9_.-]+$")
+    collection: str = Field("products", pattern=naming.NAME_PATTERN.pattern)
     # What the alias points at on the first start: created with vector_size. Default
     # <collection>__lookalike-lite0 (collection names carry the embedding model id; see lookalike/naming.py).
-    initial_collection: str | None = Field(None, min_length=1, max_length=255, pattern=r"^[A-Za-z0-9_.-]+$")
+    initial_collection: str | None = Field(None, pattern=naming.NAME_PATTERN.pattern)
     vector_size: int = Field(1280, ge=1, le=65536)
 
     hnsw_m: int = Field(16, ge=0, le=512)  # 0 disables the graph (server: exact search only)
