@@ -22,9 +22,9 @@ from lookalike.embedder_client import read_key_file
 from lookalike.v1 import lookalike_pb2, lookalike_pb2_grpc, types_pb2
 from tests.conftest import clothing_split
 from tests.e2e.support import (ExtraGateway, catalogue, grpc_health, heal, healthz, metric, torchserve_pids,
+                               upsert, variant, wait_until)
 
 FAILED = lookalike_pb2.UpsertProductsResponse.OUTCOME_FAILED  # an acknowledgement of a product not stored
-                               upsert, variant, wait_until)
 
 pytestmark = pytest.mark.e2e
 
