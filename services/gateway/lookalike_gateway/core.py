@@ -18,22 +18,22 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lookalike import crop as crops
-from lookalike import request_id, vectors
+from lookalike import vectors
+from lookalike.embedder_client import EmbedderClient
 from lookalike.limits import MAX_TOP_K
-from lookalike.embedder_client import EmbedderClient, EmbedderImageError, EmbedderNotReady
 from lookalike.search.v1 import search_pb2, search_pb2_grpc
 from lookalike.v1 import types_pb2
 
-from . import metrics, ranking
+from . import ranking
 from .admission import EmbedGate, EmbedQueueFull
 from .cache import EmbeddingCache, image_digest
 from .collection_manager import CollectionManager, Target
-from .errors import EMBEDDER_NAME, ApiError, Deadline, not_found
+from .embedding import embed_one
+from .errors import ApiError, Deadline, not_found
 from .image_store import ImageStore
 from .ingest_pipeline import IngestPipeline
 from .ingest_types import IngestItem, IngestResult
 from .reindex import Reindexer
-from .retry import POLICY
 from .search_client import SearchClient
 from .settings import GatewaySettings
 from .validation import (check_image, check_size, validate_category_boost, validate_crop, validate_filter,
@@ -99,27 +99,6 @@ class Gateway:
 
     # -- helpers -------------------------------------------------------------------------------------
 
-    def _embed(self, image: bytes, deadline: Deadline, embedder: EmbedderClient,
-               crop: crops.CropBox | None = None) -> np.ndarray:
-        """Embeds one image (or its region `crop`) via TorchServe, retrying UNAVAILABLE with backoff inside
-        the deadline."""
-        region = {"crop": crop.key} if crop is not None else {}
-
-        def call(timeout: float) -> np.ndarray:
-            if not self.embedder_ready():
-                raise EmbedderNotReady()
-            try:
-                vector = embedder.embed(image, timeout=timeout, request_id=request_id.current.get(), **region)
-            except EmbedderImageError as exc:
-                metrics.EMBEDDER_CALLS.labels(outcome="bad_image").inc()
-                raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid image: {exc}") from None
-            metrics.EMBEDDER_CALLS.labels(outcome="ok").inc()
-            return vector
-
-        def count(exc: grpc.RpcError) -> None:
-            metrics.EMBEDDER_CALLS.labels(outcome=exc.code().name.lower()).inc()
-        return POLICY.call(EMBEDDER_NAME, "calling the embedder", call, deadline, on_error=count)
-
     def query_embedding(self, image: bytes, deadline: Deadline, target: Target | None = None,
                         crop: crops.CropBox | None = None) -> tuple[np.ndarray, bool]:
         """The embedding of a query image, or of its region `crop` (with the model of `target`, a
@@ -133,7 +112,7 @@ class Gateway:
         check_image(image, self.settings)
         try:
             with self.embed_gate.admit(deadline.remaining("waiting for the embedder")):
-                vector = self._embed(image, deadline, target.embedder, crop)
+                vector = embed_one(target.embedder, image, deadline, self.embedder_ready, crop)
         except EmbedQueueFull as exc:
             raise ApiError(grpc.StatusCode.UNAVAILABLE, str(exc), retry_after_s=exc.retry_after_s) from None
         except TimeoutError:

@@ -32,7 +32,6 @@ import grpc
 import numpy as np
 
 from lookalike import images, request_id, vectors
-from lookalike.embedder_client import EmbedderImageError
 from lookalike.search.v1 import search_pb2
 from lookalike.v1 import types_pb2
 
@@ -40,7 +39,8 @@ from . import metrics
 from .cache import image_digest
 from .collection_manager import CollectionManager, Target
 from .duplicates import Stream, find_duplicates
-from .errors import EMBEDDER_NAME, ApiError, Deadline, dependency_error
+from .embedding import embed_burst
+from .errors import ApiError, Deadline
 from .image_store import ImageStore
 from .ingest_types import (CREATED, FAILED, SKIPPED, UNCHANGED, UPDATED, IngestItem, IngestResult,
                            outcome_name, same_metadata)
@@ -300,38 +300,14 @@ class IngestPipeline:
         result.duplicate_image = image
 
     def _embed(self, jobs: list[tuple[_Slot, int]], target: Target, deadline: Deadline) -> dict:
-        """One concurrent burst for the batch's images (TorchServe batches it): digest -> vector, or the
-        ApiError of that image. UNAVAILABLE images are retried with backoff inside the deadline (the
-        retry policy of every dependency call, retry.POLICY)."""
-        attempt = 0
-        out: dict[str, np.ndarray | Exception] = {}
-        todo = jobs
-        while todo:
-            metrics.EMBEDDER_BATCH_SIZE.observe(len(todo))  # one burst (in flight: EMBEDDER_QUEUE_DEPTH)
-            results = target.embedder.embed_many([slot.item.images[i] for slot, i in todo],
-                                                 timeout=deadline.remaining("calling the embedder"))
-            retry = []
-            for (slot, i), result in zip(todo, results):
-                digest = slot.digests[i]
-                if isinstance(result, EmbedderImageError):
-                    metrics.EMBEDDER_CALLS.labels(outcome="bad_image").inc()
-                    out[digest] = ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid image: {result}")
-                elif isinstance(result, grpc.RpcError):
-                    metrics.EMBEDDER_CALLS.labels(outcome=result.code().name.lower()).inc()
-                    if result.code() == grpc.StatusCode.UNAVAILABLE:
-                        retry.append((slot, i))
-                    out[digest] = dependency_error(EMBEDDER_NAME, result)
-                elif isinstance(result, Exception):
-                    metrics.EMBEDDER_CALLS.labels(outcome="error").inc()
-                    out[digest] = ApiError(grpc.StatusCode.UNAVAILABLE, f"{EMBEDDER_NAME} failed: {result}")
-                else:
-                    metrics.EMBEDDER_CALLS.labels(outcome="ok").inc()
-                    out[digest] = result
-                    target.cache.put(digest, result)
-            if not retry or not self.policy.pause(attempt, deadline):
-                return out
-            attempt += 1
-            todo = retry
+        """One concurrent burst for the batch's images (embedding.embed_burst): digest -> vector (cached), or
+        the ApiError of that image."""
+        results = embed_burst(target.embedder, [slot.item.images[i] for slot, i in jobs], deadline, self.policy)
+        out: dict[str, np.ndarray | ApiError] = {}
+        for (slot, i), result in zip(jobs, results):
+            out[slot.digests[i]] = result
+            if not isinstance(result, ApiError):
+                target.cache.put(slot.digests[i], result)
         return out
 
     # ---- commit -------------------------------------------------------------------------------------
