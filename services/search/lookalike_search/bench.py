@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from . import engines
+from .settings import ENGINES, SearchSettings
 from .store import SearchFilter, VectorStore
 
 CATEGORIES = [f"cat{i}" for i in range(10)]
@@ -83,8 +84,6 @@ def run(engine: str = "qdrant-edge", n: int = 10_000, dim: int = 1280, queries: 
         clusters: int = 100, spread: float = 1.0, batch: int = 256, seed: int = 0, data_dir: str | None = None,
         qdrant_url: str | None = None, quantization: str = "none", hnsw_m: int = 16, hnsw_ef_construct: int = 100,
         search_ef: int = 128, edge_flush_each_write: bool = True, keep: bool = False) -> dict:
-    from .settings import SearchSettings
-
     rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
     vectors, centres = clustered_unit_vectors(n, dim, clusters, spread, rng)
@@ -148,7 +147,7 @@ def run(engine: str = "qdrant-edge", n: int = 10_000, dim: int = 1280, queries: 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lookalike_search.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--engine", default="qdrant-edge", choices=["qdrant-local", "qdrant-edge", "qdrant-server"])
+    parser.add_argument("--engine", default="qdrant-edge", choices=ENGINES)
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--dim", type=int, default=1280)
     parser.add_argument("--queries", type=int, default=200)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -11,7 +11,7 @@ from lookalike import naming
 
 Engine = Literal["qdrant-local", "qdrant-edge", "qdrant-server"]
 Quantization = Literal["none", "int8", "binary"]
-ENGINES: tuple[str, ...] = ("qdrant-local", "qdrant-edge", "qdrant-server")
+ENGINES: tuple[str, ...] = get_args(Engine)
 
 
 def default_engine(data_dir: Path | None, qdrant_url: str | None = None) -> str:
