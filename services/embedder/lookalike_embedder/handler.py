@@ -28,9 +28,9 @@ dropped by its gRPC frontend; a handler exception fails the whole batch). So the
     {"error": {"code": "INVALID_ARGUMENT", "reason": "not_an_image", "message": "..."}}
 
 ``reason`` is one of `lookalike.images.REASONS` (plus "missing_input"). It can never be mistaken for
-a vector: it starts with ``{"error"`` (`lookalike_embedder.contract.ERROR_PREFIX`), whose first 4 bytes read as a float32 of
-about 4.5e30, impossible in a unit vector, and clients also check the length. Over HTTP the same
-body comes with status 400 and ``Content-Type: application/json``.
+a vector: it starts with ``{"error"`` (`lookalike_embedder.contract.ERROR_PREFIX`), whose first 4 bytes
+read as a float32 of about 4.5e30, impossible in a unit vector, and clients also check the length. Over
+HTTP the same body comes with status 400 and ``Content-Type: application/json``.
 `lookalike.embedder_client.EmbedderClient` turns it into `EmbedderImageError` (a ValueError).
 
 Whole-batch failures (model crash, out of memory) are TorchServe errors: gRPC INTERNAL /
