@@ -10,6 +10,8 @@ MULTIPART_SLACK_BYTES = 64 * 1024  # a REST body may exceed the image limit by t
 MAX_CATEGORY_BOOST = 10.0  # category_boost is 0..MAX_CATEGORY_BOOST
 DEFAULT_CLASSIFY_TOP_K = 5  # labels per Classify when the caller sets none
 MAX_IMAGES_PER_PRODUCT = 256  # photos of one product, at most (the search service's limit)
+MAX_VECTORS_PER_SEARCH = 1024  # query vectors per SearchByVectors call (the search service's limit; callers batch by it)
+MAX_SCROLL_LIMIT = 1000  # points per ScrollPoints page (the search service's limit: 1000 x 1280-d float32 = 5 MB)
 DEFAULT_MAX_IMAGES_PER_PRODUCT = 32  # the gateway's max_images_per_product default
 DEFAULT_MAX_PRODUCT_BYTES = 32 * 1024 * 1024  # a product's photos together (the gateway's max_product_bytes default); also
 # the gateway's gRPC message limit, which gRPC applies to every method: a larger one would let a query upload

@@ -13,7 +13,8 @@ import numpy as np
 
 from lookalike import atomic
 from lookalike.grpc_server import ServiceHost, configure_logging
-from lookalike.limits import MAX_ID_LENGTH, MAX_IMAGES_PER_PRODUCT, MAX_TOP_K
+from lookalike.limits import (MAX_ID_LENGTH, MAX_IMAGES_PER_PRODUCT, MAX_SCROLL_LIMIT, MAX_TOP_K,
+                              MAX_VECTORS_PER_SEARCH)
 from lookalike.settings import ConfigError, load_settings
 from lookalike.search.v1 import search_pb2, search_pb2_grpc
 from lookalike.v1 import types_pb2
@@ -30,9 +31,7 @@ log = logging.getLogger("lookalike_search")
 SERVICE_NAME = search_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name  # lookalike.search.v1.SearchService
 MAX_POINTS_PER_UPSERT = 10_000
 MAX_IDS_PER_REQUEST = 10_000
-MAX_VECTORS_PER_SEARCH = 1024
 DEFAULT_SCROLL_LIMIT = 256
-MAX_SCROLL_LIMIT = 1000  # 1000 x 1280-d float32 = 5 MB per page
 
 
 class InvalidArgument(ValueError):
