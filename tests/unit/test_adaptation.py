@@ -132,7 +132,7 @@ class Done:
 
 def run(gateway, **request):
     seen = []
-    result = Adapter(gateway).run(lookalike_pb2.StartAdaptationRequest(**request),
+    result = Adapter(gateway.search, gateway.collections).run(lookalike_pb2.StartAdaptationRequest(**request),
                                   lambda fraction, stage=None: seen.append(fraction))
     assert seen == sorted(seen) and all(0 <= f <= 1 for f in seen)  # progress never goes back
     json.dumps(result)  # a job's result is JSON

@@ -29,8 +29,10 @@ from lookalike.search.v1 import search_pb2
 from lookalike.v1 import lookalike_pb2
 
 from . import adapt_fit, quality_gate
+from .collection_manager import CollectionManager
 from .errors import ApiError, Deadline
 from .reindex import mirror_deletions
+from .search_client import SearchClient
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +56,11 @@ def labeller(field: str):
 
 
 class Adapter:
-    def __init__(self, gateway):
-        self.search = gateway.search
-        self.collections = gateway.collections
+    """One adaptation run (see the module docstring) over the search client and the collection manager."""
+
+    def __init__(self, search: SearchClient, collections: CollectionManager):
+        self.search = search
+        self.collections = collections
 
     def _call(self, method: str, request, seconds: float = 60.0):
         return self.search.call(method, request, Deadline(seconds))

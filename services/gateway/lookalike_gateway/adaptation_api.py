@@ -31,7 +31,8 @@ class AdaptationService:
         """Checks the arguments (FAILED_PRECONDITION for an unknown label field), then starts the job."""
         if not request.plain:
             labeller(request.label_field)
-        return self.jobs.start(lambda progress: Adapter(self.gateway).run(request, progress), stage="starting")
+        adapter = Adapter(self.gateway.search, self.gateway.collections)
+        return self.jobs.start(lambda progress: adapter.run(request, progress), stage="starting")
 
     def job(self, job_id: str) -> Job:
         return self.jobs.get(job_id)

@@ -27,10 +27,6 @@ class ApiKeyCheck:
         self.keys = keys
         self.limiter = limiter
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self.keys)
-
     def check(self, presented: str | None, caller: str = "") -> str | None:
         """Returns the matching key (None when keys are off); raises UNAUTHENTICATED for a missing or
         wrong key and RESOURCE_EXHAUSTED when the caller is over its rate limit."""
