@@ -38,8 +38,8 @@ from lookalike_embedder.runtime import BACKENDS, OnnxRunner
 ARCH = "efficientnet-lite0"
 WEIGHTS = "imagenet"
 DEFAULT_CUT = "final"
-RESIZE = 256
-IMAGE_SIZE = 224
+RESIZE = LITE0.resize  # 256: the preprocessing is lookalike_embedder.preprocessing's (one spec)
+IMAGE_SIZE = LITE0.image_size  # 224
 NUM_BLOCKS = 16
 #: Output channels of each MBConv block of EfficientNet-Lite0 (= embedding dim for that cut).
 BLOCK_CHANNELS = (16, 24, 24, 40, 40, 80, 80, 80, 112, 112, 112, 192, 192, 192, 192, 320)
