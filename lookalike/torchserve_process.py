@@ -40,7 +40,7 @@ import urllib.request
 from pathlib import Path
 from typing import Mapping
 
-from lookalike import torchserve_config, torchserve_logs
+from lookalike import process_group, torchserve_config, torchserve_logs
 from lookalike.embedder_client import MODEL_NAME, EmbedderClient, read_key_file
 from lookalike.torchserve_config import build_embedder_mar, default_config_template, render_properties
 
@@ -327,32 +327,11 @@ class TorchServeProcess:
 
     # ------------------------------------------------------------------ stop
     def _group_alive(self) -> bool:
-        if self.proc is None:
-            return False
-        try:
-            os.killpg(self.proc.pid, 0)
-            return True
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
+        return self.proc is not None and process_group.group_alive(self.proc.pid)
 
     def group_pids(self) -> list[int]:
         """Pids of every live process of this server (launcher, java, workers)."""
-        if self.proc is None:
-            return []
-        pids = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                # fields[0] = state, fields[2] = pgrp
-                if int(fields[2]) == self.proc.pid and fields[0] != "Z":
-                    pids.append(int(entry.name))
-            except (OSError, IndexError, ValueError):
-                continue
-        return pids
+        return process_group.group_pids(self.proc.pid) if self.proc is not None else []
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stops the server and every process it started; idempotent.
@@ -388,15 +367,9 @@ class TorchServeProcess:
                 self._out = None
 
     def _java_pids(self) -> list[int]:
-        pids = []
-        for pid in self.group_pids():
-            try:
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if cmdline and cmdline[0].endswith(b"java") and b"org.pytorch.serve.ModelServer" in cmdline:
-                pids.append(pid)
-        return pids
+        return [pid for pid in self.group_pids()
+                if (argv := process_group.command_line(pid)) and argv[0].endswith(b"java")
+                and b"org.pytorch.serve.ModelServer" in argv]
 
     # ------------------------------------------------------------------ misc
     def log_tail(self, lines: int = 40) -> str:
@@ -422,8 +395,6 @@ class TorchServeProcess:
 
     def __repr__(self) -> str:
         return f"TorchServeProcess(pid={self.pid}, grpc={self.grpc_target}, data_dir={str(self.data_dir)!r})"
-
-
 
 
 __all__ = ["TorchServeError", "TorchServeProcess", "free_port"]
