@@ -39,6 +39,20 @@ def unit(v) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
+class FakeRpcError(grpc.RpcError):
+    """A failed gRPC call as a stub raises it: code() and details() (default: the code's name)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str = ""):
+        super().__init__(details)
+        self._code, self._details = code, details or code.name
+
+    def code(self):
+        return self._code
+
+    def details(self):
+        return self._details
+
+
 class NotFoundError(grpc.RpcError):
     def __init__(self, details):
         self._details = details

@@ -11,19 +11,9 @@ from lookalike_gateway.embedding import embed_burst, embed_one
 from lookalike_gateway.errors import ApiError, Deadline
 from lookalike_gateway.retry import RetryPolicy
 
+from .gateway_fakes import FakeRpcError
+
 FAST = RetryPolicy(first_backoff_s=0.001, max_backoff_s=0.002, min_attempt_s=0.001)
-
-
-class RpcError(grpc.RpcError):
-    def __init__(self, code: grpc.StatusCode):
-        super().__init__(code.name)
-        self._code = code
-
-    def code(self):
-        return self._code
-
-    def details(self):
-        return f"the embedder said {self._code.name}"
 
 
 class ScriptedEmbedder:
@@ -49,8 +39,8 @@ def test_a_burst_resends_only_what_was_unavailable():
     embedder = ScriptedEmbedder({
         b"ok": [ok],
         b"corrupt": [EmbedderImageError("truncated", "the file ends early")],
-        b"blip": [RpcError(grpc.StatusCode.UNAVAILABLE), later],
-        b"broken": [RpcError(grpc.StatusCode.INTERNAL)],
+        b"blip": [FakeRpcError(grpc.StatusCode.UNAVAILABLE), later],
+        b"broken": [FakeRpcError(grpc.StatusCode.INTERNAL)],
     })
     results = embed_burst(embedder, [b"ok", b"corrupt", b"blip", b"broken"], Deadline(10), FAST)
     assert embedder.sent == [[b"ok", b"corrupt", b"blip", b"broken"], [b"blip"]]
@@ -61,7 +51,7 @@ def test_a_burst_resends_only_what_was_unavailable():
 
 
 def test_a_burst_gives_up_on_what_stays_unavailable_within_the_deadline():
-    down = RpcError(grpc.StatusCode.UNAVAILABLE)
+    down = FakeRpcError(grpc.StatusCode.UNAVAILABLE)
     embedder = ScriptedEmbedder({b"x": [down] * 1000})
     [result] = embed_burst(embedder, [b"x"], Deadline(0.1), FAST)
     assert result.code == grpc.StatusCode.UNAVAILABLE and "embedder (TorchServe) is unavailable" in result.message

@@ -9,6 +9,8 @@ import pytest
 from lookalike.status import GRPC_TO_HTTP, grpc_status, http_status
 from lookalike_gateway.errors import DEFAULT_RETRY_AFTER_S, SEARCH_NAME, ApiError, Deadline, dependency_error
 
+from .gateway_fakes import FakeRpcError
+
 
 def test_status_table_round_trips_the_codes_clients_see():
     assert http_status(grpc.StatusCode.INVALID_ARGUMENT) == 400
@@ -32,18 +34,6 @@ def test_deadline_runs_out():
     assert err.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
-class RpcError(grpc.RpcError):
-    def __init__(self, code: grpc.StatusCode, details: str = ""):
-        super().__init__(details)
-        self._code, self._details = code, details
-
-    def code(self):
-        return self._code
-
-    def details(self):
-        return self._details
-
-
 @pytest.mark.parametrize("code, expected, says", [
     (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAVAILABLE, "search service is unavailable: connection refused"),
     (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.DEADLINE_EXCEEDED, "did not answer within the deadline"),
@@ -52,7 +42,7 @@ class RpcError(grpc.RpcError):
     (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE, "search service failed: INTERNAL: connection refused"),
 ])
 def test_a_dependency_failure_names_the_dependency_or_passes_the_callers_mistake_on(code, expected, says):
-    error = dependency_error(SEARCH_NAME, RpcError(code, "connection refused"))
+    error = dependency_error(SEARCH_NAME, FakeRpcError(code, "connection refused"))
     assert error.code == expected and says in error.message
 
 

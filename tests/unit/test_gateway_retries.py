@@ -13,24 +13,10 @@ from PIL import Image
 from lookalike.embedder_client import EmbedderImageError
 from lookalike.search.v1 import search_pb2
 from lookalike.v1 import types_pb2
-from lookalike_gateway.cache import EmbeddingCache
-from lookalike_gateway.core import Gateway
 from lookalike_gateway.errors import ApiError, Deadline
-from lookalike_gateway.image_store import ImageStore
 from lookalike_gateway.retry import POLICY, RetryPolicy
-from lookalike_gateway.settings import GatewaySettings
 
-
-class FakeRpcError(grpc.RpcError):
-    def __init__(self, code: grpc.StatusCode, details: str = ""):
-        super().__init__(details)
-        self._code, self._details = code, details or code.name
-
-    def code(self):
-        return self._code
-
-    def details(self):
-        return self._details
+from .gateway_fakes import FakeRpcError, make_gateway
 
 
 class FakeEmbedder:
@@ -75,15 +61,7 @@ def jpeg() -> bytes:
     return out.getvalue()
 
 
-def make_gateway(tmp_path, embedder, search) -> Gateway:
-    settings = GatewaySettings(redis_url="", data_dir=tmp_path)
-    gateway = Gateway(settings, embedder, grpc.insecure_channel("127.0.0.1:9"),
-                      EmbeddingCache("", "m", ttl_s=60, timeout_s=0.05, retry_after_s=1), ImageStore(tmp_path))
-    gateway.search.stub = search
-    return gateway
-
-
-def search(gateway: Gateway, image: bytes, seconds: float):
+def search(gateway, image: bytes, seconds: float):
     return gateway.search_by_image(image, 5, types_pb2.Filter(), Deadline(seconds))
 
 
