@@ -183,7 +183,7 @@ def service_training(x_train: np.ndarray, y_train: list[str]) -> dict:
     from lookalike_gateway.classifier import ClassifierService
     from lookalike_gateway.errors import ApiError
     from lookalike_gateway.settings import GatewaySettings
-    from lookalike_search.server import SearchServicer
+    from lookalike_search.servicer import SearchServicer
     from lookalike_search.store_qdrant import QdrantClientStore
 
     class Context:

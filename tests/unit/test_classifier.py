@@ -23,7 +23,7 @@ from lookalike_gateway.classifier_head import LinearHead, TrainingError, fit_hea
 from lookalike_gateway.classifier_store import ClassifierRepository
 from lookalike_gateway.errors import ApiError, Deadline
 from lookalike_gateway.settings import GatewaySettings
-from lookalike_search.server import SearchServicer
+from lookalike_search.servicer import SearchServicer
 from lookalike_search.store_qdrant import QdrantClientStore
 
 DIM = 32

@@ -79,10 +79,10 @@ def test_limits_and_required_fields_come_from_one_place(spec):
 
 def test_search_service_and_gateway_share_the_limits():
     import lookalike_gateway.validation as gateway_validation
-    import lookalike_search.server as search_server
+    import lookalike_search.servicer as search_servicer
 
-    assert gateway_validation.MAX_ID_LENGTH == search_server.MAX_ID_LENGTH == limits.MAX_ID_LENGTH
-    assert gateway_validation.MAX_TOP_K == search_server.MAX_TOP_K == limits.MAX_TOP_K
+    assert gateway_validation.MAX_ID_LENGTH == search_servicer.MAX_ID_LENGTH == limits.MAX_ID_LENGTH
+    assert gateway_validation.MAX_TOP_K == search_servicer.MAX_TOP_K == limits.MAX_TOP_K
 
 
 def test_405_names_the_methods_of_the_path(client):

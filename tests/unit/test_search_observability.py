@@ -15,7 +15,7 @@ from lookalike.request_id import RequestIdFilter
 from lookalike.search.v1 import search_pb2, search_pb2_grpc
 from lookalike.vectors import pack
 from lookalike_search.observability import REQUESTS, ObservabilityInterceptor, start_metrics_server
-from lookalike_search.server import SERVICE_NAME, SearchServicer
+from lookalike_search.servicer import SERVICE_NAME, SearchServicer
 from lookalike_search.settings import SearchSettings
 from lookalike_search.store import Hit
 

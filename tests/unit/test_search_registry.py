@@ -12,7 +12,7 @@ from lookalike.search.v1 import search_pb2
 from lookalike.v1 import types_pb2
 from lookalike.vectors import pack
 from lookalike_search.registry import CollectionRegistry
-from lookalike_search.server import SearchServicer
+from lookalike_search.servicer import SearchServicer
 from lookalike_search.settings import SearchSettings
 from lookalike_search.store import CollectionMismatch, NotFound
 
