@@ -50,3 +50,8 @@ def test_onnx_runner_threads_and_single_input():
     assert out.shape == (3, 4) and run.dim == 4
     with pytest.raises(ValueError, match="pooling"):
         runtime.OnnxRunner(buf.getvalue(), pooling="max")
+
+
+def test_usable_cpus_is_the_affinity_mask(monkeypatch):
+    monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: {0, 3}, raising=False)
+    assert runtime.usable_cpus() == 2  # not os.cpu_count(): a container or taskset may allow fewer

@@ -87,10 +87,10 @@ def export_checked(path: str | os.PathLike, *, cut: str = "final", weights: str 
 
     from lookalike_embedder import model as lk_model
     from lookalike_embedder.presets import preset as get_preset
-    from lookalike_embedder.runtime import OnnxRunner, TorchRunner
+    from lookalike_embedder.runtime import OnnxRunner, TorchRunner, usable_cpus
 
     chosen = get_preset(preset)
-    threads = threads or max(1, len(os.sched_getaffinity(0)))
+    threads = threads or usable_cpus()
     torch.set_num_threads(threads)
     data, real, source = photos or check_photos()
     model = lk_model.load_model("cpu", cut, weights, arch=chosen.arch)
@@ -112,11 +112,11 @@ def check_onnx(path: str | os.PathLike, spec: Preprocessing, *, pooling: str = "
     """A bring-your-own ONNX model: runs it on the photos with its declared preprocessing and pooling;
     raises ExportCheckFailed when it does not load, gives another dimension than declared, non-finite
     values, or the same vector for every photo."""
-    from lookalike_embedder.runtime import OnnxRunner
+    from lookalike_embedder.runtime import OnnxRunner, usable_cpus
 
     data, real, source = photos or check_photos()
     try:
-        vectors = OnnxRunner(path, threads=max(1, len(os.sched_getaffinity(0))), pooling=pooling)(_batch(data, spec))
+        vectors = OnnxRunner(path, threads=usable_cpus(), pooling=pooling)(_batch(data, spec))
     except Exception as exc:  # onnxruntime raises its own types; say which model and why
         raise ExportCheckFailed(f"{path}: cannot run it on {spec.image_size}x{spec.image_size} images with "
                                 f"pooling {pooling!r}: {exc}") from exc

@@ -85,7 +85,8 @@ from lookalike_embedder import model as lk_model
 from lookalike_embedder.contract import (BATCH_LOG_TAG, ERROR_CONTENT_TYPE, EXTRA_KEYS, INPUT_KEYS,
                                          VECTOR_CONTENT_TYPE, WEIGHTS_FILE, error_payload)
 from lookalike_embedder.preprocessing import Preprocessing, prepare
-from lookalike_embedder.runtime import BACKENDS, DEFAULT_BACKEND, OnnxRunner, TorchRunner, select_device
+from lookalike_embedder.runtime import (BACKENDS, DEFAULT_BACKEND, OnnxRunner, TorchRunner, select_device,
+                                        usable_cpus)
 
 try:  # TorchServe present (inside the server): inherit its handler base for the standard shape.
     from ts.torch_handler.base_handler import BaseHandler
@@ -111,13 +112,6 @@ def _setting(env: str, config: dict, key: str, default):
         return value
     value = config.get(key)
     return default if value in (None, "") else value
-
-
-def _cpu_count() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 class EmbedderHandler(BaseHandler):
@@ -155,11 +149,11 @@ class EmbedderHandler(BaseHandler):
         self.backend, self.device = select_device(props.get("gpu_id"), backend)
         workers = max(1, int(yaml_config.get("minWorkers") or 1))
         self.threads = int(_setting("LOOKALIKE_EMBEDDER_THREADS", config, "threads", 0) or 0) or max(
-            1, _cpu_count() // workers)
+            1, usable_cpus() // workers)
         self.cut = lk_model.normalize_cut(_setting(lk_model.CUT_ENV, config, "cut", lk_model.DEFAULT_CUT))
         self.max_pixels = int(_setting("LOOKALIKE_EMBEDDER_MAX_PIXELS", config, "max_pixels", DEFAULT_MAX_PIXELS))
         self.decode_workers = max(1, int(_setting("LOOKALIKE_EMBEDDER_DECODE_WORKERS", config, "decode_workers", 0)
-                                         or 0) or _cpu_count())
+                                         or 0) or usable_cpus())
         self.spec = Preprocessing.from_config(config)
         self.runner, self.model_version = self._load_runner(props, context, config)
         # Warm-up: the first runs (at each batch shape) are several times slower than the next ones.

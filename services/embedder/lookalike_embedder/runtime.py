@@ -28,6 +28,14 @@ BACKENDS = ("onnxruntime", "torch")
 DEFAULT_BACKEND = BACKENDS[0]
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 class Runner(Protocol):
     dim: int
     device: str
