@@ -37,6 +37,8 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from lookalike import api_keys  # noqa: E402
+
 DEFAULT_DATASET = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "clothing-small"
 
 
@@ -100,7 +102,7 @@ async def run_load(url: str, hot: list[bytes], cold: list[bytes], clients: int, 
     statuses: collections.Counter = collections.Counter()
     cache_hits = collections.Counter()
     errors: list[str] = []
-    headers = {"X-API-Key": api_key} if api_key else {}
+    headers = api_keys.headers(api_key)
     limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
     stop_at = time.monotonic() + seconds
 
@@ -242,7 +244,7 @@ def main() -> int:
         require_loopback(url)
         import httpx
 
-        with httpx.Client(base_url=url, timeout=60, headers={"X-API-Key": args.api_key} if args.api_key else {}) \
+        with httpx.Client(base_url=url, timeout=60, headers=api_keys.headers(args.api_key)) \
                 as http:
             for image in hot:  # warm the cache: these are the "cached" queries
                 http.post("/v1/search", files={"image": ("w.jpg", image, "image/jpeg")}).raise_for_status()

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import os
 
+from lookalike import api_keys
+
 DEFAULT_GATEWAY = "127.0.0.1:50051"
 
 
 def api_key(args) -> str | None:
     """--api-key, else env LOOKALIKE_API_KEY, else none."""
-    return args.api_key or os.environ.get("LOOKALIKE_API_KEY") or None
+    return args.api_key or os.environ.get(api_keys.ENV_VAR) or None
 
 
 def gateway_stub(args):
@@ -19,7 +21,7 @@ def gateway_stub(args):
 
     channel = grpc.insecure_channel(args.gateway)
     key = api_key(args)
-    return channel, lookalike_pb2_grpc.LookalikeStub(channel), ([("x-api-key", key)] if key else None)
+    return channel, lookalike_pb2_grpc.LookalikeStub(channel), api_keys.metadata(key)
 
 
 def print_figures(report: dict) -> None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from lookalike import api_keys
 from lookalike import status as status_table
 from lookalike.crop import crop_box, parse_crop
 from lookalike.filters import make_filter
@@ -71,7 +72,7 @@ class LookalikeClient:
         self.channel = channel or grpc.insecure_channel(address, options=[
             ("grpc.max_send_message_length", 64 * 1024 * 1024)])
         self.timeout = timeout
-        self._metadata = [("x-api-key", api_key)] if api_key else None
+        self._metadata = api_keys.metadata(api_key)
         self.lookalike = lookalike_pb2_grpc.LookalikeStub(self.channel)
         self.classification = classifier_pb2_grpc.ClassificationStub(self.channel)
 

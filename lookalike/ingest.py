@@ -22,6 +22,7 @@ from pathlib import Path
 
 import grpc
 
+from lookalike import api_keys
 from lookalike.catalogue_reader import CatalogueItem
 from lookalike.limits import DEFAULT_MAX_UPLOAD_BYTES
 from lookalike.v1 import lookalike_pb2, lookalike_pb2_grpc
@@ -178,7 +179,7 @@ def index_items(address: str, items: Iterable[CatalogueItem], api_key: str | Non
     report = IngestReport(total=total)
     sink = _Sink(report, failures_file, duplicates_file)
     local_errors: dict[int, str] = {}
-    metadata = [("x-api-key", api_key)] if api_key else None
+    metadata = api_keys.metadata(api_key)
     started = time.perf_counter()
     bar = tqdm(total=total, unit="item", disable=not progress, dynamic_ncols=True, desc="indexing", smoothing=0.1)
     shown = 0.0

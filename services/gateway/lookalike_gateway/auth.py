@@ -7,10 +7,10 @@ import time
 
 import grpc
 
+from lookalike import api_keys
+
 from .errors import ApiError
 
-GRPC_METADATA_KEY = "x-api-key"
-HTTP_HEADER = "X-API-Key"
 
 
 def bearer_token(header: str | None) -> str | None:
@@ -47,7 +47,7 @@ class ApiKeyCheck:
     def check_grpc(self, context: grpc.ServicerContext) -> str | None:
         """Checks the key in metadata `x-api-key` (or `authorization: Bearer ...`)."""
         metadata = dict(context.invocation_metadata() or ())
-        presented = metadata.get(GRPC_METADATA_KEY) or bearer_token(metadata.get("authorization"))
+        presented = metadata.get(api_keys.METADATA_KEY) or bearer_token(metadata.get("authorization"))
         peer = context.peer() or ""
         return self.check(presented, caller=peer.rsplit(":", 1)[0])
 

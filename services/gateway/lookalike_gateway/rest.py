@@ -21,13 +21,13 @@ from starlette.datastructures import Headers, MutableHeaders, QueryParams
 from starlette.datastructures import UploadFile as StarletteUploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from lookalike import images, limits, request_id, stack_status
+from lookalike import api_keys, images, limits, request_id, stack_status
 from lookalike.filters import make_filter
 from lookalike.v1 import types_pb2
 
 from . import adaptation_api, classifier_api, http_errors, metrics, openapi
 from . import api_models as m
-from .auth import HTTP_HEADER, ApiKeyCheck, bearer_token
+from .auth import ApiKeyCheck, bearer_token
 from .core import Gateway
 from .errors import ApiError, Deadline, bad_argument, not_found
 from .http_errors import api_error_response, error_response
@@ -132,7 +132,7 @@ class Guard:
         if (route.startswith("/v1/") or route == "/metrics") and method != "OPTIONS":
             # with API keys configured, the metrics need one too (they describe the traffic); CORS
             # preflights carry none. Prometheus sends a key as `authorization: Bearer` or `?api_key=`.
-            presented = (headers.get(HTTP_HEADER) or bearer_token(headers.get("authorization"))
+            presented = (headers.get(api_keys.HTTP_HEADER) or bearer_token(headers.get("authorization"))
                          or QueryParams(scope.get("query_string", b"")).get("api_key"))
             client = scope.get("client")
             try:
