@@ -4,7 +4,7 @@ A query whose photo is not in the cache needs the embedder (a CPU-heavy forward 
 `concurrency` such embeds run at once and at most `queue` more wait for a slot; a miss that finds the queue
 full is shed at once (the gateway answers UNAVAILABLE / HTTP 503 with a retry hint, through the one status
 table) instead of piling up threads and embedder work that cache hits would then queue behind. Hits never
-enter the gate. Ingest and reindex have their own bounded bursts (lookalike_gateway.ingest).
+enter the gate. Ingest and reindex have their own bounded bursts (lookalike_gateway.ingest_pipeline).
 """
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ from lookalike import limits
 
 LABEL_FIELD_PATTERN = r"^(category|attributes\..+)$"
 ADAPT_LABEL_FIELD_PATTERN = r"^(product|category|attributes\..+)$"
-# No control characters (core.validate_product_id). Over REST, an id ending in /image, /similar or /images/N would name
+# No control characters (validation.validate_product_id). Over REST, an id ending in /image, /similar or /images/N would name
 # those sub-resources of another id: such ids are for gRPC only.
 PRODUCT_ID_PATTERN = r"^(?!.*/(image|similar|images/[0-9]+)$)[^\x00-\x1f\x7f]+$"
 IMAGE_CONTENT_TYPES = "image/jpeg, image/png, image/webp, image/gif, image/bmp"  # images.ALLOWED_FORMATS

@@ -1,4 +1,4 @@
-"""The gateway's ingest pipeline (server side; the client that reads catalogue files is lookalike/ingest.py):
+"""The gateway's ingest pipeline (server side; the client that streams a catalogue is lookalike/ingest.py):
 idempotent upserts with per-item outcomes and duplicate reports.
 
 For each micro-batch of products (one gRPC UpsertProducts stream, a REST PUT, or a reindex pass):
