@@ -22,7 +22,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lookalike import stack_status
+from lookalike import priority, stack_status
 from lookalike.supervisor import Child, Supervisor, describe_exit
 from lookalike.torchserve_process import TorchServeProcess, free_port
 from lookalike_search.settings import default_engine
@@ -139,6 +139,9 @@ class StackConfig:
     extra_gateway_env: dict = field(default_factory=dict)
     extra_search_env: dict = field(default_factory=dict)
     startup_timeout_s: float = 240.0
+    # TorchServe's CPU priority (lookalike.priority): None = LOOKALIKE_EMBEDDER_NICE, default 5, so cache
+    # hits (gateway, search, Redis) are not queued behind embedding work; 0 = the same priority.
+    embedder_nice: int | None = None
     supervise: bool = False  # restart children that exit (lookalike serve); tests that kill children on purpose leave it off
 
 
@@ -150,6 +153,9 @@ class Stack:
         self.data_dir = Path(config.data_dir).resolve()
         self.logs = self.data_dir / "logs"
         self.search_engine = config.search_engine or default_engine(self.data_dir / "search")
+        # checked before anything starts: a bad LOOKALIKE_EMBEDDER_NICE stops the stack naming it
+        self.embedder_nice = (priority.embedder_nice() if config.embedder_nice is None
+                              else priority.check_nice(config.embedder_nice))
         self.redis: ManagedProcess | None = None
         self.torchserve: TorchServeProcess | None = None
         self.search: ManagedProcess | None = None
@@ -213,7 +219,7 @@ class Stack:
         raise TimeoutError("redis-server did not answer PING within 20s")
 
     def start_torchserve(self) -> None:
-        self.torchserve = TorchServeProcess(self.data_dir / "torchserve")
+        self.torchserve = TorchServeProcess(self.data_dir / "torchserve", nice=self.embedder_nice)
         self.torchserve.start(timeout=self.config.startup_timeout_s)
 
     def start_search(self) -> None:

@@ -40,7 +40,7 @@ import urllib.request
 from pathlib import Path
 from typing import Mapping
 
-from lookalike import process_group, torchserve_config, torchserve_logs
+from lookalike import priority, process_group, torchserve_config, torchserve_logs
 from lookalike.embedder_client import MODEL_NAME, EmbedderClient, read_key_file
 from lookalike.torchserve_config import build_embedder_mar, default_config_template, render_properties
 
@@ -72,7 +72,8 @@ class TorchServeProcess:
     Prometheus mode, with the metrics of services/embedder/metrics.yaml (`metrics_url` + "/metrics",
     or `metrics_text()`). `properties` are extra
     config.properties entries (None removes one); `env` extra environment for java and the worker
-    (e.g. LOOKALIKE_EMBEDDER_CUT, LOOKALIKE_EMBEDDER_THREADS).
+    (e.g. LOOKALIKE_EMBEDDER_CUT, LOOKALIKE_EMBEDDER_THREADS). `nice` > 0 runs the whole server at that
+    lower CPU priority, its autogroup too (lookalike.priority).
     Everything the run writes is under `data_dir`: config.properties, key_file.json,
     logs/ (ts_log.log, model_log.log, access_log.log, torchserve.out), tmp/ (sockets, unpacked mar).
     """
@@ -97,6 +98,7 @@ class TorchServeProcess:
         python: str | None = None,
         java_home: str | None = None,
         startup_timeout: float = 180.0,
+        nice: int = 0,
     ):
         self.data_dir = Path(data_dir).resolve()
         self._build_mar = model_store is None
@@ -111,6 +113,7 @@ class TorchServeProcess:
         self.python = python or sys.executable
         self.java_home = java_home
         self.startup_timeout = float(startup_timeout)
+        self.nice = priority.check_nice(nice)  # > 0: the whole server at a lower CPU priority
         self.ports = {"grpc": grpc_port, "http": http_port, "management": management_port,
                       "metrics": metrics_port, "grpc_management": grpc_management_port}
         self.log_dir = self.data_dir / "logs"
@@ -271,10 +274,13 @@ class TorchServeProcess:
         self.write_config()
         cmd = [self.python, "-m", "ts.model_server", "--start", "--foreground", "--ncs",
                "--model-store", str(self.model_store), "--ts-config", str(self.config_path)]
+        cmd = priority.niced(cmd, self.nice)  # java and its workers inherit it
         self._out = open(self.log_dir / "torchserve.out", "ab")
         self.started_at = time.monotonic()
         self.proc = subprocess.Popen(cmd, cwd=self.data_dir, env=self._environment(), stdin=subprocess.DEVNULL,
                                      stdout=self._out, stderr=subprocess.STDOUT, start_new_session=True)
+        if self.nice:  # its own session: with autogroup scheduling only the session's nice ranks it
+            priority.set_autogroup_nice(self.proc.pid, self.nice)
 
     def management_get(self, path: str, timeout: float = 5.0):
         """GET on the management API (loopback, with the management token); the decoded JSON."""
