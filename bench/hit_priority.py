@@ -13,7 +13,8 @@ gateway, which runs in its own session). Each round measures:
 
 `--redis-timeout` adds the gateway's Redis timeout as a second factor (the gateway restarts when it changes).
 
-Writes bench/results/hit_priority.json (per round and per configuration, with the load average).
+Writes bench/results/hit_priority.json (per round and per configuration: latencies, QPS, shed 503s, hot photos
+that missed the cache, the gateway's CPU ms per request, the load average).
 
     python bench/hit_priority.py --nice 0 5 10 --rounds 3 --seconds 20
     python bench/hit_priority.py --nice 0 10 --redis-timeout 0.05 0.25 --rate 100
@@ -61,16 +62,8 @@ def idle_hits(url: str, hot: list[bytes], n: int) -> dict:
     return summary(samples)
 
 
-def label(nice: int, redis_timeout: float, http: str) -> str:
-    return f"nice={nice} redis_timeout_s={redis_timeout:g} http={http}"
-
-
-def without_accelerators(folder: Path) -> Path:
-    """A PYTHONPATH folder that hides uvloop and httptools (the gateway then runs asyncio + h11)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in ("uvloop", "httptools"):
-        (folder / f"{name}.py").write_text(f"raise ImportError('{name} hidden by bench/hit_priority.py')\n")
-    return folder
+def label(nice: int, redis_timeout: float) -> str:
+    return f"nice={nice} redis_timeout_s={redis_timeout:g}"
 
 
 def process_cpu_s(pid: int) -> float:
@@ -85,10 +78,6 @@ def main() -> int:
     parser.add_argument("--redis-timeout", type=float, nargs="+", default=[0.05],
                         help="gateway Redis timeouts compared (LOOKALIKE_GATEWAY_REDIS_TIMEOUT_S; the gateway "
                              "restarts between rounds when it changes)")
-    parser.add_argument("--http", nargs="+", default=["uvloop-httptools"],
-                        choices=["uvloop-httptools", "asyncio-h11"],
-                        help="the gateway's event loop and HTTP parser compared (asyncio-h11 hides uvloop and "
-                             "httptools from it)")
     parser.add_argument("--rounds", type=int, default=2,
                         help="rounds of each configuration (alternating order: forward, then reversed)")
     parser.add_argument("--clients", type=int, default=32)
@@ -106,7 +95,7 @@ def main() -> int:
     from lookalike.stack import Stack, StackConfig
     import httpx
 
-    configs = [(n, t, h) for n in args.nice for t in args.redis_timeout for h in args.http]
+    configs = [(n, t) for n in args.nice for t in args.redis_timeout]
     order = [c for r in range(args.rounds) for c in (configs if r % 2 == 0 else configs[::-1])]
     hot = [p.read_bytes() for p in photos(args.dataset, "test", 3)]
     # enough new photos for ~400 QPS: a client that runs out sends hot ones instead
@@ -119,11 +108,9 @@ def main() -> int:
     for photo in photos(args.dataset, "train", 10):
         (catalogue / photo.parent.name).mkdir(parents=True, exist_ok=True)
         (catalogue / photo.parent.name / photo.name).symlink_to(photo)
-    hidden = without_accelerators(data_dir / "no-accelerators")
 
-    def gateway_env(redis_timeout: float, http: str) -> dict:
-        return {"LOOKALIKE_GATEWAY_REDIS_TIMEOUT_S": str(redis_timeout),
-                "PYTHONPATH": str(hidden) if http == "asyncio-h11" else ""}
+    def gateway_env(redis_timeout: float) -> dict:
+        return {"LOOKALIKE_GATEWAY_REDIS_TIMEOUT_S": str(redis_timeout)}
     stack = Stack(StackConfig(data_dir=data_dir, http_port=0, grpc_port=0, embedder_nice=0,
                               extra_gateway_env=gateway_env(*order[0][1:]))).start()
     rounds = []
@@ -133,8 +120,8 @@ def main() -> int:
         with httpx.Client(base_url=url, timeout=60) as http:
             for image in hot:
                 http.post("/v1/search", files={"image": ("w.jpg", image, "image/jpeg")}).raise_for_status()
-        for i, (nice, redis_timeout, http) in enumerate(order):
-            wanted = gateway_env(redis_timeout, http)
+        for i, (nice, redis_timeout) in enumerate(order):
+            wanted = gateway_env(redis_timeout)
             if any(stack.gateway.env.get(k) != v for k, v in wanted.items()):
                 stack.gateway.stop()
                 stack.gateway.env.update(wanted)
@@ -151,8 +138,8 @@ def main() -> int:
                                        args.processes, args.seconds, args.uncached, 100 + i, None, 30.0,
                                        args.rate)
             loaded_cpu_ms = (process_cpu_s(gateway_pid) - cpu_before) / max(1, loaded["requests"]) * 1000
-            row = {"round": i, "config": label(nice, redis_timeout, http), "embedder_nice": nice,
-                   "redis_timeout_s": redis_timeout, "http": http, "loadavg_1m_before": round(load_before, 2),
+            row = {"round": i, "config": label(nice, redis_timeout), "embedder_nice": nice,
+                   "redis_timeout_s": redis_timeout, "loadavg_1m_before": round(load_before, 2),
                    "gateway_cpu_ms_per_idle_hit": round(idle_cpu_ms, 2),
                    "gateway_cpu_ms_per_loaded_request": round(loaded_cpu_ms, 2),
                    "loadavg_1m_after": round(os.getloadavg()[0], 2), "idle_hit": idle,

@@ -139,8 +139,8 @@ class StackConfig:
     extra_gateway_env: dict = field(default_factory=dict)
     extra_search_env: dict = field(default_factory=dict)
     startup_timeout_s: float = 240.0
-    # TorchServe's CPU priority (lookalike.priority): None = LOOKALIKE_EMBEDDER_NICE, default 5, so cache
-    # hits (gateway, search, Redis) are not queued behind embedding work; 0 = the same priority.
+    # TorchServe's CPU priority (lookalike.priority): None = LOOKALIKE_EMBEDDER_NICE (default 0, the same
+    # priority); > 0 puts cache hits (gateway, search, Redis) ahead of embedding work.
     embedder_nice: int | None = None
     supervise: bool = False  # restart children that exit (lookalike serve); tests that kill children on purpose leave it off
 

@@ -65,33 +65,6 @@ def test_healthz_and_grpc_health(indexed_stack, http):
         assert "lookalike.v1.Lookalike" in names
 
 
-def test_torchserve_runs_at_a_lower_cpu_priority_than_the_gateway(indexed_stack):
-    """`lookalike serve` gives cache hits priority: java and every TorchServe worker run at the stack's embedder
-    nice value (default 5, lookalike.priority), in their own autogroup of that nice value; the gateway and
-    search service do not."""
-    import os
-    from pathlib import Path
-
-    from lookalike import priority
-
-    ts = indexed_stack.torchserve
-    assert indexed_stack.embedder_nice == priority.DEFAULT_EMBEDDER_NICE == ts.nice
-    base = os.getpriority(os.PRIO_PROCESS, 0)
-    expected = min(priority.MAX_NICE, base + ts.nice)
-    pids = ts.group_pids()
-    cmdlines = {pid: Path(f"/proc/{pid}/cmdline").read_bytes() for pid in pids}
-    workers = [pid for pid, cmd in cmdlines.items() if b"model_service_worker" in cmd]
-    assert ts._java_pids() and workers, cmdlines
-    assert {pid: os.getpriority(os.PRIO_PROCESS, pid) for pid in pids} == {pid: expected for pid in pids}
-    for service in (indexed_stack.gateway, indexed_stack.search):
-        assert os.getpriority(os.PRIO_PROCESS, service.proc.pid) == base
-    if Path("/proc/self/autogroup").exists():
-        group = Path(f"/proc/{ts.pid}/autogroup").read_text().split()
-        assert group[-1] == str(ts.nice)
-        assert all(Path(f"/proc/{pid}/autogroup").read_text().split() == group for pid in workers)
-        assert Path(f"/proc/{indexed_stack.gateway.proc.pid}/autogroup").read_text().split()[-1] == "0"
-
-
 def test_search_returns_same_category(http, clothing_test_photos):
     hits = total = 0
     for category, photos in clothing_test_photos.items():

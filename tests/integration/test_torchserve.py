@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import socket
+import os
 import time
 import urllib.error
 import urllib.request
@@ -44,10 +45,14 @@ def photos() -> list[bytes]:
     return [synthetic_jpeg(i) for i in range(8)]
 
 
+NICE = 3
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("ts")
-    ts = TorchServeProcess(data_dir, startup_timeout=120)  # builds the .mar into data_dir/model-store
+    # builds the .mar into data_dir/model-store; at a lower CPU priority (LOOKALIKE_EMBEDDER_NICE's mechanism)
+    ts = TorchServeProcess(data_dir, startup_timeout=120, nice=NICE)
     started = time.monotonic()
     ts.start()
     print(f"\nTorchServe cold start: {time.monotonic() - started:.1f}s (model READY)")
@@ -237,6 +242,21 @@ def test_batch_size_and_queue_metrics_on_the_loopback_metrics_api(server, client
     count = sum(s.value for s in reexported["lookalike_embedder_batch_size"].samples
                 if s.name == "lookalike_embedder_batch_size_count")
     assert count >= before.get("_count", 0.0) + d["_count"]
+
+
+def test_java_and_every_worker_run_at_the_lower_priority_in_their_own_autogroup(server):
+    """TorchServeProcess(nice=N), as `lookalike serve` starts it with LOOKALIKE_EMBEDDER_NICE: java and each
+    Python worker it starts inherit nice N (lookalike.priority), and share one autogroup of nice N."""
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    pids = server.group_pids()
+    cmdlines = {pid: Path(f"/proc/{pid}/cmdline").read_bytes() for pid in pids}
+    workers = [pid for pid, cmd in cmdlines.items() if b"model_service_worker" in cmd]
+    java = [pid for pid, cmd in cmdlines.items() if b"org.pytorch.serve.ModelServer" in cmd]
+    assert workers and java, cmdlines
+    assert {pid: os.getpriority(os.PRIO_PROCESS, pid) for pid in pids} == {pid: min(19, base + NICE) for pid in pids}
+    if Path("/proc/self/autogroup").exists():
+        groups = {Path(f"/proc/{pid}/autogroup").read_text().strip() for pid in pids}
+        assert len(groups) == 1 and groups.pop().endswith(f"nice {NICE}")
 
 
 def test_stop_leaves_no_process(server):

@@ -16,8 +16,9 @@ HAS_AUTOGROUP = Path("/proc/self/autogroup").exists()
 
 
 def test_setting_default_and_valid_values():
-    assert priority.embedder_nice({}) == priority.DEFAULT_EMBEDDER_NICE == 5
-    assert priority.embedder_nice({priority.ENV: ""}) == 5
+    assert priority.embedder_nice({}) == priority.DEFAULT_EMBEDDER_NICE == 0
+    assert priority.embedder_nice({priority.ENV: ""}) == 0
+    assert priority.embedder_nice({priority.ENV: "5"}) == 5
     assert priority.embedder_nice({priority.ENV: "0"}) == 0
     assert priority.embedder_nice({priority.ENV: " 19 "}) == 19
 
@@ -136,4 +137,6 @@ def test_stack_reads_the_setting_before_starting_anything(tmp_path, monkeypatch)
     assert not (tmp_path / "logs").exists()
     monkeypatch.delenv(priority.ENV)
     assert Stack(StackConfig(data_dir=tmp_path)).embedder_nice == priority.DEFAULT_EMBEDDER_NICE
+    monkeypatch.setenv(priority.ENV, "5")
+    assert Stack(StackConfig(data_dir=tmp_path)).embedder_nice == 5
     assert Stack(StackConfig(data_dir=tmp_path, embedder_nice=0)).embedder_nice == 0

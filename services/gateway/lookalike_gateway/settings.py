@@ -35,7 +35,10 @@ class GatewaySettings(BaseSettings):
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     cache_ttl_s: int = Field(7 * 24 * 3600, ge=1)
-    redis_timeout_s: float = Field(0.05, gt=0, le=5)  # a slow Redis is skipped, not waited for
+    # A slow Redis is skipped (for redis_retry_after_s), not waited for. 0.25 s, not less: on a loaded machine
+    # a healthy Redis GET can take 50+ ms to be scheduled, and a false timeout turns every cache hit of the
+    # next redis_retry_after_s into an embed (bench/hit_priority.py: 131 hot photos missed at 0.05 s, 0 at 0.25).
+    redis_timeout_s: float = Field(0.25, gt=0, le=5)
     redis_retry_after_s: float = Field(2.0, ge=0)  # after a Redis failure, skip it this long
 
     # Uncached queries (lookalike_gateway.admission): at most this many embeds at once, this many more
