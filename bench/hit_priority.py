@@ -91,7 +91,8 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "hit_priority.json")
     args = parser.parse_args()
 
-    from lookalike.ingest import index_items, scan_folder
+    from lookalike.catalogue_reader import scan_folder
+    from lookalike.ingest import index_items
     from lookalike.stack import Stack, StackConfig
     import httpx
 
