@@ -2,12 +2,13 @@
 (java and its Python workers) at a lower priority than the gateway, search service and Redis, so a cache hit
 (a Redis GET and a search) is not queued behind embedding work when the cores are busy.
 
-Off by default, measured (bench/hit_priority.py, one run each side, 2 cores shared with other work): under 32
-closed-loop clients with 20% new photos, nice 5 took cache hits from p50 158 / p99 610 ms to 67 / 244 ms, but
-new photos from p50 0.36 s to 1.0 s (many more shed with 503); paced at 100 QPS on a machine busy with other
-work, the embedder starved behind that work (it ranks below *every* other process, not only the gateway):
-new photos p50 64 ms -> 1.1 s and hits p99 0.78 -> 2.8 s. Worth it on a machine that runs only the stack,
-when cache hits matter more than new photos.
+Off by default, measured (bench/hit_priority.py, both sides in one run, 2 cores shared with other work at load
+7-14; bench/results/hit_priority.json and hit_priority-paced.json): under 32 closed-loop clients with 20% new
+photos, nice 5 took cache hits from p50 192 / p99 844 ms to 108 / 449 ms, but new photos from p50 0.35 s to
+1.6 s (973 shed with 503 against 56). Paced at 100 QPS the hits' tail did not improve (p99 0.15-3.8 s either
+way) while new photos went from p50 150 ms to 855 ms: the embedder ranks below *every* other process on the
+machine, not only the gateway, so on a busy machine it starves. Worth it on a machine that runs only the
+stack, when cache hits matter more than new photos.
 
 Two knobs, both set: the nice value of the processes (`nice -n N` in front of the launch command, so java
 and every worker it starts inherit it) and the nice value of the session's autogroup. With the kernel's
