@@ -73,7 +73,7 @@ class FakeEmbedder:
         self.calls = 0  # images embedded
         self.crops: list[str | None] = []  # the crop of each embed() call
         self.lock = threading.Lock()
-        self.target, self.token_file, self.channel = "fake:1", None, None
+        self.channel = None  # the channel other models' clients share (CollectionManager)
 
     def vector(self, image: bytes) -> np.ndarray:
         if image in self.vectors:

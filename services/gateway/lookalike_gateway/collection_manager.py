@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -53,6 +54,20 @@ class Target:
     def raw(self, stored: np.ndarray) -> np.ndarray:
         """A stored vector of this collection back as the raw embedding (unit length)."""
         return stored if self.projection is None else self.projection.raw(stored)
+
+
+def embedder_client(settings, name: str, version: str, channel: grpc.Channel | None = None,
+                    interceptors: Sequence = ()) -> EmbedderClient:
+    """A client of the configured embedder for one model (name, version), over `channel` when given."""
+    token = settings.embedder_token.get_secret_value() if settings.embedder_token else None
+    return EmbedderClient(settings.embedder_address, token=token, model_name=name, model_version=version,
+                          token_file=settings.embedder_token_file, channel=channel, interceptors=list(interceptors))
+
+
+def embedding_cache(settings, model_id: str) -> EmbeddingCache:
+    """The configured embedding cache, keyed for `model_id`."""
+    return EmbeddingCache(settings.redis_url, model_id=model_id, ttl_s=settings.cache_ttl_s,
+                          timeout_s=settings.redis_timeout_s, retry_after_s=settings.redis_retry_after_s)
 
 
 class WriteGate:
@@ -117,14 +132,10 @@ class CollectionManager:
     def _model(self, mid: str) -> tuple[EmbedderClient, EmbeddingCache]:
         if mid == self.default_model:
             return self.embedder, self.cache
-        if mid not in self._models:
-            base, s = self.embedder, self.settings
+        if mid not in self._models:  # another model: its own client over the same channel, its own cache keys
             name, version = naming.split_model_id(mid)
-            embedder = EmbedderClient(base.target, token=getattr(base, "_token", None), model_name=name,
-                                      model_version=version, token_file=base.token_file, channel=base.channel)
-            cache = EmbeddingCache(s.redis_url, model_id=mid, ttl_s=s.cache_ttl_s, timeout_s=s.redis_timeout_s,
-                                   retry_after_s=s.redis_retry_after_s)
-            self._models[mid] = (embedder, cache)
+            self._models[mid] = (embedder_client(self.settings, name, version, channel=self.embedder.channel),
+                                 embedding_cache(self.settings, mid))
         return self._models[mid]
 
     def target(self, collection: str) -> Target:

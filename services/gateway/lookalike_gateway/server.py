@@ -16,15 +16,15 @@ import uvicorn
 from lookalike import atomic, naming
 from lookalike.grpc_server import ServiceHost, configure_logging
 from lookalike.settings import load_settings
-from lookalike.embedder_client import RECONNECT_OPTIONS, EmbedderClient
+from lookalike.embedder_client import RECONNECT_OPTIONS
 from lookalike.v1 import lookalike_pb2, lookalike_pb2_grpc
 
 from . import calibration, embedder_metrics, stack_metrics
 from .auth import ApiKeyCheck, RateLimiter
-from .cache import EmbeddingCache
 from .adaptation_api import AdaptationService
 from .classifier import ClassifierService
 from .classifier_api import add_to_host as add_classification
+from .collection_manager import embedder_client, embedding_cache
 from .core import Dependencies, Gateway
 from .grpc_api import LookalikeServicer
 from .image_store import ImageStore
@@ -75,19 +75,14 @@ class ReadinessMonitor(threading.Thread):
 def build_gateway(settings: GatewaySettings) -> Gateway:
     """Wires the embedder client, the search channel, the cache and the image store (and the embedder's
     metrics: requests in flight on the embedder channel, TorchServe's metrics re-exported when configured)."""
-    embedder = EmbedderClient(settings.embedder_address, model_name=settings.embedder_model,
-                              model_version=settings.embedder_model_version,
-                              token=settings.embedder_token.get_secret_value() if settings.embedder_token else None,
-                              token_file=settings.embedder_token_file,
-                              interceptors=[embedder_metrics.InFlightInterceptor()])
+    embedder = embedder_client(settings, settings.embedder_model, settings.embedder_model_version,
+                               interceptors=[embedder_metrics.InFlightInterceptor()])
     embedder_metrics.install(settings.embedder_metrics_url)
     stack_metrics.install(settings.stack_status_file)
     search_channel = grpc.insecure_channel(settings.search_address, options=[
         ("grpc.max_receive_message_length", 64 * 1024 * 1024),
         ("grpc.max_send_message_length", 64 * 1024 * 1024), *RECONNECT_OPTIONS])
-    model_id = naming.model_id(settings.embedder_model, settings.embedder_model_version)
-    cache = EmbeddingCache(settings.redis_url, model_id=model_id, ttl_s=settings.cache_ttl_s,
-                           timeout_s=settings.redis_timeout_s, retry_after_s=settings.redis_retry_after_s)
+    cache = embedding_cache(settings, naming.model_id(settings.embedder_model, settings.embedder_model_version))
     return Gateway(settings, embedder, search_channel, cache, ImageStore(settings.data_dir / "images"))
 
 
