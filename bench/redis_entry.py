@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lookalike.torchserve_process import free_port
+from lookalike.ports import free_port
 
 
 def measure(keys: int, dim: int = 1280, model_id: str = "lookalike-lite0", ttl_s: int = 7 * 24 * 3600) -> dict:

@@ -8,7 +8,7 @@ import sys
 import threading
 from pathlib import Path
 
-from lookalike import cli_adapt
+from lookalike import cli_adapt, ports
 from lookalike.cli_common import DEFAULT_GATEWAY, api_key, gateway_stub, print_figures
 
 
@@ -308,8 +308,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="start the whole chain (TorchServe, redis, search, gateway) locally")
     serve.add_argument("--data-dir", default="var", help="where indexes, images and logs live (default: var)")
-    serve.add_argument("--http-port", type=int, default=8080, help="gateway REST/web port (default 8080)")
-    serve.add_argument("--grpc-port", type=int, default=50051, help="gateway gRPC port (default 50051)")
+    serve.add_argument("--http-port", type=int, default=ports.GATEWAY_HTTP_PORT,
+                       help=f"gateway REST/web port (default {ports.GATEWAY_HTTP_PORT})")
+    serve.add_argument("--grpc-port", type=int, default=ports.GATEWAY_GRPC_PORT,
+                       help=f"gateway gRPC port (default {ports.GATEWAY_GRPC_PORT})")
     serve.add_argument("--host", default="127.0.0.1", help="address the gateway binds (default 127.0.0.1)")
     serve.add_argument("--engine", default="", choices=["", "qdrant-edge", "qdrant-local"],
                        help="embedded Qdrant engine (default qdrant-edge; a data dir holding only qdrant-local "

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import os
 
-from lookalike import api_keys
+from lookalike import api_keys, ports
 
-DEFAULT_GATEWAY = "127.0.0.1:50051"
+DEFAULT_GATEWAY = ports.GATEWAY_ADDRESS
 
 
 def api_key(args) -> str | None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from lookalike import api_keys
+from lookalike import api_keys, ports
 from lookalike import status as status_table
 from lookalike.crop import crop_box, parse_crop
 from lookalike.filters import make_filter
@@ -66,7 +66,7 @@ class LookalikeError(Exception):
 class LookalikeClient:
     """lookalike.v1.Lookalike and lookalike.v1.Classification over one channel."""
 
-    def __init__(self, address: str = "127.0.0.1:50051", api_key: str | None = None,
+    def __init__(self, address: str = ports.GATEWAY_ADDRESS, api_key: str | None = None,
                  timeout: float = DEFAULT_TIMEOUT_S, channel: grpc.Channel | None = None):
         self._own_channel = channel is None
         self.channel = channel or grpc.insecure_channel(address, options=[

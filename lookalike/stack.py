@@ -24,7 +24,8 @@ from pathlib import Path
 
 from lookalike import priority, stack_status
 from lookalike.supervisor import Child, Supervisor, describe_exit
-from lookalike.torchserve_process import TorchServeProcess, free_port
+from lookalike.ports import GATEWAY_GRPC_PORT, GATEWAY_HTTP_PORT, free_port
+from lookalike.torchserve_process import TorchServeProcess
 from lookalike_search.settings import default_engine
 
 log = logging.getLogger(__name__)
@@ -131,8 +132,8 @@ def wait_for_port_file(path: Path, process: ManagedProcess, timeout: float) -> d
 class StackConfig:
     """Where the stack keeps its state and which ports the gateway takes (0 = any free port)."""
     data_dir: Path = Path("var")
-    http_port: int = 8080
-    grpc_port: int = 50051
+    http_port: int = GATEWAY_HTTP_PORT
+    grpc_port: int = GATEWAY_GRPC_PORT
     host: str = "127.0.0.1"
     search_engine: str = ""  # "" = the search service's default (lookalike_search.settings.default_engine)
     api_keys: str = ""

@@ -30,7 +30,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -42,14 +41,8 @@ from typing import Mapping
 
 from lookalike import priority, process_group, torchserve_config, torchserve_logs
 from lookalike.embedder_client import MODEL_NAME, EmbedderClient, read_key_file
+from lookalike.ports import free_port
 from lookalike.torchserve_config import build_embedder_mar, default_config_template, render_properties
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free right now on `host` (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 class TorchServeError(RuntimeError):
@@ -403,4 +396,4 @@ class TorchServeProcess:
         return f"TorchServeProcess(pid={self.pid}, grpc={self.grpc_target}, data_dir={str(self.data_dir)!r})"
 
 
-__all__ = ["TorchServeError", "TorchServeProcess", "free_port"]
+__all__ = ["TorchServeError", "TorchServeProcess"]

@@ -17,7 +17,8 @@ import httpx
 import psutil
 import pytest
 
-from lookalike.stack import Stack, StackConfig, free_port
+from lookalike.ports import free_port
+from lookalike.stack import Stack, StackConfig
 from lookalike.embedder_client import read_key_file
 from lookalike.v1 import lookalike_pb2, lookalike_pb2_grpc, types_pb2
 from tests.conftest import clothing_split

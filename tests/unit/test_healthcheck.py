@@ -12,7 +12,7 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from lookalike import healthcheck
-from lookalike.torchserve_process import free_port
+from lookalike.ports import free_port
 
 
 @pytest.fixture()

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from lookalike import limits, naming
+from lookalike import limits, naming, ports
 
 
 class GatewaySettings(BaseSettings):
@@ -16,8 +16,8 @@ class GatewaySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LOOKALIKE_GATEWAY_", extra="ignore")
 
     host: str = "127.0.0.1"
-    grpc_port: int = Field(50051, ge=0, le=65535)
-    http_port: int = Field(8080, ge=0, le=65535)
+    grpc_port: int = Field(ports.GATEWAY_GRPC_PORT, ge=0, le=65535)
+    http_port: int = Field(ports.GATEWAY_HTTP_PORT, ge=0, le=65535)
     port_file: Path | None = None  # when set, "grpc=<port>\nhttp=<port>" is written there once ready
 
     embedder_address: str = "127.0.0.1:7070"
