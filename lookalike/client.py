@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from lookalike import api_keys, ports
+from lookalike import api_keys, limits, ports
 from lookalike import status as status_table
 from lookalike.crop import crop_box, parse_crop
 from lookalike.filters import make_filter
@@ -70,7 +70,7 @@ class LookalikeClient:
                  timeout: float = DEFAULT_TIMEOUT_S, channel: grpc.Channel | None = None):
         self._own_channel = channel is None
         self.channel = channel or grpc.insecure_channel(address, options=[
-            ("grpc.max_send_message_length", 64 * 1024 * 1024)])
+            ("grpc.max_send_message_length", limits.MAX_GRPC_MESSAGE_BYTES)])
         self.timeout = timeout
         self._metadata = api_keys.metadata(api_key)
         self.lookalike = lookalike_pb2_grpc.LookalikeStub(self.channel)

@@ -30,6 +30,7 @@ import grpc
 import numpy as np
 from google.protobuf import empty_pb2
 
+from lookalike.limits import MAX_GRPC_MESSAGE_BYTES
 from lookalike.naming import DEFAULT_MODEL_NAME as MODEL_NAME
 from lookalike.torchserve_api import inference_pb2, inference_pb2_grpc
 from lookalike.vectors import unpack
@@ -146,7 +147,7 @@ class EmbedderClient:
         self._lock = threading.Lock()
         self._own_channel = channel is None
         default_options = [("grpc.max_receive_message_length", 16 * 1024 * 1024),
-                           ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                           ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_BYTES),
                            *RECONNECT_OPTIONS]
         self.channel = channel or grpc.insecure_channel(target, options=list(options or default_options))
         if interceptors:

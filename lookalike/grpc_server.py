@@ -12,6 +12,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from lookalike.limits import MAX_GRPC_MESSAGE_BYTES
 from lookalike.request_id import RequestIdFilter
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ class ServiceHost:
     `grace` seconds and stops.
     """
 
-    def __init__(self, address: str, max_workers: int = 16, max_message_bytes: int = 64 * 1024 * 1024,
+    def __init__(self, address: str, max_workers: int = 16, max_message_bytes: int = MAX_GRPC_MESSAGE_BYTES,
                  grace: float = 10.0, interceptors: Iterable[grpc.ServerInterceptor] = ()):
         options = [("grpc.max_receive_message_length", max_message_bytes),
                    ("grpc.max_send_message_length", max_message_bytes),

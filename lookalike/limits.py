@@ -7,6 +7,7 @@ DEFAULT_TOP_K = 10  # results per search when the caller sets none (the gateway'
 MAX_ID_LENGTH = 512  # characters in a product id; no control characters
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024  # one image (the gateway's max_upload_bytes default)
 MULTIPART_SLACK_BYTES = 64 * 1024  # a REST body may exceed the image limit by this much (multipart framing)
+MAX_GRPC_MESSAGE_BYTES = 64 * 1024 * 1024  # the largest gRPC message our clients send and our servers take by default
 MAX_CATEGORY_BOOST = 10.0  # category_boost is 0..MAX_CATEGORY_BOOST
 DEFAULT_CLASSIFY_TOP_K = 5  # labels per Classify when the caller sets none
 MAX_IMAGES_PER_PRODUCT = 256  # photos of one product, at most (the search service's limit)

@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 import uvicorn
 
-from lookalike import atomic, naming
+from lookalike import atomic, limits, naming
 from lookalike.grpc_server import ServiceHost, configure_logging
 from lookalike.settings import load_settings
 from lookalike.embedder_client import RECONNECT_OPTIONS
@@ -80,8 +80,8 @@ def build_gateway(settings: GatewaySettings) -> Gateway:
     embedder_metrics.install(settings.embedder_metrics_url)
     stack_metrics.install(settings.stack_status_file)
     search_channel = grpc.insecure_channel(settings.search_address, options=[
-        ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-        ("grpc.max_send_message_length", 64 * 1024 * 1024), *RECONNECT_OPTIONS])
+        ("grpc.max_receive_message_length", limits.MAX_GRPC_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", limits.MAX_GRPC_MESSAGE_BYTES), *RECONNECT_OPTIONS])
     cache = embedding_cache(settings, naming.model_id(settings.embedder_model, settings.embedder_model_version))
     return Gateway(settings, embedder, search_channel, cache, ImageStore(settings.data_dir / "images"))
 
