@@ -20,6 +20,7 @@ import grpc
 import numpy as np
 from prometheus_client import Gauge
 
+from lookalike.limits import MAX_SCROLL_LIMIT
 from lookalike.search.v1 import search_pb2
 
 from .errors import ApiError, Deadline
@@ -37,7 +38,7 @@ CHECK_S = 5.0  # how often the collection and its count are looked at (one Count
 PASS_GAP_FACTOR = 10.0
 PASS_TIMEOUT_S = 120.0  # the deadline of one calibration pass (scroll + searches)
 SEARCH_BATCH = 256  # vectors per SearchByVectors
-SCROLL_PAGE = 1000
+SCROLL_PAGE = MAX_SCROLL_LIMIT  # the largest page the search service gives
 
 WEAK_MATCH_SCORE = Gauge("lookalike_gateway_weak_match_score",
                          "The catalogue's \"no close match\" threshold searches report (0 = off)")

@@ -29,6 +29,7 @@ import numpy as np
 from prometheus_client import Histogram
 
 from lookalike import vectors
+from lookalike.limits import MAX_SCROLL_LIMIT
 from lookalike.search.v1 import search_pb2
 
 from .classifier_head import DEFAULT_C_VALUES, DEFAULT_HOLDOUT, LinearHead, TrainingError, fit_head
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 DEFAULT_LABEL_FIELD = "category"
 DEFAULT_MIN_EXAMPLES = 5
 DEFAULT_TOP_K = 5
-SCROLL_PAGE = 1000
+SCROLL_PAGE = MAX_SCROLL_LIMIT  # the largest page the search service gives
 # Training reads at most this many labelled points. Scrolling goes in point-id order, and point ids are
 # uuid5 hashes of the product ids, so the first N are a uniform sample of the catalogue.
 MAX_TRAIN_POINTS = 100_000

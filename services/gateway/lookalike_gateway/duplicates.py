@@ -1,9 +1,9 @@
 """Duplicate detection for ingest, per image: an image byte-identical to another product's (same SHA-256),
 or whose embedding is within `duplicate_max_distance` (cosine distance) of one of another product's images.
 
-Looked at for each new image of a batch: the nearest stored products (one SearchByVectors call per 1024
-images), earlier products of the same stream (exact, by hash) and earlier products of the same batch (not
-stored yet). A product's own images never count as duplicates of each other.
+Looked at for each new image of a batch: the nearest stored products (one SearchByVectors call per
+limits.MAX_VECTORS_PER_SEARCH images), earlier products of the same stream (exact, by hash) and earlier products
+of the same batch (not stored yet). A product's own images never count as duplicates of each other.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import grpc
 import numpy as np
 
 from lookalike import vectors
+from lookalike.limits import MAX_VECTORS_PER_SEARCH
 from lookalike.search.v1 import search_pb2
 
 from . import metrics
@@ -23,7 +24,7 @@ from .search_client import SearchClient
 
 SEEN_DIGESTS_MAX = 200_000  # per stream: exact duplicates among earlier items of the same stream
 DUPLICATE_CANDIDATES = 3  # nearest stored products looked at (the product itself may be one)
-VECTORS_PER_CALL = 1024  # the search service's SearchByVectors limit
+VECTORS_PER_CALL = MAX_VECTORS_PER_SEARCH  # the search service's SearchByVectors limit
 
 
 class Duplicate(NamedTuple):
