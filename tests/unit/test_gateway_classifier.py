@@ -1,14 +1,11 @@
-"""Classifiers on stored embeddings: the head, training, persistence, errors, the service over a real
-search servicer (qdrant-local, in-process) and the REST routes -- synthetic embeddings, no model."""
+"""The classifier service (`lookalike_gateway.classifier`) over a real search servicer (qdrant-local,
+in-process), its errors, and its gRPC servicer and REST routes (`classifier_api`) -- synthetic embeddings, no model."""
 from __future__ import annotations
 
-import json
 import threading
-import time
 from types import SimpleNamespace
 
 import grpc
-import httpx
 import numpy as np
 import pytest
 
@@ -19,121 +16,12 @@ from lookalike.vectors import pack
 from lookalike_gateway.auth import ApiKeyCheck
 from lookalike_gateway.classifier import ClassifierService
 from lookalike_gateway.classifier_api import report_proto
-from lookalike_gateway.classifier_head import LinearHead, TrainingError, fit_head, softmax
-from lookalike_gateway.classifier_store import ClassifierRepository
 from lookalike_gateway.errors import ApiError, Deadline
 from lookalike_gateway.settings import GatewaySettings
 from lookalike_search.servicer import SearchServicer
 from lookalike_search.store_qdrant import QdrantClientStore
 
-DIM = 32
-LABELS = ["bags", "hats", "shirts", "shoes", "skirts"]
-
-
-def unit(rows):
-    return rows / np.linalg.norm(rows, axis=-1, keepdims=True)
-
-
-def clusters(n_per_label=30, labels=LABELS, spread=0.15, seed=0):
-    rng = np.random.default_rng(seed)
-    centers = unit(rng.standard_normal((len(labels), DIM)))
-    x = np.concatenate([unit(c + spread * rng.standard_normal((n_per_label, DIM))) for c in centers])
-    y = [label for label in labels for _ in range(n_per_label)]
-    return x.astype(np.float32), y, centers
-
-
-# ---- head and training ------------------------------------------------------------------------------
-
-def test_softmax_is_stable_and_normalised():
-    p = softmax(np.array([1000.0, 1001.0, 999.0]))
-    assert np.all(np.isfinite(p)) and p.sum() == pytest.approx(1.0) and p.argmax() == 1
-    rows = softmax(np.array([[0.0, 0.0], [0.0, np.log(3.0)]]))
-    np.testing.assert_allclose(rows, [[0.5, 0.5], [0.25, 0.75]])
-
-
-def test_fit_head_matches_sklearn_and_reports():
-    from sklearn.linear_model import LogisticRegression
-
-    x, y, _ = clusters()
-    head, report = fit_head(x, y, holdout_fraction=0.2, c_values=(0.1, 1.0))
-    assert list(head.labels) == LABELS == report["labels"]
-    assert report["train_size"] + report["test_size"] == len(y) and report["test_size"] == 30
-    assert report["accuracy"] >= 0.9 and report["cv_accuracy"] >= 0.9 and report["c"] in (0.1, 1.0)
-    assert [m["label"] for m in report["per_class"]] == LABELS
-    assert sum(m["support"] for m in report["per_class"]) == 30
-    assert all(0 <= m["precision"] <= 1 and 0 <= m["recall"] <= 1 for m in report["per_class"])
-    assert np.array(report["confusion"]).sum() == 30 and np.trace(report["confusion"]) / 30 == report["accuracy"]
-    # the folded standardisation gives sklearn's probabilities on the standardised features
-    rng = np.random.default_rng(1)
-    queries = unit(rng.standard_normal((7, DIM)))
-    mean, scale = x.mean(0), np.maximum(x.std(0), 1e-6)
-    reference = LogisticRegression(C=1.0, max_iter=1000).fit((x - mean) / scale, y)
-    full, _ = fit_head(x, y, holdout_fraction=0.0, c_values=(1.0,))
-    np.testing.assert_allclose(full.probabilities(queries), reference.predict_proba((queries - mean) / scale),
-                               atol=1e-6)
-    top = full.top(queries[0], 3)
-    assert len(top) == 3 and top[0][1] >= top[1][1] >= top[2][1]
-
-
-def test_holdout_zero_reports_out_of_fold_figures():
-    x, y, _ = clusters(n_per_label=12)
-    _, report = fit_head(x, y, holdout_fraction=0.0)
-    assert report["test_size"] == 0 and report["train_size"] == len(y)
-    assert report["accuracy"] == pytest.approx(report["cv_accuracy"])
-    assert sum(m["support"] for m in report["per_class"]) == len(y)
-
-
-def test_binary_head_is_the_sigmoid():
-    from sklearn.linear_model import LogisticRegression
-
-    x, y, _ = clusters(labels=["a", "b"], spread=0.4)
-    head, _ = fit_head(x, y, holdout_fraction=0.0, c_values=(0.5,))
-    assert head.coef.shape == (2, DIM)
-    mean, scale = x.mean(0), np.maximum(x.std(0), 1e-6)
-    reference = LogisticRegression(C=0.5, max_iter=1000).fit((x - mean) / scale, y)
-    np.testing.assert_allclose(head.probabilities(x[:5]), reference.predict_proba((x[:5] - mean) / scale), atol=1e-6)
-
-
-@pytest.mark.parametrize("y, message", [(["a"] * 10, "at least 2 labels"), (["a"] * 9 + ["b"], "at least 2 examples")])
-def test_fit_head_refuses_degenerate_labels(y, message):
-    with pytest.raises(TrainingError, match=message):
-        fit_head(np.random.default_rng(0).standard_normal((10, 4)), y)
-
-
-def test_head_is_fast():
-    head = LinearHead(tuple(f"l{i}" for i in range(10)), np.random.default_rng(0).standard_normal((10, 1280)),
-                      np.zeros(10))
-    vector = unit(np.random.default_rng(1).standard_normal(1280)).astype(np.float32)
-    head.top(vector, 5)
-    started = time.perf_counter()
-    for _ in range(200):
-        head.top(vector, 5)
-    assert (time.perf_counter() - started) / 200 < 0.005  # the budget; it takes ~20 us
-
-
-# ---- persistence ------------------------------------------------------------------------------------
-
-def test_repository_versions_pointer_and_no_pickle(tmp_path):
-    repo = ClassifierRepository(tmp_path / "classifiers")
-    assert repo.versions() == [] and repo.current_version() is None
-    x, y, _ = clusters(n_per_label=10)
-    head, report = fit_head(x, y, holdout_fraction=0.0, c_values=(1.0,))
-    first = repo.save(head, {**report, "label_field": "category"})
-    time.sleep(0.002)
-    second = repo.save(head, {**report, "label_field": "category"})
-    assert repo.versions() == sorted([first, second]) and repo.current_version() == second
-    loaded, meta = repo.load(second)
-    assert loaded.labels == head.labels and meta["version"] == second and meta["label_field"] == "category"
-    np.testing.assert_array_equal(loaded.coef, head.coef)
-    np.testing.assert_array_equal(loaded.intercept, head.intercept)
-    with np.load(tmp_path / "classifiers" / second / "head.npz", allow_pickle=False) as data:
-        assert set(data.files) == {"coef", "intercept", "labels"} and data["labels"].dtype.kind == "U"
-    json.loads((tmp_path / "classifiers" / second / "meta.json").read_text())
-    repo.activate(first)
-    assert repo.current_version() == first
-    (tmp_path / "classifiers" / "current").write_text("../../etc\n")  # a bad pointer: the newest version
-    assert repo.current_version() == second
-    assert not [p for p in (tmp_path / "classifiers").iterdir() if p.name.startswith(".")]  # no temp leftovers
+from .classifier_data import DIM, LABELS, clusters, unit
 
 
 # ---- the service over a real search servicer ----------------------------------------------------------
