@@ -53,8 +53,10 @@ HERE = Path(__file__).resolve().parent
 PACKAGE = HERE / "lookalike_embedder"
 HANDLER = PACKAGE / "handler.py"
 MODEL = PACKAGE / "model.py"
-#: Modules whose code decides the vectors (fingerprinted; packed for provenance).
-SOURCES = (MODEL, PACKAGE / "contract.py", PACKAGE / "preprocessing.py", PACKAGE / "runtime.py", PACKAGE / "export.py", PACKAGE / "presets.py")
+#: Modules whose code decides the vectors (fingerprinted; packed for provenance). settings.py reads the
+#: handler: section (preprocessing, cut, pooling) the handler serves with.
+SOURCES = (MODEL, PACKAGE / "contract.py", PACKAGE / "preprocessing.py", PACKAGE / "runtime.py", PACKAGE / "export.py",
+           PACKAGE / "presets.py", PACKAGE / "settings.py")
 MODEL_CONFIG = HERE / "model-config.yaml"
 ARCHIVE_VERSION = "1.0"
 DEFAULT_STORE = "var/model-store"

@@ -170,21 +170,35 @@ def test_cited_path_exists(doc: Path, path: str, name: str):
 # -- settings and metrics named in the docs ------------------------------------------------------------
 
 def _settings_env_names() -> dict[str, set[str]]:
+    from lookalike_embedder.settings import ENV_SETTINGS, EmbedderSettings
     from lookalike_gateway.settings import GatewaySettings
     from lookalike_search.settings import SearchSettings
 
-    return {prefix: {prefix + field.upper() for field in cls.model_fields}
-            for prefix, cls in (("LOOKALIKE_GATEWAY_", GatewaySettings), ("LOOKALIKE_SEARCH_", SearchSettings))}
+    names = {prefix: {prefix + field.upper() for field in cls.model_fields}
+             for prefix, cls in (("LOOKALIKE_GATEWAY_", GatewaySettings), ("LOOKALIKE_SEARCH_", SearchSettings))}
+    names["LOOKALIKE_EMBEDDER_"] = {"LOOKALIKE_EMBEDDER_" + field.upper() for field in ENV_SETTINGS}
+    assert ENV_SETTINGS <= set(EmbedderSettings.model_fields)
+    return names
 
 
-SETTING = re.compile(r"\bLOOKALIKE_(?:GATEWAY|SEARCH)_[A-Z0-9_]*[A-Z0-9]")
+def _embedder_yaml_keys() -> set[str]:
+    """The model-config.yaml `handler:` keys EmbedderSettings reads (every field)."""
+    from lookalike_embedder.settings import EmbedderSettings
+
+    return set(EmbedderSettings.model_fields)
+
+
+SETTING = re.compile(r"\bLOOKALIKE_(?:GATEWAY|SEARCH|EMBEDDER)_[A-Z0-9_]*[A-Z0-9]")
 
 
 def test_every_setting_the_docs_name_exists():
-    known = set().union(*_settings_env_names().values())
+    from lookalike import priority
+
+    known = set().union(*_settings_env_names().values()) | {priority.ENV}  # `lookalike serve` reads that one
     stale = sorted({f"{doc.relative_to(ROOT)}: {name}" for doc in DOCS
                     for name in SETTING.findall(doc.read_text(encoding="utf-8")) if name not in known})
-    assert not stale, "settings named in the docs but not in GatewaySettings/SearchSettings:\n" + "\n".join(stale)
+    assert not stale, ("settings named in the docs but not in GatewaySettings/SearchSettings/EmbedderSettings:\n"
+                       + "\n".join(stale))
 
 
 def test_the_configuration_reference_lists_every_setting():
@@ -192,6 +206,9 @@ def test_the_configuration_reference_lists_every_setting():
     text = (ROOT / "docs/configuration.md").read_text(encoding="utf-8")
     missing = sorted(name for names in _settings_env_names().values() for name in names
                      if f"`{name}`" not in text)
+    embedder = text[text.index("## Embedder"):]
+    embedder = embedder[:embedder.find("\n## ")] if "\n## " in embedder else embedder
+    missing += sorted(f"handler.{key}" for key in _embedder_yaml_keys() if f"| `{key}` |" not in embedder)
     assert not missing, "add a row to docs/configuration.md for: " + ", ".join(missing)
 
 

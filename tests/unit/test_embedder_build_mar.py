@@ -25,7 +25,7 @@ def test_build_contents_and_idempotence(tmp_path):
         config = yaml.safe_load(archive.read("model-config.yaml"))
         graph = archive.read("model.onnx")
     assert names == {"handler.py", "model.py", "contract.py", "preprocessing.py", "runtime.py", "export.py", "presets.py",
-                     "model.onnx", "model-config.yaml", "MAR-INF/MANIFEST.json"}
+                     "settings.py", "model.onnx", "model-config.yaml", "MAR-INF/MANIFEST.json"}
     assert manifest["model"]["modelName"] == "lookalike-lite0"
     assert manifest["model"]["handler"] == "handler.py"
     assert manifest["model"]["configFile"] == "model-config.yaml"

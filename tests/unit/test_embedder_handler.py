@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from lookalike.settings import ConfigError
 from lookalike.vectors import unpack
 from lookalike_embedder import handler as handler_module
 from lookalike_embedder import model as lk
@@ -181,7 +182,7 @@ def test_torch_backend_gives_the_onnx_vectors(monkeypatch, handler, images):
     served = vectors(handler.handle([{"data": d} for d in images], FakeContext()))
     assert (eager * served).sum(axis=1).min() >= 0.99999
     monkeypatch.setenv("LOOKALIKE_EMBEDDER_BACKEND", "tensorrt")
-    with pytest.raises(ValueError, match="LOOKALIKE_EMBEDDER_BACKEND"):
+    with pytest.raises(ConfigError, match="LOOKALIKE_EMBEDDER_BACKEND / handler.backend"):
         EmbedderHandler().initialize(FakeContext())
 
 

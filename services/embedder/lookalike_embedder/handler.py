@@ -36,22 +36,14 @@ HTTP the same body comes with status 400 and ``Content-Type: application/json``.
 Whole-batch failures (model crash, out of memory) are TorchServe errors: gRPC INTERNAL /
 UNAVAILABLE etc. -- transport-level, not the image's fault.
 
-CONFIGURATION (first found wins)
-================================
-backend:    $LOOKALIKE_EMBEDDER_BACKEND, then ``handler.backend`` in model-config.yaml, then
-            "onnxruntime" (the ONNX graph build_mar.py packed into the archive as model.onnx, checked
-            against eager PyTorch at build time); "torch" runs the eager PyTorch model instead.
-cut:        $LOOKALIKE_EMBEDDER_CUT, then ``handler.cut``, then "final". A cut other than the
-            archive's is exported to ONNX in memory at start-up (a few seconds).
-max_pixels: $LOOKALIKE_EMBEDDER_MAX_PIXELS, then ``handler.max_pixels``, then 40_000_000.
-threads:    $LOOKALIKE_EMBEDDER_THREADS, then ``handler.threads``, then the CPUs this process may
-            use divided by the workers (minWorkers): intra-op threads x workers = cores (CPU only).
-decode_workers: $LOOKALIKE_EMBEDDER_DECODE_WORKERS, then ``handler.decode_workers``, then the CPUs
-            this process may use: threads that decode and resize a batch's images in parallel.
-preprocessing: ``handler.image_size / resize / mean / std / draft_margin``
-            (`lookalike_embedder.preprocessing.Preprocessing`; default EfficientNet-Lite0's).
-model:      ``handler.model_version`` (the vector space id), ``handler.pooling`` (auto | mean | cls |
-            none) and ``handler.dim`` for a bring-your-own ONNX model (build_mar.py --onnx).
+CONFIGURATION
+=============
+`lookalike_embedder.settings.EmbedderSettings` (one class, env prefix LOOKALIKE_EMBEDDER_): each setting
+from its environment variable, then ``handler.<key>`` in model-config.yaml, then the default; an invalid
+value stops the worker naming the variable and the key. Server settings: backend (onnxruntime | torch),
+cut, threads, decode_workers, max_pixels, weights; the archive's model (yaml only): image_size / resize /
+mean / std / draft_margin (`lookalike_embedder.preprocessing.Preprocessing`), model_version, pooling, dim,
+source. The list with defaults is that class; docs/configuration.md has the table.
 device:     when TorchServe assigned a GPU: ONNX Runtime's CUDA provider if installed
             (onnxruntime-gpu), else eager PyTorch on CUDA; else the CPU
             (`lookalike_embedder.runtime.select_device`).
@@ -85,8 +77,8 @@ from lookalike_embedder import model as lk_model
 from lookalike_embedder.contract import (BATCH_LOG_TAG, ERROR_CONTENT_TYPE, EXTRA_KEYS, INPUT_KEYS,
                                          VECTOR_CONTENT_TYPE, WEIGHTS_FILE, error_payload)
 from lookalike_embedder.preprocessing import Preprocessing, prepare
-from lookalike_embedder.runtime import (BACKENDS, DEFAULT_BACKEND, OnnxRunner, TorchRunner, select_device,
-                                        usable_cpus)
+from lookalike_embedder.runtime import DEFAULT_BACKEND, OnnxRunner, TorchRunner, select_device, usable_cpus
+from lookalike_embedder.settings import YAML_SECTION, EmbedderSettings
 
 try:  # TorchServe present (inside the server): inherit its handler base for the standard shape.
     from ts.torch_handler.base_handler import BaseHandler
@@ -104,14 +96,6 @@ BATCH_SIZE_METRIC = "lookalike_embedder_batch_size"
 BATCH_SIZE_UNIT = "count"
 #: Its dimensions, in the order of metrics.yaml (values: the model name, "Model").
 BATCH_SIZE_DIMENSIONS = ("ModelName", "Level")
-
-
-def _setting(env: str, config: dict, key: str, default):
-    value = os.environ.get(env)
-    if value not in (None, ""):
-        return value
-    value = config.get(key)
-    return default if value in (None, "") else value
 
 
 class EmbedderHandler(BaseHandler):
@@ -140,53 +124,47 @@ class EmbedderHandler(BaseHandler):
         self.context = context
         props = getattr(context, "system_properties", None) or {}
         yaml_config = getattr(context, "model_yaml_config", None) or {}
-        config = yaml_config.get("handler") or {}
+        config = yaml_config.get(YAML_SECTION) or {}
+        settings = EmbedderSettings.load(config)  # raises ConfigError naming a bad setting
 
-        backend = str(_setting("LOOKALIKE_EMBEDDER_BACKEND", config, "backend", DEFAULT_BACKEND)).strip().lower()
-        if backend not in BACKENDS:
-            raise ValueError(f"LOOKALIKE_EMBEDDER_BACKEND / handler.backend: unknown backend {backend!r}; "
-                             f"expected one of {BACKENDS}")
-        self.backend, self.device = select_device(props.get("gpu_id"), backend)
+        self.backend, self.device = select_device(props.get("gpu_id"), settings.backend)
         workers = max(1, int(yaml_config.get("minWorkers") or 1))
-        self.threads = int(_setting("LOOKALIKE_EMBEDDER_THREADS", config, "threads", 0) or 0) or max(
-            1, usable_cpus() // workers)
-        self.cut = lk_model.normalize_cut(_setting(lk_model.CUT_ENV, config, "cut", lk_model.DEFAULT_CUT))
-        self.max_pixels = int(_setting("LOOKALIKE_EMBEDDER_MAX_PIXELS", config, "max_pixels", DEFAULT_MAX_PIXELS))
-        self.decode_workers = max(1, int(_setting("LOOKALIKE_EMBEDDER_DECODE_WORKERS", config, "decode_workers", 0)
-                                         or 0) or usable_cpus())
-        self.spec = Preprocessing.from_config(config)
-        self.runner, self.model_version = self._load_runner(props, context, config)
+        self.threads = settings.threads or max(1, usable_cpus() // workers)
+        self.cut = settings.cut
+        self.max_pixels = settings.max_pixels
+        self.decode_workers = settings.decode_workers or usable_cpus()
+        self.spec = settings.preprocessing
+        self.runner, self.model_version = self._load_runner(props, context, settings, config)
         # Warm-up: the first runs (at each batch shape) are several times slower than the next ones.
         size = self.spec.image_size
         for n in sorted({1, int(props.get("batch_size") or 1)}):
             self.dim = self.runner(np.zeros((n, 3, size, size), np.float32)).shape[1]
-        declared = config.get("dim")
-        if declared not in (None, "") and int(declared) != self.dim:
-            raise ValueError(f"handler.dim is {declared} but the model gives {self.dim}-d vectors")
+        settings.check_dim(self.dim)
         self.initialized = True
         logger.info("lookalike embedder ready: %s dim=%d backend=%s device=%s threads=%d decode_workers=%d "
                     "max_pixels=%d (%.1fs)", self.model_version, self.dim, self.backend, self.device,
                     self.threads, self.decode_workers, self.max_pixels, time.perf_counter() - started)
 
-    def _load_runner(self, props: dict, context, config: dict):
+    def _load_runner(self, props: dict, context, settings: EmbedderSettings, config: dict):
         """(runner, model_version): the archive's ONNX graph when it fits the settings, else the eager model
-        (exported to ONNX in memory for backend onnxruntime)."""
+        (exported to ONNX in memory for backend onnxruntime). `config`: model-config.yaml's ``handler:``
+        as built, whose ``cut`` is the archive's (the settings' cut may come from the environment)."""
         model_dir = props.get("model_dir")
         serialized = ((getattr(context, "manifest", None) or {}).get("model") or {}).get("serializedFile")
         packed = os.path.join(model_dir, serialized) if model_dir and serialized else None
         packed = packed if packed and os.path.isfile(packed) else None
         onnx_file = packed if packed and packed.endswith(".onnx") else None
-        byo = config.get("source") == "onnx"  # a bring-your-own ONNX model: no eager twin
+        byo = settings.source == "onnx"  # a bring-your-own ONNX model: no eager twin
         if byo and onnx_file is None:
             raise ValueError("handler.source is 'onnx' but the archive holds no .onnx model")
         if onnx_file and self.backend == "onnxruntime" and (
                 byo or lk_model.normalize_cut(config.get("cut")) == self.cut):
-            version = str(config.get("model_version") or lk_model.model_version(self.cut))
+            version = settings.model_version or lk_model.model_version(self.cut)
             return OnnxRunner(onnx_file, threads=self.threads, device=self.device,
-                              pooling=str(config.get("pooling") or "auto")), version
+                              pooling=settings.pooling), version
         if byo:
             raise ValueError("a bring-your-own ONNX model runs with backend onnxruntime only")
-        weights = _setting("LOOKALIKE_EMBEDDER_WEIGHTS", config, "weights", None)
+        weights = settings.weights
         if weights is None and model_dir and os.path.isfile(os.path.join(model_dir, WEIGHTS_FILE)):
             weights = os.path.join(model_dir, WEIGHTS_FILE)  # build_mar.py --serialized-file
         elif weights is None and packed and not packed.endswith(".onnx"):

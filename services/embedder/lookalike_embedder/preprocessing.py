@@ -67,10 +67,8 @@ class Preprocessing:
             if config.get(key) not in (None, ""):
                 kwargs[key] = cast(config[key])
         for key in ("mean", "std"):
-            value = config.get(key)
-            if value not in (None, ""):
-                values = [float(v) for v in (value if isinstance(value, (list, tuple)) else str(value).split(","))]
-                kwargs[key] = tuple(values * 3 if len(values) == 1 else values)
+            if config.get(key) not in (None, ""):
+                kwargs[key] = triple(config[key])
         return cls(**kwargs)
 
     @property
@@ -82,6 +80,12 @@ class Preprocessing:
         """The model-config.yaml `handler:` keys from_config reads back (build_mar.py packs a preset's)."""
         return {"image_size": self.image_size, "resize": self.resize, "mean": list(self.mean),
                 "std": list(self.std), "draft_margin": self.draft_margin}
+
+
+def triple(value) -> tuple[float, ...]:
+    """A per-channel value of the config (mean, std): a list, "a,b,c", or one number for all three channels."""
+    values = [float(v) for v in (value if isinstance(value, (list, tuple)) else str(value).split(","))]
+    return tuple(values * 3 if len(values) == 1 else values)
 
 
 #: EfficientNet-Lite0's preprocessing (the default model).
@@ -133,4 +137,4 @@ def prepare(data: bytes | bytearray | memoryview, spec: Preprocessing = LITE0, *
     return to_array(img, spec)
 
 
-__all__ = ["Preprocessing", "LITE0", "DRAFT_MARGIN", "resized_size", "resize_crop", "to_array", "prepare"]
+__all__ = ["Preprocessing", "LITE0", "DRAFT_MARGIN", "triple", "resized_size", "resize_crop", "to_array", "prepare"]
