@@ -101,26 +101,19 @@ class EmbedderSettings(BaseSettings):
             return f"{ENV_PREFIX}{field.upper()} / {key}"
         return f"{key} (model-config.yaml)"
 
-    @field_validator("backend", mode="before")
+    @field_validator("backend", "pooling", mode="before")
     @classmethod
-    def _backend(cls, value):
+    def _choice(cls, value, info: ValidationInfo):
+        choices = {"backend": BACKENDS, "pooling": POOLINGS}[info.field_name]
         name = str(value).strip().lower()
-        if name not in BACKENDS:
-            raise ValueError(f"unknown backend; expected one of {', '.join(BACKENDS)}")
+        if name not in choices:
+            raise ValueError(f"unknown {info.field_name}; expected one of {', '.join(choices)}")
         return name
 
     @field_validator("cut", mode="before")
     @classmethod
     def _cut(cls, value):
         return lk_model.normalize_cut(str(value))
-
-    @field_validator("pooling", mode="before")
-    @classmethod
-    def _pooling(cls, value):
-        name = str(value).strip().lower()
-        if name not in POOLINGS:
-            raise ValueError(f"unknown pooling; expected one of {', '.join(POOLINGS)}")
-        return name
 
     @field_validator("source", mode="before")
     @classmethod
