@@ -196,11 +196,14 @@ def service_training(x_train: np.ndarray, y_train: list[str]) -> dict:
         store.upsert([(f"p{i}", v, {"category": label}) for i, (v, label) in enumerate(zip(x_train, y_train))])
         servicer = SearchServicer(store, x_train.shape[1])
         target = SimpleNamespace(collection="", model_id="bench")
-        gateway = SimpleNamespace(settings=GatewaySettings(data_dir=Path(tmp)),
-                                  collections=SimpleNamespace(active=lambda: target),
-                                  search=SimpleNamespace(call=lambda method, request, deadline: getattr(
-                                      servicer, method)(request, Context())))
-        service = ClassifierService(gateway, Path(tmp) / "classifiers")
+        search = SimpleNamespace(call=lambda method, request, deadline: getattr(servicer, method)(request, Context()))
+
+        def no_query_embedding(*_args, **_kwargs):
+            raise RuntimeError("this bench trains on stored embeddings and classifies them itself: no photos")
+
+        service = ClassifierService(GatewaySettings(data_dir=Path(tmp)), search,
+                                    SimpleNamespace(active=lambda: target), no_query_embedding,
+                                    Path(tmp) / "classifiers")
         try:
             report = service.train()
             head = service.active().head

@@ -247,7 +247,7 @@ def test_adaptation_runs_as_a_job_with_progress_and_a_json_result(tmp_path):
     items, vectors = catalogue(30, 4, seed=6)
     gateway = make_gateway(tmp_path, embedder=FakeEmbedder(vectors, dim=DIM), search=FakeSearch())
     ingest(gateway, items)
-    service = AdaptationService(gateway)
+    service = AdaptationService(gateway.search, gateway.collections)
     with pytest.raises(ApiError, match="label field"):  # checked before a job starts
         service.start(lookalike_pb2.StartAdaptationRequest(label_field="colour"))
     job = service.start(lookalike_pb2.StartAdaptationRequest(label_field="attributes.sku", activate=True))

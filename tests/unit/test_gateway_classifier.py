@@ -34,9 +34,9 @@ class FakeContext:
         return None
 
 
-class FakeGateway:
-    """What ClassifierService uses of Gateway: settings, collections.active, query_embedding and
-    search.call (into a real SearchServicer)."""
+class Fakes:
+    """The collaborators ClassifierService is built with: settings, collections.active, search.call (into a real
+    SearchServicer) and a query_embedding that counts embeds and caches."""
 
     def __init__(self, store, data_dir):
         self.settings = GatewaySettings(data_dir=data_dir)
@@ -47,7 +47,6 @@ class FakeGateway:
         self.known: dict[bytes, np.ndarray] = {}
         self.cached: set[bytes] = set()
         self.embed_calls = 0
-        self.classifier = None
 
     def _call_search(self, method, request, deadline):
         return getattr(self.servicer, method)(request, FakeContext())
@@ -96,16 +95,19 @@ def catalogue(loaded):
     return loaded[1]
 
 
-def make_service(store, folder):
-    gateway = FakeGateway(store, folder)
-    svc = ClassifierService(gateway, folder / "classifiers", train_threads=1)
-    gateway.classifier = svc
-    return svc
+def make_service(fakes: Fakes, root=None) -> ClassifierService:
+    return ClassifierService(fakes.settings, fakes.search, fakes.collections, fakes.query_embedding,
+                             root or fakes.settings.data_dir / "classifiers", train_threads=1)
 
 
 @pytest.fixture
-def service(loaded, tmp_path):
-    svc = make_service(loaded[0], tmp_path / "gateway")
+def fakes(loaded, tmp_path):
+    return Fakes(loaded[0], tmp_path / "gateway")
+
+
+@pytest.fixture
+def service(fakes):
+    svc = make_service(fakes)
     yield svc
     svc.close()
 
@@ -116,15 +118,15 @@ def code_of(call):
     return err.value.code, err.value.message
 
 
-def test_classify_before_training_is_not_found_and_embeds_nothing(service):
-    service.gateway.known[b"img"] = np.ones(DIM, dtype=np.float32)
+def test_classify_before_training_is_not_found_and_embeds_nothing(service, fakes):
+    fakes.known[b"img"] = np.ones(DIM, dtype=np.float32)
     code, message = code_of(lambda: service.classify(b"img", None, Deadline(5)))
     assert code == grpc.StatusCode.NOT_FOUND and "train" in message
-    assert service.gateway.embed_calls == 0
+    assert fakes.embed_calls == 0
     assert code_of(service.current_report)[0] == grpc.StatusCode.NOT_FOUND
 
 
-def test_train_then_classify(service, catalogue):
+def test_train_then_classify(service, fakes, catalogue):
     x, y, centers = catalogue
     report = service.train()  # label field "category", defaults
     assert report["labels"] == LABELS and report["skipped_labels"] == {"rare-thing": 1}
@@ -135,14 +137,14 @@ def test_train_then_classify(service, catalogue):
     proto = report_proto(report)
     assert list(proto.labels) == LABELS and len(proto.confusion) == len(LABELS) ** 2
 
-    service.gateway.known[b"shoe"] = unit(centers[3]).astype(np.float32)
+    fakes.known[b"shoe"] = unit(centers[3]).astype(np.float32)
     predictions, cache_hit, version = service.classify(b"shoe", None, Deadline(5))
     assert predictions[0][0] == "shoes" and predictions[0][1] > 0.5 and version == report["version"]
     assert len(predictions) == 5 and sum(p for _, p in predictions) == pytest.approx(1.0)
     assert [p for _, p in predictions] == sorted((p for _, p in predictions), reverse=True)
-    assert cache_hit is False and service.gateway.embed_calls == 1
+    assert cache_hit is False and fakes.embed_calls == 1
     again, cache_hit, _ = service.classify(b"shoe", 2, Deadline(5))
-    assert cache_hit is True and service.gateway.embed_calls == 1 and again == predictions[:2]
+    assert cache_hit is True and fakes.embed_calls == 1 and again == predictions[:2]
     assert code_of(lambda: service.classify(b"shoe", 0, Deadline(5)))[0] == grpc.StatusCode.INVALID_ARGUMENT
     assert code_of(lambda: service.classify(b"", None, Deadline(5)))[0] == grpc.StatusCode.INVALID_ARGUMENT
 
@@ -176,7 +178,7 @@ def test_bad_label_fields_are_refused(service, catalogue, field, expected, words
 
 def test_fewer_than_two_labels_is_failed_precondition(tmp_path):
     store = open_store(tmp_path / "qdrant")
-    service = make_service(store, tmp_path / "gateway")
+    service = make_service(Fakes(store, tmp_path / "gateway"))
     x, _, _ = clusters(n_per_label=10, labels=["only"])
     store.upsert([(f"o{i}", v, {"category": "only"}) for i, v in enumerate(x)] +
                  [("other", x[0], {"category": "other"})])
@@ -223,9 +225,9 @@ def test_deadline_while_training_goes_on(service, catalogue, monkeypatch):
     assert service.current_report()["labels"] == LABELS
 
 
-def test_new_service_loads_the_current_version_and_follows_the_pointer(service, catalogue, tmp_path):
+def test_new_service_loads_the_current_version_and_follows_the_pointer(service, fakes, catalogue):
     report = service.train(c_values=[1.0])
-    other = ClassifierService(service.gateway, service.repo.root)
+    other = make_service(fakes, service.repo.root)
     try:
         assert other.current_report()["version"] == report["version"]
         newer = service.train(c_values=[0.1])
@@ -249,10 +251,10 @@ def test_annotate_predicts_missing_categories(service, catalogue):
     assert given.category == "hats" and not given.attributes
 
 
-def test_model_mismatch_is_failed_precondition(service, catalogue):
+def test_model_mismatch_is_failed_precondition(service, fakes, catalogue):
     service.train(c_values=[1.0])
-    service.gateway.target = SimpleNamespace(collection="", model_id="another-model")
-    service.gateway.known[b"img"] = np.ones(DIM, dtype=np.float32)
+    fakes.target = SimpleNamespace(collection="", model_id="another-model")
+    fakes.known[b"img"] = np.ones(DIM, dtype=np.float32)
     code, message = code_of(lambda: service.classify(b"img", None, Deadline(5)))
     assert code == grpc.StatusCode.FAILED_PRECONDITION and "another-model" in message
     product = types_pb2.Product(id="new")
@@ -260,11 +262,11 @@ def test_model_mismatch_is_failed_precondition(service, catalogue):
     assert product.category == ""  # no prediction from a head of another model
 
 
-def test_scroll_through_the_servicer_pages(service, catalogue):
+def test_scroll_through_the_servicer_pages(service, fakes, catalogue):
     request = search_pb2.ScrollPointsRequest(limit=40, with_vectors=True)
     seen, pages = [], 0
     while True:
-        page = service.gateway.search.call("ScrollPoints", request, Deadline(5))
+        page = fakes.search.call("ScrollPoints", request, Deadline(5))
         seen += [p.product.id for p in page.points]
         pages += 1
         assert all(len(p.vector) == DIM * 4 for p in page.points)
@@ -276,7 +278,7 @@ def test_scroll_through_the_servicer_pages(service, catalogue):
 
 # ---- gRPC servicer and REST ---------------------------------------------------------------------------
 
-def test_grpc_service_over_a_real_server(service, catalogue):
+def test_grpc_service_over_a_real_server(service, fakes, catalogue):
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from lookalike.grpc_server import ServiceHost
@@ -305,7 +307,7 @@ def test_grpc_service_over_a_real_server(service, catalogue):
             report = stub.TrainClassifier(classifier_pb2.TrainClassifierRequest(c_values=[1.0]), timeout=60).report
             assert list(report.labels) == LABELS and report.train_size == 120 and report.test_size == 30
             assert report.c == 1.0 and report.accuracy >= 0.9 and len(report.per_class) == 5
-            service.gateway.known[b"hat"] = unit(catalogue[2][1]).astype(np.float32)
+            fakes.known[b"hat"] = unit(catalogue[2][1]).astype(np.float32)
             response = stub.Classify(classifier_pb2.ClassifyRequest(image=b"hat", top_k=1), timeout=5)
             assert [p.label for p in response.predictions] == ["hats"]
             assert response.classifier_version == report.version and not response.cache_hit
@@ -338,19 +340,20 @@ def test_grpc_service_over_a_real_server(service, catalogue):
 
 
 @pytest.fixture
-def http(service):
+def http(service, fakes):
     from fastapi.testclient import TestClient
 
     from lookalike_gateway.core import Dependencies
     from lookalike_gateway.rest import create_app
 
-    app = create_app(service.gateway, ApiKeyCheck(frozenset()), lambda: Dependencies(True, True, True))
+    gateway = SimpleNamespace(settings=fakes.settings, classifier=service)  # what create_app reads
+    app = create_app(gateway, ApiKeyCheck(frozenset()), lambda: Dependencies(True, True, True))
     with TestClient(app) as client:
         yield client
 
 
-def test_rest_routes(service, catalogue, http):
-    service.gateway.known[pack(catalogue[2][3])] = unit(catalogue[2][3]).astype(np.float32)
+def test_rest_routes(service, fakes, catalogue, http):
+    fakes.known[pack(catalogue[2][3])] = unit(catalogue[2][3]).astype(np.float32)
     photo = pack(catalogue[2][3])
     response = http.post("/v1/classify", files={"image": ("s.jpg", photo, "image/jpeg")})
     assert response.status_code == 404 and response.json()["error"]["code"] == "NOT_FOUND"

@@ -28,7 +28,7 @@ def client():
     from lookalike_gateway.settings import GatewaySettings
 
     settings = GatewaySettings.model_construct()
-    gateway = SimpleNamespace(settings=settings, classifier=SimpleNamespace(gateway=SimpleNamespace(settings=settings)))
+    gateway = SimpleNamespace(settings=settings, classifier=SimpleNamespace(settings=settings))
     with TestClient(create_app(gateway, ApiKeyCheck(frozenset()), readiness=lambda: None)) as test_client:
         yield test_client
 

@@ -197,3 +197,24 @@ def test_while_the_count_keeps_moving_passes_are_spaced_by_their_duration():
     assert cal.refresh() and len(cat.measured) == 2
     cat.collection = "c2"  # a new collection does not wait
     assert cal.refresh() and cat.measured[-1] == "c2"
+
+
+def test_for_collections_counts_and_measures_the_active_collection_through_the_search_client():
+    """The calibrator built from the narrow collaborators: the active collection's name from `collections`,
+    its count and its sample through `search.call`, each call with a deadline."""
+    from types import SimpleNamespace
+
+    calls = []
+
+    def call(method, request, deadline):
+        calls.append((method, request.collection, deadline.remaining("test") > 0))
+        if method == "CountPoints":
+            return search_pb2.CountPointsResponse(count=calibration.MIN_PRODUCTS)
+        assert method == "ScrollPoints"
+        return search_pb2.ScrollPointsResponse(points=[], next_offset="")
+
+    collections = SimpleNamespace(active=lambda: SimpleNamespace(collection="c1"))
+    calibrator = calibration.for_collections(collections, SimpleNamespace(call=call), "auto")
+    assert calibrator.refresh() is True and calibrator.value() == 0.0  # no categorised product: off
+    assert calls == [("CountPoints", "c1", True), ("ScrollPoints", "c1", True)]
+    assert calibrator.refresh() is False and len(calls) == 3  # the same collection and count: only counted

@@ -16,29 +16,35 @@ from lookalike.v1 import lookalike_pb2
 
 from . import api_models as m
 from .adaptation import Adapter, labeller
+from .collection_manager import CollectionManager
 from .errors import not_found
 from .jobs import Job, JobRunner, JobState, job_json, job_proto
+from .search_client import SearchClient
 
 JOB_KIND = "adaptation"
 
 
 class AdaptationService:
-    def __init__(self, gateway):
-        self.gateway = gateway
+    """Adaptations of the active collection as jobs, one at a time (an Adapter each, over `search` and
+    `collections`)."""
+
+    def __init__(self, search: SearchClient, collections: CollectionManager):
+        self.search = search
+        self.collections = collections
         self.jobs = JobRunner(JOB_KIND, describe="an adaptation")
 
     def start(self, request: lookalike_pb2.StartAdaptationRequest) -> Job:
         """Checks the arguments (FAILED_PRECONDITION for an unknown label field), then starts the job."""
         if not request.plain:
             labeller(request.label_field)
-        adapter = Adapter(self.gateway.search, self.gateway.collections)
+        adapter = Adapter(self.search, self.collections)
         return self.jobs.start(lambda progress: adapter.run(request, progress), stage="starting")
 
     def job(self, job_id: str) -> Job:
         return self.jobs.get(job_id)
 
     def latest_report(self) -> dict:
-        report = self.gateway.collections.adaptations.latest_report()
+        report = self.collections.adaptations.latest_report()
         if report is None:
             raise not_found("adaptation", "latest", "no adaptation has run yet")
         return report

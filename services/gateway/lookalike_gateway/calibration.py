@@ -23,7 +23,9 @@ from prometheus_client import Gauge
 from lookalike.limits import MAX_SCROLL_LIMIT
 from lookalike.search.v1 import search_pb2
 
+from .collection_manager import CollectionManager
 from .errors import ApiError, Deadline
+from .search_client import SearchClient
 from .weak_match import weak_match_score
 
 log = logging.getLogger(__name__)
@@ -142,18 +144,17 @@ class WeakMatchCalibrator:
             self._thread.join(timeout=5)
 
 
-def for_gateway(gateway, setting: float | str) -> WeakMatchCalibrator:
-    """A calibrator reading the gateway's active collection through its search service."""
+def for_collections(collections: CollectionManager, search: SearchClient, setting: float | str) -> WeakMatchCalibrator:
+    """A calibrator of the active collection (`collections`) read through the search service (`search`)."""
 
     def active() -> str:
-        return gateway.collections.active().collection
+        return collections.active().collection
 
     def count(collection: str) -> int:
-        return gateway.search.call("CountPoints", search_pb2.CountPointsRequest(collection=collection),
-                                    Deadline(10.0)).count
+        return search.call("CountPoints", search_pb2.CountPointsRequest(collection=collection), Deadline(10.0)).count
 
     def measure(collection: str) -> Sample:
-        return measure_collection(gateway.search.call, collection, Deadline(PASS_TIMEOUT_S))
+        return measure_collection(search.call, collection, Deadline(PASS_TIMEOUT_S))
 
     return WeakMatchCalibrator(setting, active, count, measure)
 

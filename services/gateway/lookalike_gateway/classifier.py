@@ -21,6 +21,7 @@ import os
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,8 +35,10 @@ from lookalike.search.v1 import search_pb2
 
 from .classifier_head import DEFAULT_C_VALUES, DEFAULT_HOLDOUT, LinearHead, TrainingError, fit_head
 from .classifier_store import ClassifierRepository
-from .core import Gateway
+from .collection_manager import CollectionManager, Target
 from .errors import ApiError, Deadline, bad_argument, not_found
+from .search_client import SearchClient
+from .settings import GatewaySettings
 from .validation import check_size, validate_crop, validate_top_k
 from .jobs import Job, JobRunner, Progress
 
@@ -90,11 +93,21 @@ class Active:
     meta: dict
 
 
-class ClassifierService:
-    """Classify / train / report over a Gateway; thread-safe; one training at a time."""
+#: core.Gateway.query_embedding: (image, deadline, target, crop) -> (the embedding, whether it was cached)
+QueryEmbedding = Callable[..., tuple[np.ndarray, bool]]
 
-    def __init__(self, gateway: Gateway, root: Path, train_threads: int | None = None):
-        self.gateway = gateway
+
+class ClassifierService:
+    """Classify / train / report; thread-safe; one training at a time. Checks uploads against `settings`,
+    reads stored embeddings through `search` and the active collection from `collections`, and embeds
+    queries with `query_embedding` (the gateway's: cached, admission-controlled)."""
+
+    def __init__(self, settings: GatewaySettings, search: SearchClient, collections: CollectionManager,
+                 query_embedding: QueryEmbedding, root: Path, train_threads: int | None = None):
+        self.settings = settings
+        self.search = search
+        self.collections = collections
+        self.query_embedding = query_embedding
         self.repo = ClassifierRepository(root)
         self.train_threads = train_threads or max(1, (os.cpu_count() or 2) - 1)  # leave a core for serving
         self._active: Active | None = None
@@ -104,10 +117,9 @@ class ClassifierService:
         self.jobs = JobRunner(JOB_KIND, describe="a classifier training")
         self.reload()
 
-    def target(self):
-        """The active collection and its model (a collection_manager.Target): what classify embeds with and what
-        training reads."""
-        return self.gateway.collections.active()
+    def target(self) -> Target:
+        """The active collection and its model: what classify embeds with and what training reads."""
+        return self.collections.active()
 
     # -- loading ---------------------------------------------------------------------------------
 
@@ -160,11 +172,11 @@ class ClassifierService:
     def classify(self, image: bytes, top_k: int | None, deadline: Deadline,
                  crop=None) -> tuple[list[tuple[str, float]], bool, str]:
         """(predictions best first, cache_hit, classifier version); `crop`: classify that region only."""
-        check_size(image, self.gateway.settings)  # before hashing a huge body
+        check_size(image, self.settings)  # before hashing a huge body
         top_k = validate_top_k(top_k, DEFAULT_TOP_K)
         target = self.target()  # one snapshot: the model the classifier must have been trained on
         active = self._require(target.model_id)  # before the embedder: no work without a classifier
-        vector, cache_hit = self.gateway.query_embedding(image, deadline, target, validate_crop(crop))
+        vector, cache_hit = self.query_embedding(image, deadline, target, validate_crop(crop))
         if vector.shape[0] != active.head.dim:
             raise ApiError(grpc.StatusCode.FAILED_PRECONDITION,
                            f"the active classifier {active.version} expects {active.head.dim}-d embeddings, the "
@@ -222,10 +234,10 @@ class ClassifierService:
         collection, raw = target.collection, target.raw  # an adapted collection: its raw embeddings
         total = 0
         if progress is not None:
-            total = self.gateway.search.call("CountPoints", search_pb2.CountPointsRequest(collection=collection),
-                                             deadline).count
+            total = self.search.call("CountPoints", search_pb2.CountPointsRequest(collection=collection),
+                                     deadline).count
         while True:
-            page = self.gateway.search.call("ScrollPoints", search_pb2.ScrollPointsRequest(
+            page = self.search.call("ScrollPoints", search_pb2.ScrollPointsRequest(
                 limit=SCROLL_PAGE, offset=offset, with_vectors=True, collection=collection), deadline)
             for point in page.points:
                 label, predicted = label_of(point.product, kind, name)

@@ -49,7 +49,7 @@ class ClassificationServicer(GatewayServicer, classifier_pb2_grpc.Classification
     """lookalike.v1.Classification over a ClassifierService."""
 
     def __init__(self, service: ClassifierService, auth, draining: threading.Event | None = None):
-        super().__init__(service.gateway, auth, draining)
+        super().__init__(service.settings, auth, draining)
         self.service = service
 
     @_unary
@@ -106,7 +106,7 @@ def training_json(job: Job) -> dict:
 
 
 def build_router(service: ClassifierService) -> APIRouter:
-    settings = service.gateway.settings
+    settings = service.settings
     router = APIRouter(tags=["classification"])
     image_doc = f"the photo (at most {settings.max_upload_bytes} bytes)"
 

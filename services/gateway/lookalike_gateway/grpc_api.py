@@ -17,6 +17,7 @@ from .auth import ApiKeyCheck
 from .core import Gateway
 from .errors import ApiError, Deadline
 from .ingest_types import IngestItem
+from .settings import GatewaySettings
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +66,8 @@ def _min_score(request) -> float | None:
 class GatewayServicer:
     """What every gateway gRPC servicer shares: auth, drain refusal and the caller's deadline (see `_unary`)."""
 
-    def __init__(self, gateway: Gateway, auth: ApiKeyCheck, draining: threading.Event | None = None):
-        self.gateway = gateway
+    def __init__(self, settings: GatewaySettings, auth: ApiKeyCheck, draining: threading.Event | None = None):
+        self.settings = settings
         self.auth = auth
         self.draining = draining  # set on SIGTERM: new calls get UNAVAILABLE while in-flight ones finish
 
@@ -76,13 +77,17 @@ class GatewayServicer:
 
     def deadline(self, context: grpc.ServicerContext) -> Deadline:
         """The caller's deadline (capped at the configured default), or the default when none was set."""
-        default = self.gateway.settings.request_timeout_s
+        default = self.settings.request_timeout_s
         remaining = context.time_remaining()
         return Deadline(default if remaining is None else min(remaining, default))
 
 
 class LookalikeServicer(GatewayServicer, lookalike_pb2_grpc.LookalikeServicer):
-    """Implements lookalike.v1.Lookalike."""
+    """Implements lookalike.v1.Lookalike over the Gateway."""
+
+    def __init__(self, gateway: Gateway, auth: ApiKeyCheck, draining: threading.Event | None = None):
+        super().__init__(gateway.settings, auth, draining)
+        self.gateway = gateway
 
     @_unary
     def SearchByImage(self, request, context, deadline):
@@ -119,7 +124,7 @@ class LookalikeServicer(GatewayServicer, lookalike_pb2_grpc.LookalikeServicer):
         except ApiError as exc:
             metrics.REQUESTS.labels(api="grpc", method="UpsertProducts", status=exc.code.name).inc()
             abort(context, exc)
-        batch_timeout = self.gateway.settings.ingest_batch_timeout_s
+        batch_timeout = self.settings.ingest_batch_timeout_s
         items = (IngestItem(request.product, request.image, request.skip_duplicates, list(request.more_images))
                  for request in request_iterator)
         try:
@@ -158,7 +163,7 @@ class LookalikeServicer(GatewayServicer, lookalike_pb2_grpc.LookalikeServicer):
         request_id.from_grpc(context)
         try:
             self.auth.check_grpc(context)
-            batch_timeout = self.gateway.settings.ingest_batch_timeout_s
+            batch_timeout = self.settings.ingest_batch_timeout_s
             yield from self.gateway.reindexer.reindex(request, lambda: Deadline(batch_timeout),
                                                       cancelled=lambda: not context.is_active())
         except ApiError as exc:

@@ -358,6 +358,6 @@ def create_app(gateway: Gateway, auth: ApiKeyCheck, readiness, draining: threadi
 def offline_spec() -> dict:
     """The document a gateway with the default settings serves, built without any dependency."""
     settings = GatewaySettings.model_construct()  # the defaults, not this machine's environment
-    service = SimpleNamespace(gateway=SimpleNamespace(settings=settings))  # what the routers read when built
+    service = SimpleNamespace(settings=settings)  # what the routers read when built
     gateway = SimpleNamespace(settings=settings, classifier=service, adaptation=service)
     return create_app(gateway, ApiKeyCheck(frozenset()), readiness=lambda: None).openapi()

@@ -125,10 +125,13 @@ def main() -> None:
     draining = threading.Event()
     host.add(lookalike_pb2_grpc.add_LookalikeServicer_to_server, LookalikeServicer(gateway, auth, draining),
              lookalike_pb2.DESCRIPTOR.services_by_name["Lookalike"].full_name)
-    gateway.classifier = ClassifierService(gateway, settings.data_dir / "classifiers")
-    gateway.adaptation = AdaptationService(gateway)  # lookalike adapt: StartAdaptation, POST /v1/adaptations
+    gateway.classifier = ClassifierService(settings, gateway.search, gateway.collections, gateway.query_embedding,
+                                           settings.data_dir / "classifiers")
+    # lookalike adapt: StartAdaptation, POST /v1/adaptations
+    gateway.adaptation = AdaptationService(gateway.search, gateway.collections)
     add_classification(host, gateway.classifier, auth, draining)  # lookalike.v1.Classification
-    weak_match = calibration.for_gateway(gateway, settings.weak_match_score)  # "no close match", background
+    # "no close match", calibrated in the background
+    weak_match = calibration.for_collections(gateway.collections, gateway.search, settings.weak_match_score)
     gateway.weak_match = weak_match.value
     try:
         grpc_port = host.start()
