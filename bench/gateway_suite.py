@@ -34,12 +34,11 @@ class Querier:
     def __init__(self, stack):
         import grpc
 
-        from lookalike.limits import MAX_GRPC_MESSAGE_BYTES
+        from lookalike.grpc_channel import CLIENT_OPTIONS
         from lookalike.v1 import lookalike_pb2, lookalike_pb2_grpc
 
         self.pb2 = lookalike_pb2
-        self.channel = grpc.insecure_channel(stack.grpc_address,
-                                             options=[("grpc.max_send_message_length", MAX_GRPC_MESSAGE_BYTES)])
+        self.channel = grpc.insecure_channel(stack.grpc_address, options=CLIENT_OPTIONS)
         self.stub = lookalike_pb2_grpc.LookalikeStub(self.channel)
         self.http_url = stack.http_url
         self.local = threading.local()

@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from lookalike import api_keys, limits, ports
+from lookalike import api_keys, ports
 from lookalike import status as status_table
 from lookalike.crop import crop_box, parse_crop
 from lookalike.filters import make_filter
+from lookalike.grpc_channel import CLIENT_OPTIONS
 from lookalike.v1 import (classifier_pb2, classifier_pb2_grpc, lookalike_pb2, lookalike_pb2_grpc, types_pb2)
 
 DEFAULT_TIMEOUT_S = 30.0
@@ -69,8 +70,7 @@ class LookalikeClient:
     def __init__(self, address: str = ports.GATEWAY_ADDRESS, api_key: str | None = None,
                  timeout: float = DEFAULT_TIMEOUT_S, channel: grpc.Channel | None = None):
         self._own_channel = channel is None
-        self.channel = channel or grpc.insecure_channel(address, options=[
-            ("grpc.max_send_message_length", limits.MAX_GRPC_MESSAGE_BYTES)])
+        self.channel = channel or grpc.insecure_channel(address, options=CLIENT_OPTIONS)
         self.timeout = timeout
         self._metadata = api_keys.metadata(api_key)
         self.lookalike = lookalike_pb2_grpc.LookalikeStub(self.channel)

@@ -30,16 +30,13 @@ import grpc
 import numpy as np
 from google.protobuf import empty_pb2
 
-from lookalike.limits import MAX_GRPC_MESSAGE_BYTES
+from lookalike.grpc_channel import service_channel_options
 from lookalike.naming import DEFAULT_MODEL_NAME as MODEL_NAME
 from lookalike.torchserve_api import inference_pb2, inference_pb2_grpc
 from lookalike.vectors import unpack
 from lookalike_embedder.contract import ERROR_PREFIX  # a leaf: no torch
 
-#: Channel options: reconnect within ~1 s once TorchServe is back (gRPC's default backoff grows to
-#: 120 s, which would keep a restarted embedder "down" long after it returned).
-RECONNECT_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 200), ("grpc.min_reconnect_backoff_ms", 200),
-                     ("grpc.max_reconnect_backoff_ms", 1000)]
+MAX_RESPONSE_BYTES = 16 * 1024 * 1024  # the largest answer read from TorchServe (a batch of embeddings)
 
 
 def read_key_file(path: str | os.PathLike) -> dict[str, str]:
@@ -146,10 +143,8 @@ class EmbedderClient:
         self._token = token
         self._lock = threading.Lock()
         self._own_channel = channel is None
-        default_options = [("grpc.max_receive_message_length", 16 * 1024 * 1024),
-                           ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_BYTES),
-                           *RECONNECT_OPTIONS]
-        self.channel = channel or grpc.insecure_channel(target, options=list(options or default_options))
+        self.channel = channel or grpc.insecure_channel(
+            target, options=list(options or service_channel_options(receive=MAX_RESPONSE_BYTES)))
         if interceptors:
             self.channel = grpc.intercept_channel(self.channel, *interceptors)
         self.stub = inference_pb2_grpc.InferenceAPIsServiceStub(self.channel)
@@ -293,7 +288,7 @@ class EmbedderClient:
 
 
 __all__ = [
-    "MODEL_NAME", "ERROR_PREFIX", "RECONNECT_OPTIONS", "read_key_file",
+    "MODEL_NAME", "ERROR_PREFIX", "MAX_RESPONSE_BYTES", "read_key_file",
     "EmbedderImageError", "EmbedderProtocolError", "EmbedderDeadlineExceeded", "EmbedderNotReady",
     "parse_prediction", "EmbedderClient",
 ]

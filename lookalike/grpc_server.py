@@ -12,6 +12,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from lookalike.grpc_channel import server_options
 from lookalike.limits import MAX_GRPC_MESSAGE_BYTES
 from lookalike.request_id import RequestIdFilter
 
@@ -31,11 +32,8 @@ class ServiceHost:
 
     def __init__(self, address: str, max_workers: int = 16, max_message_bytes: int = MAX_GRPC_MESSAGE_BYTES,
                  grace: float = 10.0, interceptors: Iterable[grpc.ServerInterceptor] = ()):
-        options = [("grpc.max_receive_message_length", max_message_bytes),
-                   ("grpc.max_send_message_length", max_message_bytes),
-                   ("grpc.so_reuseport", 0)]
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
-                                  options=options, interceptors=list(interceptors))
+                                  options=server_options(max_message_bytes), interceptors=list(interceptors))
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self._service_names: list[str] = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,

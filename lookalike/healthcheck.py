@@ -22,8 +22,10 @@ def check_grpc(target: str, service: str = "", timeout: float = DEFAULT_TIMEOUT_
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    # never route a local health check through an HTTP proxy taken from the environment
-    with grpc.insecure_channel(target, options=[("grpc.enable_http_proxy", 0)]) as channel:
+    from lookalike.grpc_channel import NO_PROXY_OPTIONS
+
+    # never route a local health check through an HTTP proxy taken from the environment (NO_PROXY_OPTIONS)
+    with grpc.insecure_channel(target, options=NO_PROXY_OPTIONS) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)

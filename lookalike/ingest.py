@@ -24,7 +24,8 @@ import grpc
 
 from lookalike import api_keys
 from lookalike.catalogue_reader import CatalogueItem
-from lookalike.limits import DEFAULT_MAX_UPLOAD_BYTES, MAX_GRPC_MESSAGE_BYTES
+from lookalike.grpc_channel import CLIENT_OPTIONS
+from lookalike.limits import DEFAULT_MAX_UPLOAD_BYTES
 from lookalike.v1 import lookalike_pb2, lookalike_pb2_grpc
 
 KEPT_FAILURES = 1000  # in IngestReport.failures; the failures file gets every one
@@ -185,8 +186,7 @@ def index_items(address: str, items: Iterable[CatalogueItem], api_key: str | Non
     shown = 0.0
     responses = None
     try:
-        options = [("grpc.max_send_message_length", MAX_GRPC_MESSAGE_BYTES)]
-        with grpc.insecure_channel(address, options=options) as channel:
+        with grpc.insecure_channel(address, options=CLIENT_OPTIONS) as channel:
             stub = lookalike_pb2_grpc.LookalikeStub(channel)
             responses = stub.UpsertProducts(_requests(items, local_errors, skip_duplicates, max_image_bytes),
                                             metadata=metadata, timeout=timeout_s)

@@ -13,10 +13,10 @@ from pathlib import Path
 import grpc
 import uvicorn
 
-from lookalike import atomic, limits, naming
+from lookalike import atomic, naming
 from lookalike.grpc_server import ServiceHost, configure_logging
 from lookalike.settings import load_settings
-from lookalike.embedder_client import RECONNECT_OPTIONS
+from lookalike.grpc_channel import service_channel_options
 from lookalike.v1 import lookalike_pb2, lookalike_pb2_grpc
 
 from . import calibration, embedder_metrics, stack_metrics
@@ -79,9 +79,7 @@ def build_gateway(settings: GatewaySettings) -> Gateway:
                                interceptors=[embedder_metrics.InFlightInterceptor()])
     embedder_metrics.install(settings.embedder_metrics_url)
     stack_metrics.install(settings.stack_status_file)
-    search_channel = grpc.insecure_channel(settings.search_address, options=[
-        ("grpc.max_receive_message_length", limits.MAX_GRPC_MESSAGE_BYTES),
-        ("grpc.max_send_message_length", limits.MAX_GRPC_MESSAGE_BYTES), *RECONNECT_OPTIONS])
+    search_channel = grpc.insecure_channel(settings.search_address, options=service_channel_options())
     cache = embedding_cache(settings, naming.model_id(settings.embedder_model, settings.embedder_model_version))
     return Gateway(settings, embedder, search_channel, cache, ImageStore(settings.data_dir / "images"))
 
