@@ -8,6 +8,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -36,12 +37,13 @@ GRACE_S = 10.0  # how long SIGTERM waits for in-flight requests
 
 
 class ReadinessMonitor(threading.Thread):
-    """Probes the dependencies every `interval` seconds and mirrors the result into gRPC health."""
+    """Probes the dependencies every `interval` seconds (`probe(timeout)`: Gateway.dependencies) and mirrors
+    the result into gRPC health."""
 
-    def __init__(self, gateway: Gateway, host: ServiceHost, interval: float = 1.0,
+    def __init__(self, probe: Callable[[float], Dependencies], host: ServiceHost, interval: float = 1.0,
                  stopping: threading.Event | None = None):
         super().__init__(daemon=True, name="readiness")
-        self.gateway = gateway
+        self.probe = probe
         self.host = host
         self.interval = interval
         self.latest = Dependencies(embedder=False, search=False, cache=False)
@@ -54,7 +56,7 @@ class ReadinessMonitor(threading.Thread):
             self.stopping.wait(self.interval)
 
     def refresh(self) -> Dependencies:
-        deps = self.gateway.dependencies(timeout=min(self.interval, 1.0))
+        deps = self.probe(min(self.interval, 1.0))
         if self.latest.ready and not deps.ready and self._failures == 0:
             # One slow probe under load is not an outage: report it after the second in a row.
             self._failures = 1
@@ -142,7 +144,7 @@ def main() -> None:
         host.stop()
         raise SystemExit(f"gateway: cannot listen for HTTP on {settings.host}:{settings.http_port} "
                          f"({exc.strerror}); set LOOKALIKE_GATEWAY_HTTP_PORT to a free port")
-    monitor = ReadinessMonitor(gateway, host, stopping=draining)
+    monitor = ReadinessMonitor(gateway.dependencies, host, stopping=draining)
     gateway.embedder_ready = lambda: monitor.latest.embedder
     monitor.start()
     weak_match.start()
