@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import warnings
 from typing import Iterable, Sequence
 
@@ -46,7 +45,7 @@ BLOCK_CHANNELS = (16, 24, 24, 40, 40, 80, 80, 80, 112, 112, 112, 192, 192, 192, 
 FINAL_DIM = 1280
 #: Cut names accepted by `load_model` / `FeatureExtractor`.
 CUTS = ("final",) + tuple(f"block{i}" for i in range(NUM_BLOCKS))
-#: Environment variable read by the TorchServe handler (and `default_cut()`).
+#: The handler's cut variable (lookalike_embedder.settings.EmbedderSettings.cut: LOOKALIKE_EMBEDDER_ + CUT).
 CUT_ENV = "LOOKALIKE_EMBEDDER_CUT"
 
 
@@ -68,11 +67,6 @@ def normalize_cut(cut: str | None) -> str:
 
 #: Model id of the default cut.
 MODEL_VERSION = model_version(DEFAULT_CUT)
-
-
-def default_cut() -> str:
-    """The cut named by $LOOKALIKE_EMBEDDER_CUT, else "final"."""
-    return normalize_cut(os.environ.get(CUT_ENV) or DEFAULT_CUT)
 
 
 def embedding_dim(cut: str = DEFAULT_CUT) -> int:
@@ -259,7 +253,7 @@ class FeatureExtractor:
 
 __all__ = [
     "MODEL_NAME", "MODEL_VERSION", "ARCH", "WEIGHTS", "DEFAULT_CUT", "CUTS", "CUT_ENV", "RESIZE",
-    "IMAGE_SIZE", "FINAL_DIM", "BLOCK_CHANNELS", "model_version", "normalize_cut", "default_cut",
+    "IMAGE_SIZE", "FINAL_DIM", "BLOCK_CHANNELS", "model_version", "normalize_cut",
     "embedding_dim", "default_device", "weights_path", "preprocess_image", "preprocess",
     "preprocess_batch", "LiteEmbedder", "load_backbone", "load_model", "FeatureExtractor", "BACKENDS",
     "onnx_session", "export_onnx",

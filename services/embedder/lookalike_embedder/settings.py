@@ -18,7 +18,8 @@ TorchServe's worker then fails to load the model with that line in its model log
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic.fields import FieldInfo
@@ -87,7 +88,7 @@ class EmbedderSettings(BaseSettings):
         return _ServerEnvSource(settings_cls), init_settings
 
     @classmethod
-    def load(cls, handler_config: Mapping[str, Any] | None = None) -> "EmbedderSettings":
+    def load(cls, handler_config: Mapping[str, Any] | None = None) -> EmbedderSettings:
         """The settings from the environment over `handler_config` (model-config.yaml's ``handler:``);
         raises `lookalike.settings.ConfigError` naming each invalid setting."""
         layer = {key: value for key, value in (handler_config or {}).items() if value not in (None, "")}
@@ -156,4 +157,4 @@ class EmbedderSettings(BaseSettings):
             raise ConfigError(f"{self.setting_name('dim')}: is {self.dim} but the model gives {dim}-d vectors")
 
 
-__all__ = ["EmbedderSettings", "ENV_PREFIX", "ENV_SETTINGS", "YAML_SECTION"]
+__all__ = ["ENV_PREFIX", "ENV_SETTINGS", "YAML_SECTION", "EmbedderSettings"]
