@@ -195,7 +195,7 @@ def service_training(x_train: np.ndarray, y_train: list[str]) -> dict:
         store.ensure_collection()
         store.upsert([(f"p{i}", v, {"category": label}) for i, (v, label) in enumerate(zip(x_train, y_train))])
         servicer = SearchServicer(store, x_train.shape[1])
-        target = SimpleNamespace(collection="", model_id="bench")
+        target = SimpleNamespace(collection="", model_id="bench", raw=lambda v: v)  # a plain (unadapted) collection
         search = SimpleNamespace(call=lambda method, request, deadline: getattr(servicer, method)(request, Context()))
 
         def no_query_embedding(*_args, **_kwargs):
