@@ -26,6 +26,35 @@ from lookalike_gateway.settings import GatewaySettings
 DIM = 8
 
 
+class FakeClock:
+    """monotonic() and sleep() for errors.Deadline and retry.RetryPolicy: time moves only when the code under
+    test sleeps (or the test calls advance), so a short deadline means the same on an idle or a loaded machine."""
+
+    def __init__(self, now: float = 0.0):
+        self.now = now
+        self.slept: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def fake_clock(monkeypatch) -> FakeClock:
+    """Puts one FakeClock behind the gateway's deadlines and retry backoff for the test."""
+    from lookalike_gateway import errors, retry
+
+    clock = FakeClock()
+    monkeypatch.setattr(errors, "time", clock)
+    monkeypatch.setattr(retry, "time", clock)
+    return clock
+
+
 def png(seed: int, size: int = 16) -> bytes:
     """A small valid PNG, different for each seed."""
     rng = np.random.default_rng(seed)

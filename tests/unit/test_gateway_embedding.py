@@ -11,7 +11,7 @@ from lookalike_gateway.embedding import embed_burst, embed_one
 from lookalike_gateway.errors import ApiError, Deadline
 from lookalike_gateway.retry import RetryPolicy
 
-from .gateway_fakes import FakeRpcError
+from .gateway_fakes import FakeRpcError, fake_clock
 
 FAST = RetryPolicy(first_backoff_s=0.001, max_backoff_s=0.002, min_attempt_s=0.001)
 
@@ -50,17 +50,21 @@ def test_a_burst_resends_only_what_was_unavailable():
     assert "embedder (TorchServe) failed: INTERNAL" in results[3].message
 
 
-def test_a_burst_gives_up_on_what_stays_unavailable_within_the_deadline():
+def test_a_burst_gives_up_on_what_stays_unavailable_within_the_deadline(monkeypatch):
+    clock = fake_clock(monkeypatch)
     down = FakeRpcError(grpc.StatusCode.UNAVAILABLE)
     embedder = ScriptedEmbedder({b"x": [down] * 1000})
+    start = clock.now
     [result] = embed_burst(embedder, [b"x"], Deadline(0.1), FAST)
     assert result.code == grpc.StatusCode.UNAVAILABLE and "embedder (TorchServe) is unavailable" in result.message
-    assert len(embedder.sent) > 1
+    assert len(embedder.sent) == len(clock.slept) + 1 > 1  # a retry after each backoff
+    assert clock.now - start <= 0.1 - FAST.min_attempt_s  # gave up while the deadline still had room
 
 
-def test_a_query_is_not_sent_while_the_embedder_is_known_down():
+def test_a_query_is_not_sent_while_the_embedder_is_known_down(monkeypatch):
+    clock = fake_clock(monkeypatch)
     embedder = ScriptedEmbedder({b"q": [np.ones(4, np.float32)]})
     with pytest.raises(ApiError) as err:
         embed_one(embedder, b"q", Deadline(0.05), ready=lambda: False, policy=FAST)
-    assert err.value.code == grpc.StatusCode.UNAVAILABLE and embedder.sent == []
+    assert err.value.code == grpc.StatusCode.UNAVAILABLE and embedder.sent == [] and clock.slept
     assert embed_one(embedder, b"q", Deadline(5), policy=FAST).sum() == 4

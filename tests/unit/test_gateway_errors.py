@@ -1,15 +1,13 @@
 """errors.py: ApiError, Deadline, dependency errors, and the one status table they go through."""
 from __future__ import annotations
 
-import time
-
 import grpc
 import pytest
 
 from lookalike.status import GRPC_TO_HTTP, grpc_status, http_status
 from lookalike_gateway.errors import DEFAULT_RETRY_AFTER_S, SEARCH_NAME, ApiError, Deadline, dependency_error
 
-from .gateway_fakes import FakeRpcError
+from .gateway_fakes import FakeRpcError, fake_clock
 
 
 def test_status_table_round_trips_the_codes_clients_see():
@@ -25,13 +23,18 @@ def test_status_table_round_trips_the_codes_clients_see():
     assert grpc_status(415) == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_deadline_runs_out():
+def test_deadline_runs_out(monkeypatch):
+    """On a clock the test moves (a loaded machine can stall longer than any short deadline between two lines)."""
+    clock = fake_clock(monkeypatch)
     deadline = Deadline(0.01)
-    assert deadline.remaining() > 0
-    time.sleep(0.02)
+    assert deadline.remaining() == pytest.approx(0.01)
+    clock.advance(0.005)
+    assert deadline.remaining() == pytest.approx(0.005) and deadline.left() == pytest.approx(0.005)
+    clock.advance(0.01)
+    assert deadline.left() == pytest.approx(-0.005)  # left() never raises
     with pytest.raises(ApiError) as err:
-        deadline.remaining()
-    assert err.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        deadline.remaining("the search call")
+    assert err.value.code == grpc.StatusCode.DEADLINE_EXCEEDED and "before the search call" in err.value.message
 
 
 @pytest.mark.parametrize("code, expected, says", [

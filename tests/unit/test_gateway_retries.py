@@ -16,7 +16,7 @@ from lookalike.v1 import types_pb2
 from lookalike_gateway.errors import ApiError, Deadline
 from lookalike_gateway.retry import POLICY, RetryPolicy
 
-from .gateway_fakes import FakeRpcError, make_gateway
+from .gateway_fakes import FakeRpcError, fake_clock, make_gateway
 
 
 class FakeEmbedder:
@@ -156,7 +156,8 @@ def test_one_policy_backs_off_exponentially_up_to_its_cap_and_never_past_the_dea
     assert POLICY.retryable == (grpc.StatusCode.UNAVAILABLE,)
 
 
-def test_the_policy_retries_unavailable_then_names_the_dependency():
+def test_the_policy_retries_unavailable_then_names_the_dependency(monkeypatch):
+    fake_clock(monkeypatch)  # the 0.2 s deadline means the same on a loaded machine
     policy = RetryPolicy(first_backoff_s=0.001, max_backoff_s=0.002, min_attempt_s=0.001)
     attempts = []
 
