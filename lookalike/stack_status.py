@@ -21,7 +21,6 @@ from pathlib import Path
 from lookalike import atomic
 
 FILE_NAME = "stack-status.json"
-STATES = ("up", "down", "restarting")
 
 
 def write(path: str | os.PathLike, children: dict[str, dict]) -> None:
