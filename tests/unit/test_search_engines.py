@@ -61,7 +61,7 @@ def _assert_cluster(kwargs):
     assert kwargs["vectors_config"].on_disk is True  # quantized copy in RAM, originals on disk
 
 
-def test_from_settings_passes_cluster_settings_to_create_collection(server_env):
+def test_make_store_passes_cluster_settings_to_create_collection(server_env):
     settings = SearchSettings()
     assert settings.engine == "qdrant-server"
     store = engines.make_store(settings)

@@ -71,7 +71,8 @@ class PointerFileAliases:
 
 
 class QdrantAliases:
-    """Qdrant's own aliases (a server, or qdrant-client's local mode); `previous` is remembered in memory."""
+    """Qdrant's own aliases: the qdrant-server engine's (any QdrantClient works, the unit test uses local mode);
+    `previous` is remembered in memory."""
 
     may_name_a_collection = False  # Qdrant refuses an alias named like an existing collection
 

@@ -23,7 +23,6 @@ if TYPE_CHECKING:
     from .settings import SearchSettings
 
 
-
 def data_root(s: SearchSettings) -> Path:
     """Where an embedded engine keeps its collections (and the alias file): DATA_DIR/<engine>."""
     return Path(s.data_dir) / s.engine
@@ -136,7 +135,7 @@ class ClientEngine(Engine):
 
     def store(self, name: str, vector_size: int) -> VectorStore:
         return QdrantClientStore(name, vector_size, client=self.client, client_lock=self.lock,
-                                              local=self.local, where=self.where, **client_options(self.settings))
+                                 local=self.local, where=self.where, **client_options(self.settings))
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -154,6 +153,6 @@ def make_store(settings: SearchSettings) -> VectorStore:
                                **edge_options(settings))
     if settings.engine == "qdrant-server":
         return QdrantClientStore(settings.collection, settings.vector_size,
-                                              **server_connection(settings), **client_options(settings))
+                                 **server_connection(settings), **client_options(settings))
     return QdrantClientStore(settings.collection, settings.vector_size,
-                                          path=data_root(settings), **client_options(settings))
+                             path=data_root(settings), **client_options(settings))

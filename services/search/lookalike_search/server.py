@@ -51,7 +51,7 @@ def open_until_ready(registry: CollectionRegistry, stopping: threading.Event) ->
 
 def serve(settings: SearchSettings) -> int:
     """Runs the service until SIGTERM/SIGINT; returns the exit status."""
-    store = CollectionRegistry.from_settings(settings)
+    registry = CollectionRegistry.from_settings(settings)
     host = ServiceHost(settings.bind_address, max_workers=settings.max_workers, grace=settings.shutdown_grace_s,
                        interceptors=[ObservabilityInterceptor((SERVICE_NAME,), access_log=settings.access_log)])
     if settings.metrics_port:
@@ -60,27 +60,26 @@ def serve(settings: SearchSettings) -> int:
         except OSError as exc:
             print(f"search service cannot serve metrics on {settings.metrics_host}:{settings.metrics_port}: {exc}",
                   file=sys.stderr)
-            store.close()
+            registry.close()
             return 1
-    host.add(search_pb2_grpc.add_SearchServiceServicer_to_server, SearchServicer(store),
-             SERVICE_NAME)
+    host.add(search_pb2_grpc.add_SearchServiceServicer_to_server, SearchServicer(registry), SERVICE_NAME)
     stopping = threading.Event()
     host.install_signal_handlers(on_stop=stopping.set)
     try:
         port = host.start()
     except (OSError, RuntimeError) as exc:
         print(f"search service cannot listen on {settings.bind_address}: {exc}", file=sys.stderr)
-        store.close()
+        registry.close()
         return 1
     log.info("search service starting on %s:%d (engine %s, collection %r, vector size %d)",
              settings.host, port, settings.engine, settings.collection, settings.vector_size)
     try:
-        ready = open_until_ready(store, stopping)
+        ready = open_until_ready(registry, stopping)
     except StoreError as exc:
         log.error("vector store failed to start: %s", exc)
         print(f"search service: vector store failed to start: {exc}", file=sys.stderr)
         host.stop()
-        store.close()
+        registry.close()
         return 1
     if ready and not stopping.is_set():
         host.set_serving(True)
@@ -88,7 +87,7 @@ def serve(settings: SearchSettings) -> int:
             write_port_file(settings.port_file, port)
         log.info("search service ready on %s:%d", settings.host, port)
     host.wait()
-    store.close()
+    registry.close()
     log.info("search service stopped")
     return 0
 

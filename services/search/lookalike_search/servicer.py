@@ -253,14 +253,13 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         return search_pb2.ScrollPointsResponse(points=[self._point(r, request.with_vectors) for r in records],
                                                next_offset=next_offset or "")
 
-
     @rpc
     def ListCollections(self, request, context):
         active, previous, rows = self.registry.describe(with_counts=request.with_counts)
         return search_pb2.ListCollectionsResponse(
             alias=self.registry.alias, active=active, previous=previous or "",
             collections=[search_pb2.Collection(name=name, vector_size=size, points=points or 0,
-                                                     active=name == active) for name, size, points in rows])
+                                               active=name == active) for name, size, points in rows])
 
     @rpc
     def CreateCollection(self, request, context):
