@@ -1,5 +1,5 @@
 """lookalike.embedder_client without TorchServe: EmbedderClient against an in-process fake of TorchServe's
-gRPC inference API, and the pure helpers (config rendering, key file, prediction parsing)."""
+gRPC inference API, and its pure helpers (key file, prediction parsing)."""
 from __future__ import annotations
 
 import json
@@ -13,7 +13,6 @@ import pytest
 
 from lookalike.embedder_client import (ERROR_PREFIX, EmbedderClient, EmbedderImageError, EmbedderProtocolError,
                                        parse_prediction, read_key_file)
-from lookalike.torchserve_config import default_config_template, read_properties, render_properties
 from lookalike.torchserve_api import inference_pb2, inference_pb2_grpc
 from lookalike.vectors import pack
 
@@ -159,7 +158,7 @@ def test_unavailable_propagates():
     assert client.ping(timeout=1) is False
 
 
-def test_parse_prediction():
+def test_parse_prediction_reads_a_vector_and_refuses_wrong_sizes_error_documents_and_empty_bytes():
     v = unit(1, 1280)
     np.testing.assert_array_equal(parse_prediction(pack(v), 1280), v)
     with pytest.raises(EmbedderProtocolError):
@@ -170,23 +169,7 @@ def test_parse_prediction():
         parse_prediction(b"")
 
 
-def test_render_properties_replaces_ports_and_keeps_the_rest(tmp_path):
-    template = default_config_template()
-    shipped = read_properties(template)
-    assert shipped["management_address"].startswith("http://127.0.0.1:")
-    assert shipped["grpc_management_address"] == "127.0.0.1"
-    assert shipped["enable_model_api"] == "false"
-    assert "disable_token_authorization" not in shipped
-    out = tmp_path / "config.properties"
-    out.write_text(render_properties(template, {"grpc_inference_port": 1234, "new_key": "x",
-                                                "job_queue_size": None}))
-    rendered = read_properties(out)
-    assert rendered["grpc_inference_port"] == "1234" and rendered["new_key"] == "x"
-    assert "job_queue_size" not in rendered
-    assert rendered["load_models"] == shipped["load_models"]
-
-
-def test_read_key_file(tmp_path):
+def test_read_key_file_maps_each_api_to_its_key(tmp_path):
     path = tmp_path / "key_file.json"
     path.write_text(json.dumps({"management": {"key": "m", "expiration time": "2030"},
                                 "inference": {"key": "i", "expiration time": "2030"}, "API": {"key": "a"}}))
@@ -225,20 +208,3 @@ def test_ping_rereads_the_token_file_after_a_restart(fake):
         assert client.ping(timeout=5) is True
         assert client.embed(b"abcd", timeout=5).shape == (8,)
         client.close()
-
-
-def test_launcher_registers_every_archive_of_the_store_default_first(tmp_path):
-    from lookalike.torchserve_process import TorchServeProcess
-
-    store = tmp_path / "store"
-    store.mkdir()
-    for name in ("lookalike-lite0.zz.mar", "lookalike-lite0.mar", "lookalike-lite0.lite1.mar", "other.mar"):
-        (store / name).write_bytes(b"")
-    process = TorchServeProcess(tmp_path / "ts", store)
-    # TorchServe makes the first version it registers the model's default: the default archive comes first
-    assert process.archives() == ["lookalike-lite0.mar", "lookalike-lite0.lite1.mar", "lookalike-lite0.zz.mar"]
-    process.data_dir.mkdir()
-    assert read_properties(process.write_config())["load_models"] == (
-        "lookalike-lite0.mar,lookalike-lite0.lite1.mar,lookalike-lite0.zz.mar")
-    assert TorchServeProcess(tmp_path / "ts2", store, archive="lookalike-lite0.lite1.mar").archives() == [
-        "lookalike-lite0.lite1.mar"]
