@@ -37,10 +37,11 @@ from .classifier_head import DEFAULT_C_VALUES, DEFAULT_HOLDOUT, LinearHead, Trai
 from .classifier_store import ClassifierRepository
 from .collection_manager import CollectionManager, Target
 from .errors import ApiError, Deadline, bad_argument, not_found
+from .ingest_types import PREDICTED_SUFFIX, PROBABILITY_SUFFIX
+from .jobs import Job, JobRunner, Progress
 from .search_client import SearchClient
 from .settings import GatewaySettings
 from .validation import check_size, validate_crop, validate_top_k
-from .jobs import Job, JobRunner, Progress
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,6 @@ MAX_TRAIN_POINTS = 100_000
 TRAIN_TIMEOUT_S = 600.0  # how long TrainClassifier (the waiting call) waits by default (the job finishes regardless)
 RELOAD_CHECK_S = 1.0  # how often `current` is checked for a version trained elsewhere
 JOB_KIND = "classifier-training"
-PREDICTED_SUFFIX = "_predicted"
-PROBABILITY_SUFFIX = "_probability"
 # progress of a training job: reading the embeddings, then fitting, then saving
 READ_SHARE, FIT_SHARE = 0.3, 0.65
 

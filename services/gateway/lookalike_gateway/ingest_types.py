@@ -19,7 +19,9 @@ def outcome_name(outcome: int) -> str:
     return Outcome.Name(outcome).removeprefix("OUTCOME_")
 
 
-PREDICTED, PROBABILITY = "_predicted", "_probability"  # attribute suffixes of predicted fields
+# attribute suffixes of a field the gateway predicted (classifier.annotate): "category_predicted" = "true",
+# "category_probability" = "0.91"
+PREDICTED_SUFFIX, PROBABILITY_SUFFIX = "_predicted", "_probability"
 
 
 @dataclass
@@ -65,10 +67,10 @@ def same_metadata(stored: types_pb2.Product, incoming: types_pb2.Product) -> boo
     A category the gateway predicted for a product sent without one (attributes `category_predicted`
     = "true" and `category_probability`) counts as the empty category it was sent with."""
     category, attributes = stored.category, dict(stored.attributes)
-    if not incoming.category and attributes.get("category" + PREDICTED) == "true":
+    if not incoming.category and attributes.get("category" + PREDICTED_SUFFIX) == "true":
         category = ""
-        attributes.pop("category" + PREDICTED, None)
-        attributes.pop("category" + PROBABILITY, None)
+        attributes.pop("category" + PREDICTED_SUFFIX, None)
+        attributes.pop("category" + PROBABILITY_SUFFIX, None)
     if stored.title != incoming.title or category != incoming.category or attributes != dict(incoming.attributes):
         return False
     if stored.HasField("price") != incoming.HasField("price"):
