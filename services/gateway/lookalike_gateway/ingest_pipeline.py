@@ -120,8 +120,8 @@ class IngestPipeline:
             target: Callable[[], Target] | None = None, detect_duplicates: bool | None = None, gated: bool = True,
             cancelled: Callable[[], bool] | None = None) -> Iterator[IngestResult]:
         """Yields one IngestResult per item, in order. `target()` names the collection and model to write
-        (default: the active collection, re-read for each batch). `gated`: commits hold the catalogue's
-        write gate (an alias switch waits for them); a reindex, which holds the gate itself, passes False.
+        (default: the active collection, re-read for each batch). `gated`: commits hold the collection
+        manager's write gate (an alias switch waits for them); a reindex, which holds the gate itself, passes False.
         `cancelled()` true: the caller went away (Ctrl-C, kill -9): batches not yet committed are dropped
         (nobody would receive their acknowledgements; the same items are UNCHANGED or new next time)."""
         target = target or self.collections.active

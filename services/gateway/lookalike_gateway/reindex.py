@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 SCROLL_PAGE = 256
 MAX_CATCH_UP_PASSES = 5
 PROGRESS_EVERY_S = 1.0
+CALL_DEADLINE_S = 30.0  # each of a reindex's own calls (probe, create, count, a scroll page, delete, switch)
 
 
 class Reindexer:
@@ -55,7 +56,7 @@ class Reindexer:
         `cancelled()` true: the caller went away; the work stops (calling again resumes)."""
         with self.collections.exclusive_job():
             source = self.collections.refresh()
-            target = self._reindex_target(request, source, Deadline(30.0))
+            target = self._reindex_target(request, source, Deadline(CALL_DEADLINE_S))
             log.info("reindex %s -> %s (model %s)", source.collection, target.collection, target.model_id)
             run = _Run(source.collection, target.collection, target.model_id)
             run.cancelled = cancelled
@@ -74,7 +75,7 @@ class Reindexer:
                 with self.collections.gate.exclusive():  # this gateway's writes wait (searches do not)
                     run.pass_number += 1
                     yield from self._pass(run, source, target, deadline_for_batch)
-                    _, previous = self.collections.switch(target.collection, Deadline(30.0))
+                    _, previous = self.collections.switch(target.collection, Deadline(CALL_DEADLINE_S))
                 run.activated, run.previous = True, previous
             run.finished = True
             yield run.progress()
@@ -134,7 +135,7 @@ class Reindexer:
         returns the number of changes it made (written + removed)."""
         run.done = run.unchanged = run.failed = 0
         run.total = self.search.call("CountPoints", search_pb2.CountPointsRequest(
-            collection=source.collection), Deadline(30.0)).count
+            collection=source.collection), Deadline(CALL_DEADLINE_S)).count
         missing: dict[str, str] = {}
         changes = 0
         last = time.monotonic()
@@ -168,7 +169,7 @@ class Reindexer:
         offset = ""
         while True:
             page = self.search.call("ScrollPoints", search_pb2.ScrollPointsRequest(
-                collection=source.collection, limit=SCROLL_PAGE, offset=offset), Deadline(30.0))
+                collection=source.collection, limit=SCROLL_PAGE, offset=offset), Deadline(CALL_DEADLINE_S))
             for point in page.points:
                 product = point.product
                 hashes = list(product.image_sha256s) or [product.image_sha256]
@@ -214,15 +215,15 @@ def mirror_deletions(search: SearchClient, source: Target, target: Target) -> in
     removed, offset = 0, ""
     while True:
         page = search.call("ScrollPoints", search_pb2.ScrollPointsRequest(
-            collection=target.collection, limit=SCROLL_PAGE, offset=offset), Deadline(30.0))
+            collection=target.collection, limit=SCROLL_PAGE, offset=offset), Deadline(CALL_DEADLINE_S))
         ids = [p.product.id for p in page.points]
         if ids:
             present = search.call("GetPoints", search_pb2.GetPointsRequest(
-                product_ids=ids, collection=source.collection), Deadline(30.0))
+                product_ids=ids, collection=source.collection), Deadline(CALL_DEADLINE_S))
             gone = sorted(set(ids) - {p.product.id for p in present.points})
             if gone:
                 removed += search.call("DeletePoints", search_pb2.DeletePointsRequest(
-                    product_ids=gone, collection=target.collection), Deadline(30.0)).deleted
+                    product_ids=gone, collection=target.collection), Deadline(CALL_DEADLINE_S)).deleted
         offset = page.next_offset
         if not offset:
             return removed
