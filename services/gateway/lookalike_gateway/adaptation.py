@@ -29,6 +29,7 @@ from lookalike.search.v1 import search_pb2
 from lookalike.v1 import lookalike_pb2
 
 from . import adapt_fit, quality_gate
+from .classifier import label_of, parse_label_field
 from .collection_manager import CollectionManager
 from .errors import ApiError, Deadline
 from .reindex import mirror_deletions
@@ -43,8 +44,6 @@ READ_SHARE, FIT_SHARE = 0.05, 0.55  # of a job's progress; building takes the re
 
 def labeller(field: str):
     """product -> label for a label field ("" / "product", "category", "attributes.<name>")."""
-    from .classifier import label_of, parse_label_field
-
     if field in ("", "product"):
         return lambda product: product.id
     kind, name = parse_label_field(field)

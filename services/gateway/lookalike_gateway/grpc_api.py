@@ -13,10 +13,12 @@ from lookalike import status as status_table
 from lookalike.v1 import lookalike_pb2, lookalike_pb2_grpc
 
 from . import metrics
+from .adaptation_api import get_response
 from .auth import ApiKeyCheck
 from .core import Gateway
 from .errors import ApiError, Deadline
 from .ingest_types import IngestItem
+from .jobs import job_proto
 from .settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -146,14 +148,10 @@ class LookalikeServicer(GatewayServicer, lookalike_pb2_grpc.LookalikeServicer):
 
     @_unary
     def StartAdaptation(self, request, context, deadline):
-        from .jobs import job_proto
-
         return lookalike_pb2.StartAdaptationResponse(job=job_proto(self.gateway.adaptation.start(request)))
 
     @_unary
     def GetAdaptation(self, request, context, deadline):
-        from .adaptation_api import get_response
-
         return get_response(self.gateway.adaptation.job(request.job_id))
 
     def Reindex(self, request, context):
