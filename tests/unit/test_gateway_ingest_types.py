@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from lookalike.v1 import lookalike_pb2
-from lookalike_gateway.ingest_types import same_metadata
+from lookalike.v1 import lookalike_pb2, types_pb2
+from lookalike_gateway.ingest_types import image_hashes, same_metadata
 
 from .gateway_fakes import ingest, make_gateway, png, product
 
@@ -13,6 +13,13 @@ from .gateway_fakes import ingest, make_gateway, png, product
 @pytest.fixture
 def gateway(tmp_path):
     return make_gateway(tmp_path, upsert_batch_size=4)
+
+
+def test_image_hashes_lists_every_image_main_first_or_falls_back_to_the_main_hash():
+    several = types_pb2.Product(id="p", image_sha256="a", image_sha256s=["a", "b"])
+    only_main = types_pb2.Product(id="p", image_sha256="a")
+    assert (image_hashes(several), image_hashes(only_main), image_hashes(types_pb2.Product(id="p"))) == (
+        ["a", "b"], ["a"], [])
 
 
 def test_same_metadata_ignores_a_predicted_category():

@@ -32,7 +32,7 @@ from .embedding import embed_one
 from .errors import ApiError, Deadline, not_found
 from .image_store import ImageStore
 from .ingest_pipeline import IngestPipeline
-from .ingest_types import IngestItem, IngestResult
+from .ingest_types import IngestItem, IngestResult, image_hashes
 from .reindex import Reindexer
 from .search_client import SearchClient
 from .settings import GatewaySettings
@@ -183,7 +183,7 @@ class Gateway:
     def image_of(self, product_id: str, deadline: Deadline, index: int = 0) -> bytes:
         """The stored original of a product's image `index` (0 = main; NOT_FOUND when either is missing)."""
         product = self.get_product(product_id, deadline)
-        hashes = list(product.image_sha256s) or ([product.image_sha256] if product.image_sha256 else [])
+        hashes = image_hashes(product)
         if index < 0 or index >= len(hashes):
             raise not_found("image", f"{product_id}/{index}", f"product {product_id!r} has no image {index} "
                                                              f"(it has {len(hashes)}: 0..{len(hashes) - 1})")

@@ -13,6 +13,7 @@ from lookalike import status
 DEFAULT_RETRY_AFTER_S = 1.0  # the retry hint of an UNAVAILABLE / RESOURCE_EXHAUSTED answer that names none
 SEARCH_NAME = "search service"  # the dependencies as error messages name them
 EMBEDDER_NAME = "embedder (TorchServe)"
+SHUTTING_DOWN = "the gateway is shutting down; retry elsewhere"  # UNAVAILABLE while draining (gRPC, REST, jobs)
 
 
 class ApiError(Exception):

@@ -16,7 +16,7 @@ from . import metrics
 from .adaptation_api import get_response
 from .auth import ApiKeyCheck
 from .core import Gateway
-from .errors import ApiError, Deadline
+from .errors import SHUTTING_DOWN, ApiError, Deadline
 from .ingest_types import IngestItem
 from .jobs import job_proto
 from .settings import GatewaySettings
@@ -75,7 +75,7 @@ class GatewayServicer:
 
     def refuse_when_draining(self) -> None:
         if self.draining is not None and self.draining.is_set():
-            raise ApiError(grpc.StatusCode.UNAVAILABLE, "the gateway is shutting down; retry elsewhere")
+            raise ApiError(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
 
     def deadline(self, context: grpc.ServicerContext) -> Deadline:
         """The caller's deadline (capped at the configured default), or the default when none was set."""

@@ -43,7 +43,7 @@ from .embedding import embed_burst
 from .errors import ApiError, Deadline
 from .image_store import ImageStore
 from .ingest_types import (CREATED, FAILED, SKIPPED, UNCHANGED, UPDATED, IngestItem, IngestResult,
-                           outcome_name, same_metadata)
+                           image_hashes, outcome_name, same_metadata)
 from .microbatch import batches
 from .retry import POLICY, RetryPolicy
 from .search_client import SearchClient
@@ -360,7 +360,7 @@ def _stored_vectors(point: search_pb2.Point) -> dict[str, np.ndarray]:
     """image hash -> stored vector of a stored product (empty when its vectors do not line up with its hashes,
     e.g. an image lost mid-upsert: then every image is embedded again)."""
     raw = [point.vector, *point.more_vectors] if point.vector else []
-    hashes = list(point.product.image_sha256s) or ([point.product.image_sha256] if point.product.image_sha256 else [])
+    hashes = image_hashes(point.product)
     if not raw or len(raw) != len(hashes):
         return {}
     return {digest: vectors.unpack(v) for digest, v in zip(hashes, raw)}

@@ -61,6 +61,12 @@ class IngestResult:
             images=self.images)
 
 
+def image_hashes(product: types_pb2.Product) -> list[str]:
+    """A stored product's image hashes, the main one first: `image_sha256s`, or only `image_sha256` where
+    that list is empty (none when neither is set)."""
+    return list(product.image_sha256s) or ([product.image_sha256] if product.image_sha256 else [])
+
+
 def same_metadata(stored: types_pb2.Product, incoming: types_pb2.Product) -> bool:
     """Title, category, price and attributes equal (the id and image hash are compared elsewhere).
 

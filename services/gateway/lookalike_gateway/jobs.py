@@ -28,7 +28,7 @@ import grpc
 
 from lookalike.v1 import types_pb2
 
-from .errors import ApiError, not_found
+from .errors import SHUTTING_DOWN, ApiError, not_found
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class JobRunner:
         """Starts `work(progress)` on a new thread and returns the job; ABORTED while one runs."""
         with self._lock:
             if self._closed:
-                raise ApiError(grpc.StatusCode.UNAVAILABLE, "the gateway is shutting down; retry elsewhere")
+                raise ApiError(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
             if self._running is not None:
                 running = self._jobs[self._running]
                 since = time.time() - (running.started_at or running.created_at)

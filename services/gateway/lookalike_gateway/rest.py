@@ -29,9 +29,9 @@ from . import adaptation_api, classifier_api, http_errors, metrics, openapi
 from . import api_models as m
 from .auth import ApiKeyCheck, bearer_token
 from .core import Gateway
-from .errors import ApiError, Deadline, bad_argument, not_found
+from .errors import SHUTTING_DOWN, ApiError, Deadline, bad_argument, not_found
 from .http_errors import api_error_response, error_response
-from .ingest_types import IngestItem, outcome_name
+from .ingest_types import IngestItem, image_hashes, outcome_name
 from .settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def product_json(product: types_pb2.Product, with_images: bool = True) -> dict:
         "image_url": f"/v1/products/{quote(product.id, safe='')}/image" if product.image_sha256 else None,
     }
     if with_images:
-        hashes = list(product.image_sha256s) or ([product.image_sha256] if product.image_sha256 else [])
+        hashes = image_hashes(product)
         body["images"] = [{"index": i, "sha256": h, "url": image_url(product.id, i)} for i, h in enumerate(hashes)]
     return body
 
@@ -126,7 +126,7 @@ class Guard:
             return error_response(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                   f"request body of {length} bytes is above the limit of {limit} bytes", http=413)
         if route.startswith("/v1/") and self.draining is not None and self.draining.is_set():
-            response = error_response(grpc.StatusCode.UNAVAILABLE, "the gateway is shutting down; retry elsewhere")
+            response = error_response(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
             response.headers["Connection"] = "close"
             return response
         if (route.startswith("/v1/") or route == "/metrics") and method != "OPTIONS":
