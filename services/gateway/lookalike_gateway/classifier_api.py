@@ -1,10 +1,9 @@
 """The classifier's transports: lookalike.v1.Classification (gRPC) and the /v1/classify,
-# no `from __future__ import annotations`: the route signatures use Annotated metadata built at run time
 /v1/classifiers REST routes, over a ClassifierService."""
+# no `from __future__ import annotations`: the route signatures use Annotated metadata built at run time
 
 import threading
 import time
-
 from typing import Annotated
 
 from fastapi import APIRouter, Body, File, Form, Path, UploadFile
@@ -12,14 +11,13 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from lookalike import limits
-
 from lookalike.v1 import classifier_pb2, classifier_pb2_grpc
 
 from . import api_models as m
 from . import http_errors
 from .classifier import DEFAULT_LABEL_FIELD, DEFAULT_TOP_K, TRAIN_TIMEOUT_S, ClassifierService
 from .errors import Deadline
-from .grpc_api import GatewayServicer, _unary
+from .grpc_api import GatewayServicer, unary_rpc
 from .jobs import Job, JobState, job_json, job_proto
 
 
@@ -52,7 +50,7 @@ class ClassificationServicer(GatewayServicer, classifier_pb2_grpc.Classification
         super().__init__(service.settings, auth, draining)
         self.service = service
 
-    @_unary
+    @unary_rpc
     def Classify(self, request, context, deadline):
         top_k = request.top_k if request.HasField("top_k") else None
         predictions, cache_hit, version = self.service.classify(
@@ -61,19 +59,19 @@ class ClassificationServicer(GatewayServicer, classifier_pb2_grpc.Classification
             predictions=[classifier_pb2.Prediction(label=label, probability=p) for label, p in predictions],
             cache_hit=cache_hit, classifier_version=version)
 
-    @_unary
+    @unary_rpc
     def TrainClassifier(self, request, context, deadline):
         remaining = context.time_remaining()  # training may take longer than the usual request deadline
         wait_s = TRAIN_TIMEOUT_S if remaining is None else min(remaining - 0.5, TRAIN_TIMEOUT_S)
         report = self.service.train(*training_arguments(request), wait_s=max(0.0, wait_s))
         return classifier_pb2.TrainClassifierResponse(report=report_proto(report))
 
-    @_unary
+    @unary_rpc
     def StartClassifierTraining(self, request, context, deadline):
         job = self.service.start_training(*training_arguments(request.training))
         return classifier_pb2.StartClassifierTrainingResponse(job=job_proto(job))
 
-    @_unary
+    @unary_rpc
     def GetClassifierTraining(self, request, context, deadline):
         job = self.service.training_job(request.job_id)
         response = classifier_pb2.GetClassifierTrainingResponse(job=job_proto(job))
@@ -81,7 +79,7 @@ class ClassificationServicer(GatewayServicer, classifier_pb2_grpc.Classification
             response.report.CopyFrom(report_proto(job.result))
         return response
 
-    @_unary
+    @unary_rpc
     def GetClassifier(self, request, context, deadline):
         return classifier_pb2.GetClassifierResponse(classifier=report_proto(self.service.current_report()))
 

@@ -24,7 +24,7 @@ from .settings import GatewaySettings
 log = logging.getLogger(__name__)
 
 
-def _unary(method):
+def unary_rpc(method):
     """Runs an RPC with a deadline, API-key check, metrics and ApiError -> status translation."""
     name = method.__name__
 
@@ -66,7 +66,7 @@ def _min_score(request) -> float | None:
 
 
 class GatewayServicer:
-    """What every gateway gRPC servicer shares: auth, drain refusal and the caller's deadline (see `_unary`)."""
+    """What every gateway gRPC servicer shares: auth, drain refusal and the caller's deadline (see `unary_rpc`)."""
 
     def __init__(self, settings: GatewaySettings, auth: ApiKeyCheck, draining: threading.Event | None = None):
         self.settings = settings
@@ -91,7 +91,7 @@ class LookalikeServicer(GatewayServicer, lookalike_pb2_grpc.LookalikeServicer):
         super().__init__(gateway.settings, auth, draining)
         self.gateway = gateway
 
-    @_unary
+    @unary_rpc
     def SearchByImage(self, request, context, deadline):
         boost = request.category_boost if request.HasField("category_boost") else None
         found = self.gateway.search_by_image(request.image, _top_k(request), request.filter, deadline, boost,
@@ -101,17 +101,17 @@ class LookalikeServicer(GatewayServicer, lookalike_pb2_grpc.LookalikeServicer):
                                                    category_boost=found.category_boost,
                                                    weak_match_score=found.weak_match_score)
 
-    @_unary
+    @unary_rpc
     def SearchSimilar(self, request, context, deadline):
         results = self.gateway.search_similar(request.product_id, _top_k(request), request.filter, deadline,
                                               min_score=_min_score(request))
         return lookalike_pb2.SearchSimilarResponse(results=results)
 
-    @_unary
+    @unary_rpc
     def GetProduct(self, request, context, deadline):
         return lookalike_pb2.GetProductResponse(product=self.gateway.get_product(request.product_id, deadline))
 
-    @_unary
+    @unary_rpc
     def DeleteProducts(self, request, context, deadline):
         deleted = self.gateway.delete_products(list(request.product_ids), deadline)
         return lookalike_pb2.DeleteProductsResponse(deleted=deleted)
@@ -137,20 +137,20 @@ class LookalikeServicer(GatewayServicer, lookalike_pb2_grpc.LookalikeServicer):
             metrics.REQUESTS.labels(api="grpc", method="UpsertProducts", status=status.name).inc()
             metrics.LATENCY.labels(api="grpc", method="UpsertProducts").observe(time.perf_counter() - started)
 
-    @_unary
+    @unary_rpc
     def ListCollections(self, request, context, deadline):
         return self.gateway.collections.list(deadline)
 
-    @_unary
+    @unary_rpc
     def ActivateCollection(self, request, context, deadline):
         active, previous = self.gateway.collections.activate(request.collection, request.rollback, deadline)
         return lookalike_pb2.ActivateCollectionResponse(active=active, previous=previous)
 
-    @_unary
+    @unary_rpc
     def StartAdaptation(self, request, context, deadline):
         return lookalike_pb2.StartAdaptationResponse(job=job_proto(self.gateway.adaptation.start(request)))
 
-    @_unary
+    @unary_rpc
     def GetAdaptation(self, request, context, deadline):
         return get_response(self.gateway.adaptation.job(request.job_id))
 
