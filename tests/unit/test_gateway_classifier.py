@@ -43,12 +43,12 @@ class Fakes:
         self.target = SimpleNamespace(collection="", model_id="test-model", raw=lambda v: v)
         self.collections = SimpleNamespace(active=lambda: self.target)
         self.servicer = SearchServicer(store, DIM)
-        self.search = SimpleNamespace(call=self._call_search)
+        self.search = SimpleNamespace(call=self._call_the_servicer)
         self.known: dict[bytes, np.ndarray] = {}
         self.cached: set[bytes] = set()
         self.embed_calls = 0
 
-    def _call_search(self, method, request, deadline):
+    def _call_the_servicer(self, method, request, deadline):
         return getattr(self.servicer, method)(request, FakeContext())
 
     def check_image(self, image):
