@@ -53,6 +53,7 @@ SCROLL_PAGE = MAX_SCROLL_LIMIT  # the largest page the search service gives
 # uuid5 hashes of the product ids, so the first N are a uniform sample of the catalogue.
 MAX_TRAIN_POINTS = 100_000
 TRAIN_TIMEOUT_S = 600.0  # how long TrainClassifier (the waiting call) waits by default (the job finishes regardless)
+READ_TIMEOUT_S = 600.0  # reading a training's embeddings (every ScrollPoints page together)
 RELOAD_CHECK_S = 1.0  # how often `current` is checked for a version trained elsewhere
 JOB_KIND = "classifier-training"
 # progress of a training job: reading the embeddings, then fitting, then saving
@@ -261,7 +262,7 @@ class ClassifierService:
         started = time.perf_counter()
         target = self.target()
         xs, ys, unlabeled, sampled = self._read_embeddings(
-            target, kind, name, Deadline(TRAIN_TIMEOUT_S),
+            target, kind, name, Deadline(READ_TIMEOUT_S),
             progress.span(0.0, READ_SHARE) if progress is not None else None)
         what = "a category" if kind == "category" else f"attribute {name!r}"
         if not ys:
