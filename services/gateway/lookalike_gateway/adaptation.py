@@ -33,7 +33,7 @@ from .classifier import label_of, parse_label_field
 from .collection_manager import CollectionManager
 from .errors import ApiError, Deadline
 from .reindex import mirror_deletions
-from .search_client import SearchClient
+from .search_client import SearchClient, pages
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +65,6 @@ class Adapter:
         return self.search.call(method, request, Deadline(seconds))
 
     # ---- reading --------------------------------------------------------------------------------------
-
-    def _pages(self, collection: str, with_vectors: bool = True):
-        return quality_gate.pages(self.search, collection, with_vectors)
 
     def _read(self, source, label) -> tuple[np.ndarray, list[str]]:
         x, y, _ = quality_gate.read_labelled(self.search, source, label)
@@ -169,7 +166,7 @@ class Adapter:
     def _plain_size(self, source) -> int:
         if source.projection is not None:
             return source.projection.input_dim
-        for points in self._pages(source.collection):
+        for points in pages(self.search, source.collection):
             for point in points:
                 return len(vectors.unpack(point.vector))
         raise ApiError(grpc.StatusCode.FAILED_PRECONDITION, "the active collection is empty")
@@ -179,7 +176,7 @@ class Adapter:
         payload and vector; then deletions mirrored. Yields (done, total, changes so far)."""
         total = self._call("CountPoints", search_pb2.CountPointsRequest(collection=source.collection)).count
         done = changes = 0
-        for points in self._pages(source.collection):
+        for points in pages(self.search, source.collection):
             ids = [p.product.id for p in points]
             stored = {p.product.id: p for p in self._call("GetPoints", search_pb2.GetPointsRequest(
                 product_ids=ids, collection=target.collection, with_vectors=True)).points} if ids else {}

@@ -15,26 +15,11 @@ import grpc
 import numpy as np
 
 from lookalike import vectors
-from lookalike.search.v1 import search_pb2
 
 from .adapt_eval import make_split, regressions, split_figures
 from .adaptation_store import AdaptationStore
-from .errors import ApiError, Deadline
-from .search_client import SearchClient
-
-PAGE = 256
-
-
-def pages(search: SearchClient, collection: str, with_vectors: bool = True, deadline_s: float = 60.0):
-    """The stored points of a collection, page by page (ScrollPoints)."""
-    offset = ""
-    while True:
-        page = search.call("ScrollPoints", search_pb2.ScrollPointsRequest(
-            collection=collection, limit=PAGE, offset=offset, with_vectors=with_vectors), Deadline(deadline_s))
-        yield page.points
-        offset = page.next_offset
-        if not offset:
-            return
+from .errors import ApiError
+from .search_client import SearchClient, pages
 
 
 def point_vectors(point) -> list[bytes]:

@@ -29,11 +29,10 @@ from .image_store import ImageStore
 from .ingest_pipeline import IngestPipeline
 from .ingest_types import CREATED, FAILED, UNCHANGED, UPDATED, IngestItem
 from .quality_gate import check_switch
-from .search_client import SearchClient
+from .search_client import SearchClient, pages
 
 log = logging.getLogger(__name__)
 
-SCROLL_PAGE = 256
 MAX_CATCH_UP_PASSES = 5
 PROGRESS_EVERY_S = 1.0
 CALL_DEADLINE_S = 30.0  # each of a reindex's own calls (probe, create, count, a scroll page, delete, switch)
@@ -166,11 +165,8 @@ class Reindexer:
         return changes
 
     def _source_items(self, source: Target, missing: dict[str, str]) -> Iterator[IngestItem]:
-        offset = ""
-        while True:
-            page = self.search.call("ScrollPoints", search_pb2.ScrollPointsRequest(
-                collection=source.collection, limit=SCROLL_PAGE, offset=offset), Deadline(CALL_DEADLINE_S))
-            for point in page.points:
+        for points in pages(self.search, source.collection, with_vectors=False, deadline_s=CALL_DEADLINE_S):
+            for point in points:
                 product = point.product
                 hashes = list(product.image_sha256s) or [product.image_sha256]
                 originals = [self.image_store.get(h) if h else None for h in hashes]
@@ -183,9 +179,6 @@ class Reindexer:
                 product.ClearField("image_sha256")
                 product.ClearField("image_sha256s")
                 yield IngestItem(product, originals[0], more_images=originals[1:])
-            offset = page.next_offset
-            if not offset:
-                return
 
 
 class _Run:
@@ -212,11 +205,9 @@ class _Run:
 
 def mirror_deletions(search: SearchClient, source: Target, target: Target) -> int:
     """Deletes from `target` the products no longer in `source`; returns how many (reindex, adaptation)."""
-    removed, offset = 0, ""
-    while True:
-        page = search.call("ScrollPoints", search_pb2.ScrollPointsRequest(
-            collection=target.collection, limit=SCROLL_PAGE, offset=offset), Deadline(CALL_DEADLINE_S))
-        ids = [p.product.id for p in page.points]
+    removed = 0
+    for points in pages(search, target.collection, with_vectors=False, deadline_s=CALL_DEADLINE_S):
+        ids = [p.product.id for p in points]
         if ids:
             present = search.call("GetPoints", search_pb2.GetPointsRequest(
                 product_ids=ids, collection=source.collection), Deadline(CALL_DEADLINE_S))
@@ -224,6 +215,4 @@ def mirror_deletions(search: SearchClient, source: Target, target: Target) -> in
             if gone:
                 removed += search.call("DeletePoints", search_pb2.DeletePointsRequest(
                     product_ids=gone, collection=target.collection), Deadline(CALL_DEADLINE_S)).deleted
-        offset = page.next_offset
-        if not offset:
-            return removed
+    return removed

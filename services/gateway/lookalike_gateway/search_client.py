@@ -6,16 +6,18 @@ latency is recorded per method. Requests scoped to a collection get the active o
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import grpc
 
 from lookalike import request_id
+from lookalike.search.v1 import search_pb2
 
 from . import metrics
 from .errors import SEARCH_NAME, Deadline, dependency_error
 from .retry import POLICY, RetryPolicy
 
+SCROLL_PAGE = 256  # points per page of a whole-collection read (reindex, adaptation, the quality gate)
 COLLECTION_SCOPED = frozenset({"UpsertPoints", "SearchByVector", "SearchByVectors", "SearchById", "GetPoints",
                                "DeletePoints", "CountPoints", "ScrollPoints"})
 
@@ -49,3 +51,16 @@ class SearchClient:
         except grpc.RpcError as exc:
             raise dependency_error(SEARCH_NAME, exc) from None
 
+
+def pages(search: SearchClient, collection: str, with_vectors: bool = True,
+          deadline_s: float = 60.0) -> Iterator[list[search_pb2.Point]]:
+    """The stored points of `collection`, page by page (ScrollPoints, SCROLL_PAGE a page); each page gets
+    `deadline_s`."""
+    offset = ""
+    while True:
+        page = search.call("ScrollPoints", search_pb2.ScrollPointsRequest(
+            collection=collection, limit=SCROLL_PAGE, offset=offset, with_vectors=with_vectors), Deadline(deadline_s))
+        yield page.points
+        offset = page.next_offset
+        if not offset:
+            return
