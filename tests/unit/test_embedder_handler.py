@@ -14,7 +14,7 @@ from lookalike.settings import ConfigError
 from lookalike.vectors import unpack
 from lookalike_embedder import handler as handler_module
 from lookalike_embedder import model as lk
-from lookalike_embedder.contract import BATCH_LOG_PATTERN, ERROR_PREFIX
+from lookalike_embedder.contract import BATCH_LOG_PATTERN, BATCH_SIZE_METRIC, ERROR_PREFIX
 from lookalike_embedder.handler import EmbedderHandler
 from tests.conftest import CLOTHING
 
@@ -275,7 +275,7 @@ def test_shipped_metrics_yaml_declares_the_histogram_the_handler_emits(handler, 
 
     config = EMBEDDER_DIR / "metrics.yaml"
     declared = yaml.safe_load(config.read_text())["model_metrics"]["histogram"]
-    spec = next(m for m in declared if m["name"] == handler_module.BATCH_SIZE_METRIC)
+    spec = next(m for m in declared if m["name"] == BATCH_SIZE_METRIC)
     assert spec["dimensions"] == list(handler_module.BATCH_SIZE_DIMENSIONS)
     cache = MetricsCacheYamlImpl(config_file_path=str(config))
     cache.initialize_cache()

@@ -18,6 +18,9 @@ EXTRA_KEYS = ("request_id", "crop")  # inputs beside the image
 #: that reads its n_ok (images embedded) back from TorchServe's logs.
 BATCH_LOG_TAG = "lookalike-embedded-batch"
 BATCH_LOG_PATTERN = re.compile(BATCH_LOG_TAG + r" n_ok=(\d+)")
+#: The handler's histogram of requests per batch (declared in services/embedder/metrics.yaml, model_metrics;
+#: served on TorchServe's loopback metrics API, which the gateway re-exports).
+BATCH_SIZE_METRIC = "lookalike_embedder_batch_size"
 #: File name of the ONNX graph inside the archive (build_mar.py's --serialized-file).
 ONNX_FILE = "model.onnx"
 #: An optional EfficientNet-Lite0 state dict inside the archive (build_mar.py --serialized-file).

@@ -74,8 +74,8 @@ from lookalike.crop import parse_crop
 from lookalike.images import DEFAULT_MAX_PIXELS, ImageRejected
 from lookalike.vectors import pack
 from lookalike_embedder import model as lk_model
-from lookalike_embedder.contract import (BATCH_LOG_TAG, ERROR_CONTENT_TYPE, EXTRA_KEYS, INPUT_KEYS,
-                                         VECTOR_CONTENT_TYPE, WEIGHTS_FILE, error_payload)
+from lookalike_embedder.contract import (BATCH_LOG_TAG, BATCH_SIZE_METRIC, ERROR_CONTENT_TYPE, EXTRA_KEYS,
+                                         INPUT_KEYS, VECTOR_CONTENT_TYPE, WEIGHTS_FILE, error_payload)
 from lookalike_embedder.preprocessing import Preprocessing, prepare
 from lookalike_embedder.runtime import DEFAULT_BACKEND, OnnxRunner, TorchRunner, select_device, usable_cpus
 from lookalike_embedder.settings import YAML_SECTION, EmbedderSettings
@@ -91,8 +91,7 @@ except ImportError:  # without TorchServe there is no metrics cache to record in
 
 logger = logging.getLogger(__name__)
 
-#: Histogram of the requests per batch (declared in services/embedder/metrics.yaml, model_metrics).
-BATCH_SIZE_METRIC = "lookalike_embedder_batch_size"
+#: BATCH_SIZE_METRIC's unit when the handler declares it itself (metrics.yaml lacks it).
 BATCH_SIZE_UNIT = "count"
 #: Its dimensions, in the order of metrics.yaml (values: the model name, "Model").
 BATCH_SIZE_DIMENSIONS = ("ModelName", "Level")
