@@ -55,7 +55,7 @@ def synthetic_jpeg(seed: int, size=(320, 240)) -> bytes:
 def handler():
     mp = pytest.MonkeyPatch()
     mp.setenv("LOOKALIKE_EMBEDDER_THREADS", "1")
-    mp.delenv(lk.CUT_ENV, raising=False)
+    mp.delenv("LOOKALIKE_EMBEDDER_CUT", raising=False)
     h = EmbedderHandler()
     h.initialize(FakeContext(gpu_id=None))
     yield h
@@ -158,13 +158,13 @@ def test_all_bad_batch(handler):
 
 def test_cut_from_env_and_yaml(monkeypatch):
     monkeypatch.setenv("LOOKALIKE_EMBEDDER_THREADS", "1")
-    monkeypatch.setenv(lk.CUT_ENV, "block10")
+    monkeypatch.setenv("LOOKALIKE_EMBEDDER_CUT", "block10")
     h = EmbedderHandler()
     h.initialize(FakeContext(model_yaml_config={"handler": {"cut": "block14"}}))
     assert h.cut == "block10" and h.dim == 112  # env wins
     out = h.handle([{"data": synthetic_jpeg(3)}], FakeContext())
     assert len(out[0]) == 4 * 112
-    monkeypatch.delenv(lk.CUT_ENV)
+    monkeypatch.delenv("LOOKALIKE_EMBEDDER_CUT")
     h = EmbedderHandler()
     h.initialize(FakeContext(model_yaml_config={"handler": {"cut": "block14", "max_pixels": 1000}}))
     assert h.cut == "block14" and h.dim == 192 and h.max_pixels == 1000

@@ -6,11 +6,10 @@ import pytest
 
 from lookalike.images import DEFAULT_MAX_PIXELS
 from lookalike.settings import ConfigError
-from lookalike_embedder import model as lk_model
 from lookalike_embedder.preprocessing import LITE0, Preprocessing
 from lookalike_embedder.settings import ENV_PREFIX, ENV_SETTINGS, EmbedderSettings
 
-ENV_NAMES = {"backend": "LOOKALIKE_EMBEDDER_BACKEND", "cut": lk_model.CUT_ENV,
+ENV_NAMES = {"backend": "LOOKALIKE_EMBEDDER_BACKEND", "cut": "LOOKALIKE_EMBEDDER_CUT",
              "threads": "LOOKALIKE_EMBEDDER_THREADS", "decode_workers": "LOOKALIKE_EMBEDDER_DECODE_WORKERS",
              "max_pixels": "LOOKALIKE_EMBEDDER_MAX_PIXELS", "weights": "LOOKALIKE_EMBEDDER_WEIGHTS"}
 
@@ -59,7 +58,7 @@ def test_env_over_yaml_over_default(monkeypatch):
 
 
 def test_empty_values_count_as_unset(monkeypatch):
-    monkeypatch.setenv(lk_model.CUT_ENV, "")
+    monkeypatch.setenv("LOOKALIKE_EMBEDDER_CUT", "")
     assert EmbedderSettings.load({"cut": "block3"}).cut == "block3"
     assert EmbedderSettings.load({"cut": "", "threads": None}).cut == "final"
 

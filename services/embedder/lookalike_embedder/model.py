@@ -45,8 +45,6 @@ BLOCK_CHANNELS = (16, 24, 24, 40, 40, 80, 80, 80, 112, 112, 112, 192, 192, 192, 
 FINAL_DIM = 1280
 #: Cut names accepted by `load_model` / `FeatureExtractor`.
 CUTS = ("final",) + tuple(f"block{i}" for i in range(NUM_BLOCKS))
-#: The handler's cut variable (lookalike_embedder.settings.EmbedderSettings.cut: LOOKALIKE_EMBEDDER_ + CUT).
-CUT_ENV = "LOOKALIKE_EMBEDDER_CUT"
 
 
 def model_version(cut: str = DEFAULT_CUT) -> str:
@@ -252,7 +250,7 @@ class FeatureExtractor:
 
 
 __all__ = [
-    "MODEL_NAME", "MODEL_VERSION", "ARCH", "WEIGHTS", "DEFAULT_CUT", "CUTS", "CUT_ENV", "RESIZE",
+    "MODEL_NAME", "MODEL_VERSION", "ARCH", "WEIGHTS", "DEFAULT_CUT", "CUTS", "RESIZE",
     "IMAGE_SIZE", "FINAL_DIM", "BLOCK_CHANNELS", "model_version", "normalize_cut",
     "embedding_dim", "default_device", "weights_path", "preprocess_image", "preprocess",
     "preprocess_batch", "LiteEmbedder", "load_backbone", "load_model", "FeatureExtractor", "BACKENDS",

@@ -58,7 +58,7 @@ class EmbedderSettings(BaseSettings):
     # time); torch: the eager PyTorch model.
     backend: str = DEFAULT_BACKEND
     # The feature layer: final (1280-d) or block0..block15. A cut other than the archive's is exported to ONNX
-    # in memory at start-up (a few seconds). Env name: lk_model.CUT_ENV.
+    # in memory at start-up (a few seconds).
     cut: str = lk_model.DEFAULT_CUT
     # Intra-op threads on CPU; 0 = the CPUs this process may use divided by the workers (minWorkers).
     threads: int = Field(0, ge=0, le=1024)
