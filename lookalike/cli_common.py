@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 from lookalike import api_keys, ports
+from lookalike.grpc_channel import CLIENT_OPTIONS
 
 DEFAULT_GATEWAY = ports.GATEWAY_ADDRESS
 
@@ -19,7 +20,7 @@ def gateway_stub(args):
 
     from lookalike.v1 import lookalike_pb2_grpc
 
-    channel = grpc.insecure_channel(args.gateway)
+    channel = grpc.insecure_channel(args.gateway, options=CLIENT_OPTIONS)
     key = api_key(args)
     return channel, lookalike_pb2_grpc.LookalikeStub(channel), api_keys.metadata(key)
 
