@@ -75,7 +75,7 @@ def vectors(outputs) -> np.ndarray:
     return np.stack([unpack(o) for o in outputs])
 
 
-def test_initialize(handler):
+def test_initialize_without_a_gpu_runs_the_default_model_on_onnxruntime_cpu(handler):
     assert handler.initialized
     assert handler.device == "cpu" and handler.backend == "onnxruntime" and handler.threads == 1
     assert handler.cut == "final" and handler.dim == 1280

@@ -37,7 +37,7 @@ def reference_preprocess(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy((arr - 0.5) / 0.5).permute(2, 0, 1)
 
 
-def test_constants():
+def test_model_ids_dims_and_cut_names():
     assert lk.MODEL_NAME == "lookalike-lite0"
     assert lk.MODEL_VERSION == "efficientnet-lite0-imagenet-final"
     assert lk.model_version("block12") == "efficientnet-lite0-imagenet-block12"

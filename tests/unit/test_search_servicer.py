@@ -89,13 +89,13 @@ def test_empty_filter_message_means_no_filter():
     (StoreError("segment corrupted"), grpc.StatusCode.INTERNAL),
     (RuntimeError("boom"), grpc.StatusCode.INTERNAL),
 ])
-def test_store_errors(error, code):
+def test_store_errors_map_to_their_status_codes(error, code):
     _, err = call(SearchServicer(FakeStore(error), 4), "SearchByVector",
                   search_pb2.SearchByVectorRequest(vector=VEC, top_k=3))
     assert err[0] == code and str(error) in err[1]
 
 
-def test_not_found():
+def test_unknown_product_id_is_not_found():
     _, err = call(SearchServicer(FakeStore(), 4), "SearchById", search_pb2.SearchByIdRequest(product_id="zz", top_k=2))
     assert err == (grpc.StatusCode.NOT_FOUND, "product 'zz' not found")
 
@@ -148,7 +148,7 @@ def test_product_payload_roundtrip():
     assert payload_product("x", product_payload(product)).HasField("price")
 
 
-def test_filter_translation():
+def test_empty_filter_is_none_and_an_inverted_price_range_is_refused():
     assert to_filter(types_pb2.Filter()) is None
     flt = to_filter(types_pb2.Filter(category="c", min_price=0))
     assert (flt.category, flt.min_price, flt.max_price) == ("c", 0.0, None)

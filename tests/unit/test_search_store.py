@@ -285,7 +285,7 @@ def test_scroll_after_delete_and_bad_arguments(store, data):
         store.scroll(0)
 
 
-def test_validation(store):
+def test_bad_vectors_ids_and_filters_are_refused_before_any_write(store):
     with pytest.raises(ValueError, match="dimensions"):
         store.upsert([("a", np.ones(DIM + 1), {})])
     with pytest.raises(ValueError, match="non-finite"):
