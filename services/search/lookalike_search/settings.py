@@ -7,7 +7,7 @@ from typing import Literal, get_args
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from lookalike import naming
+from lookalike import naming, ports
 
 Engine = Literal["qdrant-local", "qdrant-edge", "qdrant-server"]
 Quantization = Literal["none", "int8", "binary"]
@@ -32,7 +32,7 @@ class SearchSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LOOKALIKE_SEARCH_", extra="ignore")
 
     host: str = "127.0.0.1"
-    port: int = Field(50052, ge=0, le=65535)  # 0 = pick a free port (logged, and written to port_file)
+    port: int = Field(ports.SEARCH_PORT, ge=0, le=65535)  # 0 = pick a free port (logged, and written to port_file)
     port_file: Path | None = None  # when set, the bound port is written there (atomically) once ready
 
     # Declared before `engine`: the engine validator reads it.
@@ -48,7 +48,7 @@ class SearchSettings(BaseSettings):
     engine: Engine | None = Field(None, validate_default=True)
 
     # The alias searches use; requests that name no collection get the collection it points at.
-    collection: str = Field("products", pattern=naming.NAME_PATTERN.pattern)
+    collection: str = Field(naming.DEFAULT_ALIAS, pattern=naming.NAME_PATTERN.pattern)
     # What the alias points at on the first start: created with vector_size. Default
     # <collection>__lookalike-lite0 (collection names carry the embedding model id; see lookalike/naming.py).
     initial_collection: str | None = Field(None, pattern=naming.NAME_PATTERN.pattern)
