@@ -49,8 +49,8 @@ class CollectionRegistry:
     """The collections of one service: opened lazily, one store each; the alias resolved in memory (re-read
     every engine.refresh_alias_s where the alias is shared)."""
 
-    def __init__(self, engine: Engine, alias: str = naming.DEFAULT_ALIAS, initial: str | None = None,
-                 vector_size: int = 1280, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, engine: Engine, vector_size: int, alias: str = naming.DEFAULT_ALIAS, initial: str | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.engine = engine
         self.alias = alias
         self.initial = initial or naming.collection_name(alias, naming.DEFAULT_MODEL_NAME)
