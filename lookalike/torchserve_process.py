@@ -42,14 +42,11 @@ from typing import Mapping
 from lookalike import priority, process_group, torchserve_config, torchserve_logs
 from lookalike.embedder_client import MODEL_NAME, EmbedderClient, read_key_file
 from lookalike.ports import free_port
-from lookalike.torchserve_config import build_embedder_mar, default_config_template, render_properties
 
 
 class TorchServeError(RuntimeError):
     """TorchServe failed to start, to load the model, or to stop."""
 
-
-# =============================================================================== process
 
 class TorchServeProcess:
     """A TorchServe server (launcher + java + Python workers) owned by this object.
@@ -100,7 +97,7 @@ class TorchServeProcess:
         self.model_name = model_name
         self.archive = archive
         self.inference_host = inference_host
-        self.config_template = Path(config_template) if config_template else default_config_template()
+        self.config_template = Path(config_template) if config_template else torchserve_config.default_config_template()
         self.extra_properties = dict(properties or {})
         self.extra_env = dict(env or {})
         self.python = python or sys.executable
@@ -192,7 +189,7 @@ class TorchServeProcess:
         overrides = torchserve_config.run_properties(ports=self.ports, inference_host=self.inference_host,
                                                      model_store=self.model_store, load_models=self.archives())
         overrides.update(self.extra_properties)
-        self.config_path.write_text(render_properties(self.config_template, overrides))
+        self.config_path.write_text(torchserve_config.render_properties(self.config_template, overrides))
         return self.config_path
 
     def _environment(self) -> dict[str, str]:
@@ -222,7 +219,7 @@ class TorchServeProcess:
         if self.proc is not None:
             raise TorchServeError("already started")
         if self._build_mar:
-            build_embedder_mar(self.model_store, **self.mar_options)
+            torchserve_config.build_embedder_mar(self.model_store, **self.mar_options)
         first = self.archives()[0]
         if not (self.model_store / first).exists():
             raise TorchServeError(f"{self.model_store / first} not found; "
