@@ -30,7 +30,7 @@ import numpy as np
 from prometheus_client import Histogram
 
 from lookalike import vectors
-from lookalike.limits import MAX_SCROLL_LIMIT
+from lookalike.limits import DEFAULT_CLASSIFY_TOP_K, MAX_SCROLL_LIMIT
 from lookalike.search.v1 import search_pb2
 
 from .classifier_head import DEFAULT_C_VALUES, DEFAULT_HOLDOUT, LinearHead, TrainingError, fit_head
@@ -47,7 +47,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_LABEL_FIELD = "category"
 DEFAULT_MIN_EXAMPLES = 5
-DEFAULT_TOP_K = 5
 SCROLL_PAGE = MAX_SCROLL_LIMIT  # the largest page the search service gives
 # Training reads at most this many labelled points. Scrolling goes in point-id order, and point ids are
 # uuid5 hashes of the product ids, so the first N are a uniform sample of the catalogue.
@@ -173,7 +172,7 @@ class ClassifierService:
                  crop=None) -> tuple[list[tuple[str, float]], bool, str]:
         """(predictions best first, cache_hit, classifier version); `crop`: classify that region only."""
         check_size(image, self.settings)  # before hashing a huge body
-        top_k = validate_top_k(top_k, DEFAULT_TOP_K)
+        top_k = validate_top_k(top_k, DEFAULT_CLASSIFY_TOP_K)
         target = self.target()  # one snapshot: the model the classifier must have been trained on
         active = self._require(target.model_id)  # before the embedder: no work without a classifier
         vector, cache_hit = self.query_embedding(image, deadline, target, validate_crop(crop))

@@ -15,7 +15,7 @@ from lookalike.v1 import classifier_pb2, classifier_pb2_grpc
 
 from . import api_models as m
 from . import http_errors
-from .classifier import DEFAULT_LABEL_FIELD, DEFAULT_TOP_K, TRAIN_TIMEOUT_S, ClassifierService
+from .classifier import DEFAULT_LABEL_FIELD, TRAIN_TIMEOUT_S, ClassifierService
 from .errors import Deadline
 from .grpc_api import GatewayServicer, unary_rpc
 from .jobs import Job, JobState, job_json, job_proto
@@ -112,7 +112,7 @@ def build_router(service: ClassifierService) -> APIRouter:
                  dependencies=[http_errors.DECLARED_FORM_FIELDS_ONLY])
     async def classify(image: Annotated[UploadFile, File(description=image_doc)],
                        top_k: Annotated[int | None, Form(ge=1, le=limits.MAX_TOP_K, description=(
-                           f"labels (default {DEFAULT_TOP_K}, at most the number of labels)"))] = None,
+                           f"labels (default {limits.DEFAULT_CLASSIFY_TOP_K}, at most the number of labels)"))] = None,
                        crop: Annotated[str | None, Form(pattern=m.CROP_PATTERN, description=m.CROP_DOC)] = None):
         """The active classifier's labels for the uploaded photo (multipart `image`), or a region of it
         (`crop`), most probable first (404 before any training; 400 when it was trained on another model's
