@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from lookalike import limits, naming, ports
+from lookalike import images, limits, naming, ports
 
 
 class GatewaySettings(BaseSettings):
@@ -57,7 +57,7 @@ class GatewaySettings(BaseSettings):
     # A product's photos: at most this many, together at most max_product_bytes (one upsert message).
     max_images_per_product: int = Field(limits.DEFAULT_MAX_IMAGES_PER_PRODUCT, ge=1, le=limits.MAX_IMAGES_PER_PRODUCT)
     max_product_bytes: int = Field(limits.DEFAULT_MAX_PRODUCT_BYTES, ge=1024)
-    max_image_pixels: int = Field(40_000_000, ge=1)
+    max_image_pixels: int = Field(images.DEFAULT_MAX_PIXELS, ge=1)  # the embedder decodes with the same default
     default_top_k: int = Field(limits.DEFAULT_TOP_K, ge=1, le=limits.MAX_TOP_K)
     upsert_batch_size: int = Field(32, ge=1, le=1024)
     # Image search re-ranks by category when a category classifier is trained (lookalike_gateway.ranking):
