@@ -11,13 +11,9 @@ from lookalike.v1 import types_pb2
 from lookalike_gateway.errors import ApiError, Deadline
 from lookalike_gateway.ingest_types import CREATED, FAILED, SKIPPED, UNCHANGED, UPDATED, IngestItem
 
-from .gateway_fakes import DictCache, ingest, make_gateway, png
+from .gateway_fakes import DictCache, ingest, make_gateway, png, product
 
 COLLECTION = "products__lookalike-lite0"
-
-
-def product(pid: str, **fields) -> types_pb2.Product:
-    return types_pb2.Product(id=pid, title=fields.pop("title", f"title {pid}"), **fields)
 
 
 def item(pid: str, *seeds: int, **kw) -> IngestItem:

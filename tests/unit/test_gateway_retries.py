@@ -19,7 +19,7 @@ from lookalike_gateway.retry import POLICY, RetryPolicy
 from .gateway_fakes import FakeRpcError, fake_clock, make_gateway
 
 
-class FakeEmbedder:
+class FlakyEmbedder:
     """Raises the queued failures one per call, then answers a unit vector."""
 
     def __init__(self, *failures: Exception, forever: Exception | None = None):
@@ -38,7 +38,9 @@ class FakeEmbedder:
         return np.ones(8, dtype=np.float32) / np.sqrt(8)
 
 
-class FakeSearch:
+class FlakySearch:
+    """SearchByVector: raises the queued failures one per call, then answers one result."""
+
     def __init__(self, *failures: Exception, forever: Exception | None = None):
         self.failures = list(failures)
         self.forever = forever
@@ -70,26 +72,26 @@ def search(gateway, image: bytes, seconds: float):
     EmbedderImageError("corrupt", "cannot decode"),
 ])
 def test_invalid_argument_from_the_embedder_is_never_retried(tmp_path, jpeg, failure):
-    embedder = FakeEmbedder(forever=failure)
+    embedder = FlakyEmbedder(forever=failure)
     with pytest.raises(ApiError) as err:
-        search(make_gateway(tmp_path, embedder, FakeSearch()), jpeg, 2.0)
+        search(make_gateway(tmp_path, embedder, FlakySearch()), jpeg, 2.0)
     assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert embedder.calls == 1
 
 
 def test_unavailable_embedder_is_retried_then_succeeds(tmp_path, jpeg):
-    embedder = FakeEmbedder(FakeRpcError(grpc.StatusCode.UNAVAILABLE), FakeRpcError(grpc.StatusCode.UNAVAILABLE))
-    results, cache_hit, *_ = search(make_gateway(tmp_path, embedder, FakeSearch()), jpeg, 2.0)
+    embedder = FlakyEmbedder(FakeRpcError(grpc.StatusCode.UNAVAILABLE), FakeRpcError(grpc.StatusCode.UNAVAILABLE))
+    results, cache_hit, *_ = search(make_gateway(tmp_path, embedder, FlakySearch()), jpeg, 2.0)
     assert [r.product.id for r in results] == ["p1"] and not cache_hit
     assert embedder.calls == 3
     assert embedder.timeouts[2] < embedder.timeouts[0]  # every try gets only what is left of the deadline
 
 
 def test_embedder_down_is_503_naming_it_within_the_deadline(tmp_path, jpeg):
-    embedder = FakeEmbedder(forever=FakeRpcError(grpc.StatusCode.UNAVAILABLE, "connection refused"))
+    embedder = FlakyEmbedder(forever=FakeRpcError(grpc.StatusCode.UNAVAILABLE, "connection refused"))
     started = time.monotonic()
     with pytest.raises(ApiError) as err:
-        search(make_gateway(tmp_path, embedder, FakeSearch()), jpeg, 0.8)
+        search(make_gateway(tmp_path, embedder, FlakySearch()), jpeg, 0.8)
     elapsed = time.monotonic() - started
     assert err.value.code == grpc.StatusCode.UNAVAILABLE
     assert "embedder" in err.value.message and "connection refused" in err.value.message
@@ -101,8 +103,8 @@ def test_embedder_down_is_503_naming_it_within_the_deadline(tmp_path, jpeg):
 def test_an_embedder_known_not_ready_gets_nothing_sent_then_503_naming_it(tmp_path, jpeg):
     """A restarted TorchServe accepts requests before its model is loaded and queues them until the
     deadline (504); while the readiness probe says it is not ready, queries are held back and retried."""
-    embedder = FakeEmbedder()
-    gateway = make_gateway(tmp_path, embedder, FakeSearch())
+    embedder = FlakyEmbedder()
+    gateway = make_gateway(tmp_path, embedder, FlakySearch())
     gateway.embedder_ready = lambda: False
     with pytest.raises(ApiError) as err:
         search(gateway, jpeg, 0.5)
@@ -115,9 +117,9 @@ def test_an_embedder_known_not_ready_gets_nothing_sent_then_503_naming_it(tmp_pa
 
 
 def test_embedder_deadline_exceeded_is_504_and_not_retried(tmp_path, jpeg):
-    embedder = FakeEmbedder(forever=FakeRpcError(grpc.StatusCode.DEADLINE_EXCEEDED))
+    embedder = FlakyEmbedder(forever=FakeRpcError(grpc.StatusCode.DEADLINE_EXCEEDED))
     with pytest.raises(ApiError) as err:
-        search(make_gateway(tmp_path, embedder, FakeSearch()), jpeg, 2.0)
+        search(make_gateway(tmp_path, embedder, FlakySearch()), jpeg, 2.0)
     assert err.value.code == grpc.StatusCode.DEADLINE_EXCEEDED and "embedder" in err.value.message
     assert embedder.calls == 1
 
@@ -125,26 +127,26 @@ def test_embedder_deadline_exceeded_is_504_and_not_retried(tmp_path, jpeg):
 @pytest.mark.parametrize("code", [grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
                                   grpc.StatusCode.DEADLINE_EXCEEDED])
 def test_search_service_errors_that_are_not_unavailable_are_not_retried(tmp_path, jpeg, code):
-    fake = FakeSearch(forever=FakeRpcError(code))
+    fake = FlakySearch(forever=FakeRpcError(code))
     with pytest.raises(ApiError) as err:
-        search(make_gateway(tmp_path, FakeEmbedder(), fake), jpeg, 2.0)
+        search(make_gateway(tmp_path, FlakyEmbedder(), fake), jpeg, 2.0)
     assert err.value.code == code
     assert fake.calls == 1
 
 
 def test_search_service_down_is_503_naming_it(tmp_path, jpeg):
-    fake = FakeSearch(forever=FakeRpcError(grpc.StatusCode.UNAVAILABLE, "failed to connect"))
+    fake = FlakySearch(forever=FakeRpcError(grpc.StatusCode.UNAVAILABLE, "failed to connect"))
     started = time.monotonic()
     with pytest.raises(ApiError) as err:
-        search(make_gateway(tmp_path, FakeEmbedder(), fake), jpeg, 0.6)
+        search(make_gateway(tmp_path, FlakyEmbedder(), fake), jpeg, 0.6)
     assert err.value.code == grpc.StatusCode.UNAVAILABLE and "search service" in err.value.message
     assert time.monotonic() - started < 0.6 + 1.0  # bounded by the deadline (slack for a loaded machine)
     assert fake.calls >= 2
 
 
 def test_search_service_back_after_a_blip(tmp_path, jpeg):
-    fake = FakeSearch(FakeRpcError(grpc.StatusCode.UNAVAILABLE))
-    results, *_ = search(make_gateway(tmp_path, FakeEmbedder(), fake), jpeg, 2.0)
+    fake = FlakySearch(FakeRpcError(grpc.StatusCode.UNAVAILABLE))
+    results, *_ = search(make_gateway(tmp_path, FlakyEmbedder(), fake), jpeg, 2.0)
     assert results and fake.calls == 2
 
 
