@@ -3,7 +3,6 @@ then reported naming the dependency; INVALID_ARGUMENT, NOT_FOUND and DEADLINE_EX
 from __future__ import annotations
 
 import io
-import time
 
 import grpc
 import numpy as np
@@ -79,7 +78,8 @@ def test_invalid_argument_from_the_embedder_is_never_retried(tmp_path, jpeg, fai
     assert embedder.calls == 1
 
 
-def test_unavailable_embedder_is_retried_then_succeeds(tmp_path, jpeg):
+def test_unavailable_embedder_is_retried_then_succeeds(tmp_path, jpeg, monkeypatch):
+    fake_clock(monkeypatch)  # the backoff happens on the clock the deadline reads, whatever the machine's load
     embedder = FlakyEmbedder(FakeRpcError(grpc.StatusCode.UNAVAILABLE), FakeRpcError(grpc.StatusCode.UNAVAILABLE))
     results, cache_hit, *_ = search(make_gateway(tmp_path, embedder, FlakySearch()), jpeg, 2.0)
     assert [r.product.id for r in results] == ["p1"] and not cache_hit
@@ -87,22 +87,22 @@ def test_unavailable_embedder_is_retried_then_succeeds(tmp_path, jpeg):
     assert embedder.timeouts[2] < embedder.timeouts[0]  # every try gets only what is left of the deadline
 
 
-def test_embedder_down_is_503_naming_it_within_the_deadline(tmp_path, jpeg):
+def test_embedder_down_is_503_naming_it_within_the_deadline(tmp_path, jpeg, monkeypatch):
+    clock = fake_clock(monkeypatch)  # a stall of the loaded machine would otherwise eat the 0.8 s before a retry
     embedder = FlakyEmbedder(forever=FakeRpcError(grpc.StatusCode.UNAVAILABLE, "connection refused"))
-    started = time.monotonic()
     with pytest.raises(ApiError) as err:
         search(make_gateway(tmp_path, embedder, FlakySearch()), jpeg, 0.8)
-    elapsed = time.monotonic() - started
     assert err.value.code == grpc.StatusCode.UNAVAILABLE
     assert "embedder" in err.value.message and "connection refused" in err.value.message
-    assert elapsed < 0.8 + 1.0  # bounded by the deadline (the slack is for a loaded machine, not the code)
+    assert clock.now <= 0.8  # gave up within the deadline
     # backoff 50, 100, 200, 400 ms: a handful of tries, not a busy loop
     assert 2 <= embedder.calls <= 6, embedder.calls
 
 
-def test_an_embedder_known_not_ready_gets_nothing_sent_then_503_naming_it(tmp_path, jpeg):
+def test_an_embedder_known_not_ready_gets_nothing_sent_then_503_naming_it(tmp_path, jpeg, monkeypatch):
     """A restarted TorchServe accepts requests before its model is loaded and queues them until the
     deadline (504); while the readiness probe says it is not ready, queries are held back and retried."""
+    fake_clock(monkeypatch)  # the 0.5 s deadline means the same on a loaded machine
     embedder = FlakyEmbedder()
     gateway = make_gateway(tmp_path, embedder, FlakySearch())
     gateway.embedder_ready = lambda: False
@@ -134,13 +134,13 @@ def test_search_service_errors_that_are_not_unavailable_are_not_retried(tmp_path
     assert fake.calls == 1
 
 
-def test_search_service_down_is_503_naming_it(tmp_path, jpeg):
+def test_search_service_down_is_503_naming_it(tmp_path, jpeg, monkeypatch):
+    clock = fake_clock(monkeypatch)  # a stall of the loaded machine would otherwise eat the 0.6 s before a retry
     fake = FlakySearch(forever=FakeRpcError(grpc.StatusCode.UNAVAILABLE, "failed to connect"))
-    started = time.monotonic()
     with pytest.raises(ApiError) as err:
         search(make_gateway(tmp_path, FlakyEmbedder(), fake), jpeg, 0.6)
     assert err.value.code == grpc.StatusCode.UNAVAILABLE and "search service" in err.value.message
-    assert time.monotonic() - started < 0.6 + 1.0  # bounded by the deadline (slack for a loaded machine)
+    assert clock.now <= 0.6  # gave up within the deadline
     assert fake.calls >= 2
 
 
