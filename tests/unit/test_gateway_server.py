@@ -14,19 +14,19 @@ def test_rest_listener_accepts_connections_with_nodelay():
     listener = _bind("127.0.0.1", 0)
     nodelay: list[int] = []
 
-    class Probe(asyncio.Protocol):
-        def connection_made(self, transport):
-            nodelay.append(transport.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
-            transport.close()
-
     async def accept_one():
+        accepted = asyncio.Event()
+
+        class Probe(asyncio.Protocol):
+            def connection_made(self, transport):
+                nodelay.append(transport.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+                transport.close()
+                accepted.set()
+
         server = await asyncio.get_running_loop().create_server(Probe, sock=listener)
         async with server:
             _reader, writer = await asyncio.open_connection(*listener.getsockname()[:2])
-            for _ in range(100):
-                if nodelay:
-                    break
-                await asyncio.sleep(0.01)
+            await asyncio.wait_for(accepted.wait(), 60)  # the server side has the connection
             writer.close()
 
     asyncio.run(accept_one())
