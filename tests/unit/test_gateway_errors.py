@@ -4,6 +4,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
+from lookalike import status
 from lookalike.status import GRPC_TO_HTTP, grpc_status, http_status
 from lookalike_gateway.errors import DEFAULT_RETRY_AFTER_S, SEARCH_NAME, ApiError, Deadline, dependency_error
 
@@ -61,9 +62,12 @@ def test_a_retryable_error_carries_a_retry_hint_and_a_413_does_not():
     assert ApiError(grpc.StatusCode.NOT_FOUND, "gone").all_details() == []
 
 
-def test_prefixed_keeps_the_code_and_the_http_status():
-    error = ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED, "too big", http_status=413).prefixed("image 2: ")
+def test_prefixed_keeps_the_code_the_http_status_and_the_details():
+    violation = status.bad_request("image", "not an image")
+    error = ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED, "too big", http_status=413, retry_after_s=3.0,
+                     details=[violation]).prefixed("image 2: ")
     assert (error.code, error.message, error.http_status) == (grpc.StatusCode.RESOURCE_EXHAUSTED,
                                                               "image 2: too big", 413)
+    assert error.retry_after_s == 3.0 and error.details == [violation]  # the field violation reaches the client
     same = ApiError(grpc.StatusCode.NOT_FOUND, "x")
     assert same.prefixed("") is same

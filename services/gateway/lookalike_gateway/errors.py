@@ -37,11 +37,12 @@ class ApiError(Exception):
         return self.details
 
     def prefixed(self, prefix: str) -> ApiError:
-        """The same error with its message prefixed (e.g. "image 2: " for a product with several)."""
+        """The same error (code, HTTP status, retry delay, details such as a field violation) with its message
+        prefixed (e.g. "image 2: " for a product with several)."""
         if not prefix:
             return self
         return ApiError(self.code, prefix + self.message, http_status=self.http_status,
-                        retry_after_s=self.retry_after_s)
+                        retry_after_s=self.retry_after_s, details=list(self.details))
 
 
 class Deadline:
