@@ -98,3 +98,29 @@ def test_a_caller_that_goes_away_gets_nothing_more_stored(tmp_path):
         search.release.set()
         channel.close()
         server.stop(0)
+
+
+def requests_counted(method: str, status: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("lookalike_gateway_requests_total",
+                                     {"api": "grpc", "method": method, "status": status}) or 0.0
+
+
+def test_an_unexpected_failure_answers_and_counts_unknown_not_ok(served, monkeypatch):
+    """A bug (not an ApiError) ends the call UNKNOWN, and the request metric says UNKNOWN, not OK."""
+    gateway, stub = served
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("a bug")
+    monkeypatch.setattr(gateway, "get_product", broken)
+    monkeypatch.setattr(gateway, "ingest", broken)
+    methods = ("GetProduct", "UpsertProducts")
+    before = {m: (requests_counted(m, "UNKNOWN"), requests_counted(m, "OK")) for m in methods}
+    with pytest.raises(grpc.RpcError) as unary:
+        stub.GetProduct(lookalike_pb2.GetProductRequest(product_id="p"), timeout=30)
+    with pytest.raises(grpc.RpcError) as stream:
+        list(stub.UpsertProducts(iter([upsert("p", png(1))]), timeout=30))
+    assert unary.value.code() == stream.value.code() == grpc.StatusCode.UNKNOWN
+    for method, (unknown, ok) in before.items():  # counted before gRPC sent the status the client saw
+        assert (requests_counted(method, "UNKNOWN"), requests_counted(method, "OK")) == (unknown + 1, ok), method

@@ -42,6 +42,9 @@ def unary_rpc(method):
             status = exc.code
             log.info("%s failed: %s %s", name, exc.code.name, exc.message)
             abort(context, exc, rid)
+        except Exception:
+            status = grpc.StatusCode.UNKNOWN  # what gRPC answers for an unexpected exception; counted as such
+            raise
         finally:
             metrics.REQUESTS.labels(api="grpc", method=name, status=status.name).inc()
             metrics.LATENCY.labels(api="grpc", method=name).observe(time.perf_counter() - started)
@@ -133,6 +136,9 @@ class LookalikeServicer(GatewayServicer, lookalike_pb2_grpc.LookalikeServicer):
             for result in self.gateway.ingest(items, lambda: Deadline(batch_timeout),
                                               cancelled=lambda: not context.is_active()):
                 yield result.to_proto()  # outcome, error, duplicate_of
+        except Exception:
+            status = grpc.StatusCode.UNKNOWN  # a failing item is a FAILED result; this is a broken stream
+            raise
         finally:
             metrics.REQUESTS.labels(api="grpc", method="UpsertProducts", status=status.name).inc()
             metrics.LATENCY.labels(api="grpc", method="UpsertProducts").observe(time.perf_counter() - started)
