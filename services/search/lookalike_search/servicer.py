@@ -152,6 +152,11 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     def _store(self, request) -> VectorStore:
         return self.registry.get(request.collection)[1]
 
+    @staticmethod
+    def _filter(request) -> SearchFilter | None:
+        """The request's optional `filter` as the store's SearchFilter (None when unset or empty)."""
+        return to_filter(request.filter) if request.HasField("filter") else None
+
     def _dim(self, store: VectorStore) -> int:
         return getattr(store, "vector_size", None) or self.default_dim
 
@@ -202,7 +207,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         store = self._store(request)
         vector = check_vector(request.vector, self._dim(store))
         top_k = check_top_k(request.top_k)
-        flt = to_filter(request.filter) if request.HasField("filter") else None
+        flt = self._filter(request)
         return search_pb2.SearchByVectorResponse(results=self._results(store.search(vector, top_k, flt)))
 
     @rpc
@@ -215,7 +220,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         dim = self._dim(store)
         queries = [check_vector(raw, dim, f"vectors[{i}]") for i, raw in enumerate(request.vectors)]
         top_k = check_top_k(request.top_k)
-        flt = to_filter(request.filter) if request.HasField("filter") else None
+        flt = self._filter(request)
         return search_pb2.SearchByVectorsResponse(searches=[
             search_pb2.SearchByVectorResponse(results=self._results(store.search(q, top_k, flt))) for q in queries])
 
@@ -223,7 +228,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     def SearchById(self, request, context):
         pid = check_id(request.product_id)
         top_k = check_top_k(request.top_k)
-        flt = to_filter(request.filter) if request.HasField("filter") else None
+        flt = self._filter(request)
         return search_pb2.SearchByIdResponse(results=self._results(self._store(request).search_by_id(pid, top_k, flt)))
 
     @rpc
@@ -239,7 +244,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
 
     @rpc
     def CountPoints(self, request, context):
-        flt = to_filter(request.filter) if request.HasField("filter") else None
+        flt = self._filter(request)
         return search_pb2.CountPointsResponse(count=self._store(request).count(flt, images=request.images))
 
     @rpc
@@ -248,7 +253,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         if limit < 0 or limit > MAX_SCROLL_LIMIT:
             raise InvalidArgument(f"limit must be between 1 and {MAX_SCROLL_LIMIT} (0 = {DEFAULT_SCROLL_LIMIT}), "
                                   f"got {request.limit}")
-        flt = to_filter(request.filter) if request.HasField("filter") else None
+        flt = self._filter(request)
         records, next_offset = self._store(request).scroll(limit, request.offset or None, flt, request.with_vectors)
         return search_pb2.ScrollPointsResponse(points=[self._point(r, request.with_vectors) for r in records],
                                                next_offset=next_offset or "")
