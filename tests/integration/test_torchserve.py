@@ -25,8 +25,9 @@ from lookalike.images import decode_image
 from lookalike.embedder_client import EmbedderClient, EmbedderImageError
 from lookalike.torchserve_config import read_properties
 from lookalike.torchserve_process import TorchServeProcess
+from tests.conftest import CLOTHING
 
-CLOTHING_TEST = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "clothing-small" / "test"
+CLOTHING_TEST = CLOTHING / "test"
 
 
 def synthetic_jpeg(seed: int, size=(320, 240)) -> bytes:
