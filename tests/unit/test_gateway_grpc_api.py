@@ -3,6 +3,7 @@ each item in order (a bad one fails alone), drops what a caller that went away d
 and errors end calls with the status table's code and google.rpc.Status details."""
 from __future__ import annotations
 
+import threading
 from concurrent import futures
 
 import grpc
@@ -16,9 +17,10 @@ from lookalike_gateway.ingest_types import CREATED, FAILED, SKIPPED, UNCHANGED
 from .gateway_fakes import GatedSearch, make_gateway, png, upsert_streams_ended, wait_for_stream_end
 
 
-def serve(gateway, keys=frozenset()):
+def serve(gateway, keys=frozenset(), draining=None):
     server = grpc.server(futures.ThreadPoolExecutor(8))
-    lookalike_pb2_grpc.add_LookalikeServicer_to_server(LookalikeServicer(gateway, ApiKeyCheck(keys)), server)
+    lookalike_pb2_grpc.add_LookalikeServicer_to_server(LookalikeServicer(gateway, ApiKeyCheck(keys), draining),
+                                                       server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
@@ -124,3 +126,27 @@ def test_an_unexpected_failure_answers_and_counts_unknown_not_ok(served, monkeyp
     assert unary.value.code() == stream.value.code() == grpc.StatusCode.UNKNOWN
     for method, (unknown, ok) in before.items():  # counted before gRPC sent the status the client saw
         assert (requests_counted(method, "UNKNOWN"), requests_counted(method, "OK")) == (unknown + 1, ok), method
+
+
+def test_a_draining_gateway_starts_no_new_call_not_even_long_work(tmp_path):
+    """After SIGTERM (draining set) a new unary call, UpsertProducts stream or Reindex stream gets UNAVAILABLE
+    "shutting down" at once, so the caller retries on another replica; nothing is written."""
+    gateway = make_gateway(tmp_path)
+    draining = threading.Event()
+    server, channel, stub = serve(gateway, draining=draining)
+    try:
+        draining.set()
+        calls = {
+            "GetProduct": lambda: stub.GetProduct(lookalike_pb2.GetProductRequest(product_id="p"), timeout=30),
+            "UpsertProducts": lambda: list(stub.UpsertProducts(iter([upsert("p", png(1))]), timeout=30)),
+            "Reindex": lambda: list(stub.Reindex(lookalike_pb2.ReindexRequest(), timeout=30)),
+        }
+        for name, call in calls.items():
+            with pytest.raises(grpc.RpcError) as refused:
+                call()
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, name
+            assert "shutting down" in refused.value.details(), name
+        assert "p" not in gateway.search.stub.collections.get("products__lookalike-lite0", {})
+    finally:
+        channel.close()
+        server.stop(0)

@@ -166,6 +166,7 @@ class LookalikeServicer(GatewayServicer, lookalike_pb2_grpc.LookalikeServicer):
         status = grpc.StatusCode.OK
         request_id.from_grpc(context)
         try:
+            self.refuse_when_draining()  # a shutting-down gateway starts no long work (as UpsertProducts)
             self.auth.check_grpc(context)
             batch_timeout = self.settings.ingest_batch_timeout_s
             yield from self.gateway.reindexer.reindex(request, lambda: Deadline(batch_timeout),
@@ -174,6 +175,9 @@ class LookalikeServicer(GatewayServicer, lookalike_pb2_grpc.LookalikeServicer):
             status = exc.code
             log.info("Reindex failed: %s %s", exc.code.name, exc.message)
             abort(context, exc)
+        except Exception:
+            status = grpc.StatusCode.UNKNOWN
+            raise
         finally:
             metrics.REQUESTS.labels(api="grpc", method="Reindex", status=status.name).inc()
             metrics.LATENCY.labels(api="grpc", method="Reindex").observe(time.perf_counter() - started)
