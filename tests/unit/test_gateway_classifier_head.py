@@ -1,9 +1,7 @@
 """The classifier head and its training (`lookalike_gateway.classifier_head`): softmax, the fit against
-sklearn, the reports, refused labels, the per-query cost -- synthetic embeddings, no model."""
+sklearn, the reports, refused labels, the top-k answer -- synthetic embeddings, no model."""
 
 from __future__ import annotations
-
-import time
 
 import numpy as np
 import pytest
@@ -69,12 +67,13 @@ def test_fit_head_refuses_degenerate_labels(y, message):
         fit_head(np.random.default_rng(0).standard_normal((10, 4)), y)
 
 
-def test_head_is_fast():
-    head = LinearHead(tuple(f"l{i}" for i in range(10)), np.random.default_rng(0).standard_normal((10, 1280)),
-                      np.zeros(10))
-    vector = unit(np.random.default_rng(1).standard_normal(1280)).astype(np.float32)
-    head.top(vector, 5)
-    started = time.perf_counter()
-    for _ in range(200):
-        head.top(vector, 5)
-    assert (time.perf_counter() - started) / 200 < 0.005  # the budget; it takes ~20 us
+def test_top_gives_the_k_best_labels_best_first_with_their_softmax_probabilities():
+    """(Its speed, ~20 us per call, is a benchmark figure: bench/classify_eval.py, head_microseconds_per_classify.)"""
+    rng = np.random.default_rng(0)
+    head = LinearHead(tuple(f"l{i}" for i in range(10)), rng.standard_normal((10, 1280)), rng.standard_normal(10))
+    vector = unit(rng.standard_normal(1280)).astype(np.float32)
+    probabilities = softmax(head.coef @ vector + head.intercept)
+    best = np.argsort(-probabilities)[:5]
+    top = head.top(vector, 5)
+    assert [label for label, _ in top] == [f"l{i}" for i in best]
+    np.testing.assert_allclose([p for _, p in top], probabilities[best], rtol=1e-5)
