@@ -36,6 +36,8 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import REGISTRY, CollectorRegistry
 
+from lookalike_embedder.contract import BATCH_SIZE_METRIC  # a leaf: no torch
+
 from . import metrics
 
 log = logging.getLogger(__name__)
@@ -49,8 +51,8 @@ MAX_BODY_BYTES = 1 << 20
 #: TorchServe family (as prometheus_client's parser names it: counters without "_total") ->
 #: (name on the gateway, type, help).
 REEXPORTED: dict[str, tuple[str, str, str]] = {
-    "lookalike_embedder_batch_size": (
-        "lookalike_embedder_batch_size", "histogram",
+    BATCH_SIZE_METRIC: (
+        BATCH_SIZE_METRIC, "histogram",
         "Requests per batch the embedder's handler ran (TorchServe; rejected images included)"),
     "QueueTime": (
         "lookalike_embedder_queue_time_ms", "gauge",

@@ -28,7 +28,7 @@ class GatewaySettings(BaseSettings):
     # TorchServe's metrics API (loopback only, e.g. http://127.0.0.1:8082/metrics): when set, /metrics also
     # re-exports the embedder's batch-size and queue metrics (lookalike_gateway.embedder_metrics); empty = off.
     embedder_metrics_url: str = ""
-    search_address: str = "127.0.0.1:50052"
+    search_address: str = f"127.0.0.1:{ports.SEARCH_PORT}"
     # The supervisor's status file of a local stack (lookalike serve sets it): /metrics exports
     # lookalike_stack_restarts_total{child}, /healthz shows children that are down; empty = none.
     stack_status_file: Path | None = None
