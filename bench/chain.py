@@ -139,6 +139,8 @@ def main() -> int:
                              "images_per_s": round(report.rate, 2),
                              "ratio_to_model_only_best_batch": round(report.rate / model[best_batch], 3)}
         import grpc
+
+        from lookalike.grpc_channel import CLIENT_OPTIONS
         import httpx
 
         from lookalike.v1 import lookalike_pb2_grpc
@@ -147,7 +149,7 @@ def main() -> int:
         for photo in query_photos[:8]:
             alone.seconds(photo)  # warm-up: a fresh process runs its first batches slower
         http = httpx.Client(base_url=stack.http_url, timeout=60)
-        channel = grpc.insecure_channel(stack.grpc_address)
+        channel = grpc.insecure_channel(stack.grpc_address, options=CLIENT_OPTIONS)
         stub = lookalike_pb2_grpc.LookalikeStub(channel)
         grpc_photos = list_split(args.dataset, "validation")[0]
         print(f"cache misses: {len(query_photos)} test photos over REST, {len(grpc_photos)} validation photos over "

@@ -18,7 +18,9 @@ import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-DEFAULT_DATASET = ROOT.parent / "shared" / "datasets" / "clothing-small"
+#: clothing-small beside the checkout ($LOOKALIKE_CLOTHING_DIR overrides it, as for the tests): every bench's default.
+DEFAULT_DATASET = Path(os.environ.get("LOOKALIKE_CLOTHING_DIR")
+                       or ROOT.parent / "shared" / "datasets" / "clothing-small")
 
 
 # ----------------------------------------------------------------------------- machine
@@ -145,7 +147,14 @@ def timed(fn, *args, **kwargs):
 
 # ----------------------------------------------------------------------------- data
 
-from quality import list_split  # noqa: E402,F401  (one definition, re-exported for the suites)
+def list_split(dataset: Path, split: str) -> tuple[list[Path], list[str]]:
+    """Image paths and their category labels of one split, in a stable order."""
+    paths, labels = [], []
+    for category in sorted(p for p in (dataset / split).iterdir() if p.is_dir()):
+        for photo in sorted(category.iterdir()):
+            paths.append(photo)
+            labels.append(category.name)
+    return paths, labels
 
 
 def every_nth(items: list, n_wanted: int) -> list[int]:

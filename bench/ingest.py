@@ -37,7 +37,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (children inherit it)
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DATASET = ROOT.parent / "shared" / "datasets" / "clothing-small"
+from common import DEFAULT_DATASET  # noqa: E402  (bench/ is on sys.path when a bench runs)
 SUMMARY = re.compile(r"(\d+) of (\d+) products in ([\d.]+)s \(([\d.]+)/s\): (\d+) new, (\d+) updated, "
                      r"(\d+) unchanged, (\d+) failed(?:; (\d+) duplicates \((\d+) skipped\))?")
 

@@ -39,7 +39,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from lookalike import api_keys  # noqa: E402
 
-DEFAULT_DATASET = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "clothing-small"
+from common import DEFAULT_DATASET  # noqa: E402  (bench/ is on sys.path when a bench runs)
 
 
 def require_loopback(url: str) -> None:
@@ -251,7 +251,6 @@ def main() -> int:
         print(f"load: {args.clients} clients x {args.seconds:.0f}s against {url}, "
               f"{args.uncached:.0%} uncached ({len(hot)} cached images, {len(cold)} unique ones ready)",
               file=sys.stderr)
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
         from common import cpu_delta, cpu_seconds
 
         before = cpu_seconds() if stack is not None else None

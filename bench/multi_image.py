@@ -27,7 +27,7 @@ from lookalike_gateway.weak_match import weak_match_score
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
-DEFAULT_DATASET = ROOT.parent / "shared" / "datasets" / "clothing-small"
+from common import DEFAULT_DATASET  # noqa: E402  (bench/ is on sys.path when a bench runs)
 
 
 def build(dataset: Path, n: int, out: Path) -> tuple[list[dict], list[Path], list[str]]:

@@ -18,18 +18,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see l
 import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DATASET = ROOT.parent / "shared" / "datasets" / "clothing-small"
+sys.path.insert(0, str(ROOT / "bench"))
+from common import DEFAULT_DATASET, list_split  # noqa: E402,F401  (re-exported: several suites import them from here)
+
 RANK_DEPTH = 100
-
-
-def list_split(dataset: Path, split: str) -> tuple[list[Path], list[str]]:
-    """Image paths and their category labels of one split, in a stable order."""
-    paths, labels = [], []
-    for category in sorted(p for p in (dataset / split).iterdir() if p.is_dir()):
-        for photo in sorted(category.iterdir()):
-            paths.append(photo)
-            labels.append(category.name)
-    return paths, labels
 
 
 def retrieval_metrics(ranked_labels: list[list[str]], query_labels: list[str],
