@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
-import time
 
 import numpy as np
 
@@ -18,9 +18,9 @@ def test_repository_versions_pointer_and_no_pickle(tmp_path):
     assert repo.versions() == [] and repo.current_version() is None
     x, y, _ = clusters(n_per_label=10)
     head, report = fit_head(x, y, holdout_fraction=0.0, c_values=(1.0,))
-    first = repo.save(head, {**report, "label_field": "category"})
-    time.sleep(0.002)
-    second = repo.save(head, {**report, "label_field": "category"})
+    first = repo.save(head, {**report, "label_field": "category"})  # named by the repository
+    later = ClassifierRepository.new_version(dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=1))
+    second = repo.save(head, {**report, "label_field": "category", "version": later})  # distinct, no waiting
     assert repo.versions() == sorted([first, second]) and repo.current_version() == second
     loaded, meta = repo.load(second)
     assert loaded.labels == head.labels and meta["version"] == second and meta["label_field"] == "category"
