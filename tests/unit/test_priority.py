@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import select
 import subprocess
 import sys
 import time
@@ -47,13 +48,23 @@ def test_niced_child_and_its_children_run_at_that_priority():
     assert out == [str(min(19, base + 5))] * 2  # the child, and the process it starts (TorchServe's workers)
 
 
-def _wait_for(predicate, timeout=20.0):
+def _read_fifo(path: Path, timeout: float = 60.0) -> str:
+    """Everything one writer sends through the named pipe `path`, read as it arrives (a handshake: no polling);
+    fails after `timeout` s without a writer or an end. Linux: select() reports neither data nor end before a
+    writer has opened the pipe."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    chunks = []
+    try:
+        while True:
+            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+            assert ready, f"nothing came through {path} within {timeout:.0f} s"
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                return b"".join(chunks).decode()
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
 
 
 def test_renice_sets_every_thread():
@@ -106,10 +117,9 @@ def test_torchserve_launcher_starts_the_server_niced_in_its_own_lower_autogroup(
     from lookalike.torchserve_process import TorchServeProcess
 
     report = tmp_path / "report"
+    os.mkfifo(report)
     fake_python = tmp_path / "python"
-    fake_python.write_text(f"#!/bin/sh\nnice > {report}.tmp\n"
-                           f"cat /proc/$$/autogroup >> {report}.tmp 2>/dev/null\nmv {report}.tmp {report}\n"
-                           "exec sleep 30\n")
+    fake_python.write_text(f"#!/bin/sh\nnice > {report}\nexec sleep 30\n")
     fake_python.chmod(0o755)
     ts = TorchServeProcess(tmp_path / "ts", tmp_path / "store", python=str(fake_python), nice=6)
     for d in (ts.data_dir, ts.log_dir, ts.tmp_dir, ts.model_store):
@@ -117,11 +127,9 @@ def test_torchserve_launcher_starts_the_server_niced_in_its_own_lower_autogroup(
     base = os.getpriority(os.PRIO_PROCESS, 0)
     ts._launch()
     try:
-        assert _wait_for(report.exists)
-        lines = report.read_text().split("\n")
-        assert lines[0] == str(min(19, base + 6))
-        if HAS_AUTOGROUP:
-            assert _wait_for(lambda: _autogroup(ts.pid)[1] == "6")
+        assert _read_fifo(report).strip() == str(min(19, base + 6))
+        if HAS_AUTOGROUP:  # _launch sets it before returning (the child's session exists once Popen returns)
+            assert _autogroup(ts.pid)[1] == "6"
     finally:
         os.killpg(ts.pid, 9)
         ts.proc.wait(10)
